@@ -1,0 +1,330 @@
+"""Reading and writing real media, and the training datasets built on it.
+
+Frames are handled as uint8 tensors (T, H, W, 3) until they reach a model; ``to_model`` turns
+them into (T, 3, H, W) floats in [-1, 1] and ``from_model`` back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from .errors import ElasticTokError
+from .fileio import atomic_path
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg"}
+
+
+# ---- reading ------------------------------------------------------------------------------------
+def is_media(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
+
+
+def is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def read_image(path: str | os.PathLike) -> torch.Tensor:
+    """Any PIL-readable image (grey, RGBA, 16-bit, palette) as uint8 RGB (H, W, 3)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                array = np.asarray(image, dtype=np.float64)
+                scale = 65535.0 if array.max() > 255 else 255.0
+                array = np.clip(array / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
+                image = Image.fromarray(array, mode="L")
+            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+                # Composite transparency on white rather than keeping arbitrary hidden colours.
+                rgba = image.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                image = Image.alpha_composite(background, rgba)
+            rgb = np.asarray(image.convert("RGB"))
+    except FileNotFoundError:
+        raise ElasticTokError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ElasticTokError(f"{path}: not a readable image ({exc})") from None
+    if min(rgb.shape[:2]) == 0:
+        raise ElasticTokError(f"{path}: image has no pixels")
+    return torch.from_numpy(rgb.copy())
+
+
+@dataclass
+class VideoInfo:
+    fps: float
+    width: int
+    height: int
+    frames: int | None  # from the container; None when it does not say
+
+
+class VideoReader:
+    """Decodes a video file frame by frame with PyAV, optionally resampled to ``fps``.
+
+    Never holds more than one decoded frame; use as an iterator of uint8 (H, W, 3) tensors.
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float | None = None):
+        self.path = Path(path)
+        self.target_fps = fps
+        if not self.path.exists():
+            raise ElasticTokError(f"{self.path}: no such file")
+        try:
+            with av.open(str(self.path)) as container:
+                if not container.streams.video:
+                    raise ElasticTokError(f"{self.path}: has no video stream")
+                stream = container.streams.video[0]
+                rate = stream.average_rate or stream.guessed_rate or Fraction(24)
+                self.info = VideoInfo(float(rate), stream.codec_context.width, stream.codec_context.height,
+                                      stream.frames or None)
+        except av.error.FFmpegError as exc:
+            raise ElasticTokError(f"{self.path}: not a readable video ({exc.strerror or exc})") from None
+        if self.info.width == 0 or self.info.height == 0:
+            raise ElasticTokError(f"{self.path}: video stream has no frame size")
+
+    @property
+    def fps(self) -> float:
+        return self.target_fps or self.info.fps
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        produced = 0
+        try:
+            with av.open(str(self.path)) as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                for index, frame in enumerate(container.decode(stream)):
+                    if self.target_fps:
+                        # Keep the frames whose source time reaches the next output tick.
+                        time = index / self.info.fps
+                        if time + 1e-6 < produced / self.target_fps:
+                            continue
+                    produced += 1
+                    yield torch.from_numpy(frame.to_ndarray(format="rgb24"))
+        except av.error.FFmpegError as exc:
+            if produced == 0:
+                raise ElasticTokError(f"{self.path}: not a readable video ({exc.strerror or exc})") from None
+            log.warning("%s: decoding stopped after %d frames (%s)", self.path, produced, exc)
+        if produced == 0:
+            raise ElasticTokError(f"{self.path}: video has no decodable frames")
+
+    def read_all(self) -> torch.Tensor:
+        """Every frame as (T, H, W, 3) uint8: only for clips known to be short."""
+        return torch.stack(list(self))
+
+
+# ---- geometry and value range -------------------------------------------------------------------
+def resize_short_side(frames: torch.Tensor, short: int) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> the same with min(H, W) == short, antialiased."""
+    t, h, w, _ = frames.shape
+    scale = short / min(h, w)
+    size = (max(short, round(h * scale)), max(short, round(w * scale)))
+    if size == (h, w):
+        return frames
+    x = frames.permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=size, mode="bilinear", antialias=scale < 1, align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def fit_to_resolution(frames: torch.Tensor, resolution: tuple[int, int], mode: str = "crop") -> torch.Tensor:
+    """Resize (T, H, W, 3) uint8 so it covers (crop) or fits inside (pad) ``resolution``, then centre it."""
+    th, tw = resolution
+    t, h, w, _ = frames.shape
+    scale = max(th / h, tw / w) if mode == "crop" else min(th / h, tw / w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    if mode == "crop":
+        nh, nw = max(nh, th), max(nw, tw)
+    if (nh, nw) != (h, w):
+        x = F.interpolate(frames.permute(0, 3, 1, 2).float(), size=(nh, nw), mode="bilinear",
+                          antialias=scale < 1, align_corners=False)
+        frames = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    if mode == "crop":
+        top, left = (nh - th) // 2, (nw - tw) // 2
+        return frames[:, top:top + th, left:left + tw]
+    out = torch.zeros((t, th, tw, 3), dtype=torch.uint8)
+    top, left = (th - nh) // 2, (tw - nw) // 2
+    out[:, top:top + nh, left:left + nw] = frames
+    return out
+
+
+def to_model(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [-1, 1]."""
+    return frames.movedim(-1, -3).float() / 127.5 - 1.0
+
+
+def from_model(x: torch.Tensor) -> torch.Tensor:
+    """float (..., 3, H, W) in [-1, 1] -> uint8 (..., H, W, 3), rounded."""
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(-3, -1).cpu()
+
+
+# ---- writing --------------------------------------------------------------------------------------
+def write_image(path: str | os.PathLike, frame: torch.Tensor) -> None:
+    """Write uint8 (H, W, 3) as png/jpg/webp, atomically."""
+    path = Path(path)
+    fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower())
+    if fmt is None:
+        raise ElasticTokError(f"{path}: image output must end in .png, .jpg or .webp")
+    with atomic_path(path) as tmp:
+        Image.fromarray(frame.numpy()).save(tmp, format=fmt)
+
+
+def write_video(path: str | os.PathLike, frames: torch.Tensor, fps: float, crf: int = 18) -> None:
+    """Write uint8 (T, H, W, 3) as H.264 mp4, atomically. Odd sizes are padded by one pixel."""
+    path = Path(path)
+    if path.suffix.lower() not in (".mp4", ".mkv", ".mov"):
+        raise ElasticTokError(f"{path}: video output must end in .mp4, .mkv or .mov")
+    t, h, w, _ = frames.shape
+    if h % 2 or w % 2:  # yuv420p needs even sizes
+        frames = F.pad(frames.permute(0, 3, 1, 2), (0, w % 2, 0, h % 2), mode="replicate").permute(0, 2, 3, 1)
+    rate = Fraction(fps).limit_denominator(1001)
+    with atomic_path(path) as tmp:
+        with av.open(str(tmp), mode="w", format=path.suffix.lower().lstrip(".").replace("mkv", "matroska")) as container:
+            stream = container.add_stream("libx264", rate=rate)
+            stream.width, stream.height = frames.shape[2], frames.shape[1]
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": str(crf), "preset": "medium"}
+            for frame in frames:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame.contiguous().numpy(), format="rgb24")))
+            container.mux(stream.encode())
+
+
+# ---- training data --------------------------------------------------------------------------------
+def list_media(paths: list[str | os.PathLike]) -> list[Path]:
+    """Media files under the given files and folders (recursively), sorted for reproducibility."""
+    found: list[Path] = []
+    for entry in paths:
+        entry = Path(entry)
+        if entry.is_dir():
+            found.extend(p for p in sorted(entry.rglob("*")) if p.is_file() and is_media(p))
+        elif entry.is_file():
+            found.append(entry)
+        else:
+            raise ElasticTokError(f"{entry}: no such file or folder")
+    return found
+
+
+def _stable_seed(*parts: object) -> int:
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little")
+
+
+@dataclass
+class MediaCollection:
+    """A folder of images and videos decoded once into memory at a reduced size.
+
+    Items are uint8 (T, H, W, 3) with short side ``short_side`` (images have T = 1). Files that
+    cannot be read are skipped with one warning line each and counted in ``skipped``.
+    """
+
+    items: list[torch.Tensor] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, paths: list[str | os.PathLike], short_side: int, max_frames: int | None = None,
+             fps: float | None = None) -> "MediaCollection":
+        collection = cls()
+        for path in list_media(paths):
+            try:
+                if is_video(path):
+                    frames = []
+                    for frame in VideoReader(path, fps=fps):
+                        frames.append(resize_short_side(frame[None], short_side)[0])
+                        if max_frames and len(frames) >= max_frames:
+                            break
+                    item = torch.stack(frames)
+                else:
+                    item = resize_short_side(read_image(path)[None], short_side)
+            except ElasticTokError as exc:
+                log.warning("skipping %s", exc)
+                collection.skipped.append(str(path))
+                continue
+            collection.items.append(item)
+            collection.names.append(str(path))
+        return collection
+
+    @property
+    def videos(self) -> list[int]:
+        return [i for i, item in enumerate(self.items) if item.shape[0] > 1]
+
+    @property
+    def images(self) -> list[int]:
+        return [i for i, item in enumerate(self.items) if item.shape[0] == 1]
+
+
+class TrainBatches(torch.utils.data.Dataset):
+    """Batch k of training, generated from k alone, so a resumed run sees exactly the same data.
+
+    A batch is either ``batch_size`` video clips of ``n_blocks`` blocks, or ``batch_size * n_blocks``
+    single-block images (the same number of tokens), chosen with probability ``image_fraction``.
+    Crops take a random size between the resolution and the short side, and random flips.
+    """
+
+    def __init__(self, media: MediaCollection, resolution: tuple[int, int], frames_per_block: int,
+                 n_blocks: int, batch_size: int, image_fraction: float, seed: int, length: int):
+        if not media.items:
+            raise ElasticTokError("no readable training media")
+        self.media, self.resolution, self.fpb = media, resolution, frames_per_block
+        self.n_blocks, self.batch_size, self.seed, self.length = n_blocks, batch_size, seed, length
+        clip_frames = n_blocks * frames_per_block
+        self.videos = [i for i in media.videos if media.items[i].shape[0] >= clip_frames]
+        self.images = media.images
+        self.image_fraction = image_fraction if self.videos else 1.0
+        if not self.images:
+            self.image_fraction = 0.0
+        if not self.videos and not self.images:
+            raise ElasticTokError(f"no training video has {clip_frames} frames and there are no images")
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _crop(self, item: torch.Tensor, frames: slice, rng: np.random.Generator) -> torch.Tensor:
+        h, w = item.shape[1:3]
+        th, tw = self.resolution
+        scale = rng.uniform(max(th / h, tw / w), 1.0)
+        ch, cw = max(th, round(h * scale)), max(tw, round(w * scale))
+        top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        clip = item[frames, top:top + ch, left:left + cw]
+        if rng.random() < 0.5:
+            clip = clip.flip(2)
+        return fit_to_resolution(clip, self.resolution)
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        rng = np.random.default_rng(_stable_seed(self.seed, k))
+        if rng.random() < self.image_fraction:
+            picks = rng.choice(self.images, size=self.batch_size * self.n_blocks)
+            clips = [self._crop(self.media.items[i], slice(0, 1), rng).expand(self.fpb, -1, -1, -1) for i in picks]
+        else:
+            length = self.n_blocks * self.fpb
+            clips = []
+            for i in rng.choice(self.videos, size=self.batch_size):
+                start = rng.integers(0, self.media.items[i].shape[0] - length + 1)
+                clips.append(self._crop(self.media.items[i], slice(start, start + length), rng))
+        return to_model(torch.stack(clips))  # (B, T, 3, H, W)
+
+
+def eval_clips(media: MediaCollection, resolution: tuple[int, int], frames_per_block: int,
+               clips_per_video: int = 4) -> list[torch.Tensor]:
+    """Deterministic held-out samples: centre crops of every image and of evenly spaced one-block clips."""
+    samples = []
+    for item in media.items:
+        if item.shape[0] == 1:
+            samples.append(to_model(fit_to_resolution(item, resolution).expand(frames_per_block, -1, -1, -1)))
+            continue
+        last = item.shape[0] - frames_per_block
+        for start in np.linspace(0, max(last, 0), clips_per_video).round().astype(int):
+            if start + frames_per_block <= item.shape[0]:
+                samples.append(to_model(fit_to_resolution(item[start:start + frames_per_block], resolution)))
+    return samples

@@ -1,0 +1,313 @@
+"""Training: Algorithm 1 of the paper (random tail-token masking), resumable bit for bit.
+
+``elastictok train --config configs/tiny.yaml`` runs ``train(TrainConfig.from_yaml(...))``. A run
+directory holds ``checkpoints/last.pt`` (model, optimiser, scheduler, EMA, step, RNG and data
+position), ``model/`` (the final weights as ``save_pretrained``), ``log.csv`` and ``tb/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from .config import ElasticTokConfig
+from .data import MediaCollection, TrainBatches, _stable_seed, eval_clips
+from .errors import ElasticTokError
+from .fileio import atomic_path
+from .masking import KeepSampler
+from .metrics import psnr
+from .model import ElasticTok
+
+log = logging.getLogger(__name__)
+
+CSV_FIELDS = ["step", "loss", "mse", "kl", "lpips", "psnr", "lr", "frames_per_s", "skipped_files"]
+
+
+@dataclass
+class TrainConfig:
+    model: str = "tiny"  # preset name
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    data: list[str] = field(default_factory=list)  # folders or files of images and videos
+    eval_data: list[str] = field(default_factory=list)  # held out
+    out_dir: str = "runs/tiny"
+    steps: int = 1000
+    max_minutes: float | None = None  # stop early (with a checkpoint) after this much wall time
+    batch_size: int = 8  # video clips per micro-batch; image batches hold batch_size * n_blocks images
+    grad_accum: int = 1
+    n_blocks: int = 1  # context length in blocks for video clips
+    image_fraction: float = 0.5  # share of batches made of images
+    fps: float | None = None  # resample training videos to this rate (None: as recorded)
+    mask: str = "elastic"  # elastic | full | fixed:<fraction>
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    schedule: str = "cosine"  # cosine | constant (after warmup)
+    warmup_steps: int = 100
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    bf16: bool = True
+    ema_decay: float | None = None
+    lpips_weights: str | None = None  # path to LPIPS-VGG weights; the term is off without it
+    lpips_weight: float = 0.1
+    eval_every: int = 200
+    eval_keep_fractions: list[float] = field(default_factory=lambda: [1 / 16, 1 / 4, 1 / 2, 1.0])
+    checkpoint_every: int = 200
+    log_every: int = 10
+    init_from: str | None = None  # progressive training: weights of another run or a model directory
+    seed: int = 0
+    num_workers: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ElasticTokError(f"{path}: cannot read training config ({exc})") from None
+        if not isinstance(data, dict):
+            raise ElasticTokError(f"{path}: a training config is a mapping of fields")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ElasticTokError(f"{path}: unknown training config fields: {', '.join(unknown)}")
+        if "betas" in data:
+            data["betas"] = tuple(data["betas"])
+        return cls(**data)
+
+    def model_config(self) -> ElasticTokConfig:
+        return ElasticTokConfig.from_preset(self.model, **self.model_overrides)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then constant or cosine down to ``min_lr_ratio``."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on weight matrices only (not norms or the kept/masked embeddings)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+
+
+def load_init_weights(model: ElasticTok, source: str) -> None:
+    """Progressive training: start from another run's checkpoint or a ``save_pretrained`` directory."""
+    path = Path(source)
+    checkpoint = path / "checkpoints" / "last.pt"
+    if checkpoint.is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["ema"] or state["model"])
+    else:
+        model.load_state_dict(ElasticTok.from_pretrained(path).state_dict())
+
+
+@torch.no_grad()
+def evaluate(model: ElasticTok, samples: list[torch.Tensor], fractions: list[float], device: torch.device,
+             bf16: bool, batch_size: int = 16) -> dict[float, float]:
+    """Mean PSNR over held-out samples at each keep fraction of Mmax (clamped to [Mmin, Mmax])."""
+    c = model.config
+    was_training = model.training
+    model.eval()
+    results = {}
+    for fraction in fractions:
+        keep = min(c.tokens_per_block, max(c.min_tokens, round(fraction * c.tokens_per_block)))
+        scores = []
+        for i in range(0, len(samples), batch_size):
+            batch = torch.stack(samples[i:i + batch_size]).to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                out = model(batch, keep)
+            scores.append(psnr(out.recon, batch))
+        results[fraction] = torch.cat(scores).mean().item()
+    model.train(was_training)
+    return results
+
+
+class RunLog:
+    """CSV and TensorBoard logs of one run; resuming drops rows past the checkpoint."""
+
+    def __init__(self, out_dir: Path, start_step: int):
+        self.csv_path = out_dir / "log.csv"
+        rows = []
+        if start_step and self.csv_path.exists():
+            with self.csv_path.open() as f:
+                rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= start_step]
+        with atomic_path(self.csv_path) as tmp, tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        from torch.utils.tensorboard import SummaryWriter
+        self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=start_step or None)
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        with self.csv_path.open("a", newline="") as f:
+            csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore").writerow({"step": step, **values})
+        for key, value in values.items():
+            self.tb.add_scalar(f"train/{key}", value, step)
+
+    def close(self) -> None:
+        self.tb.close()
+
+
+def save_checkpoint(path: Path, model, optimizer, scheduler, ema, step: int, cfg: TrainConfig) -> None:
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "ema": ema.module.state_dict() if ema is not None else None,
+        "ema_n_averaged": ema.n_averaged if ema is not None else None,
+        "step": step,
+        "data_position": step * cfg.grad_accum,  # batches consumed; batch k is a pure function of k
+        "rng_torch": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "train_config": json.dumps(dataclasses.asdict(cfg)),
+        "model_config": json.dumps(model.config.to_dict()),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ElasticTokError(f"{path}: not a readable training checkpoint ({exc})") from None
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> Path:
+    """Train and return the run directory. ``resume`` continues from ``checkpoints/last.pt``."""
+    out_dir = Path(cfg.out_dir)
+    ckpt_path = out_dir / "checkpoints" / "last.pt"
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model_config = cfg.model_config()
+    model = ElasticTok(model_config).to(device)
+    if cfg.init_from and not (resume and ckpt_path.exists()):
+        load_init_weights(model, cfg.init_from)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    ema = None
+    if cfg.ema_decay:
+        ema = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay))
+    lpips = None
+    if cfg.lpips_weights:
+        from .perceptual import LPIPS
+        lpips = LPIPS.from_file(cfg.lpips_weights).to(device)
+
+    start_step = 0
+    if resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        if json.loads(state["model_config"]) != model_config.to_dict():
+            raise ElasticTokError(f"{ckpt_path} was written for a different model config; not resuming")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None and state["ema"] is not None:
+            ema.module.load_state_dict(state["ema"])
+            ema.n_averaged.copy_(state["ema_n_averaged"])
+        start_step = state["step"]
+        torch.set_rng_state(state["rng_torch"])
+        if state["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        log.info("resuming from step %d", start_step)
+    elif resume:
+        log.info("no checkpoint in %s: starting from scratch", out_dir)
+
+    c = model_config
+    media = MediaCollection.load(cfg.data, short_side=2 * min(c.resolution), fps=cfg.fps)
+    batches = TrainBatches(media, c.resolution, c.frames_per_block, cfg.n_blocks, cfg.batch_size,
+                           cfg.image_fraction, cfg.seed, length=cfg.steps * cfg.grad_accum)
+    held_out = MediaCollection.load(cfg.eval_data, short_side=min(c.resolution)) if cfg.eval_data else None
+    eval_samples = eval_clips(held_out, c.resolution, c.frames_per_block) if held_out else []
+    loader = torch.utils.data.DataLoader(
+        batches, batch_size=None, sampler=range(start_step * cfg.grad_accum, len(batches)),
+        num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
+    sampler = KeepSampler(cfg.mask, c.min_tokens, c.tokens_per_block)
+    run_log = RunLog(out_dir, start_step)
+    (out_dir / "train_config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+
+    model.train()
+    started, frames_seen, step = time.monotonic(), 0, start_step
+    bar = tqdm(total=cfg.steps, initial=start_step, desc="train", disable=not cfg.progress, dynamic_ncols=True)
+    batch_iter = iter(loader)
+    while step < cfg.steps:
+        totals = {"loss": 0.0, "mse": 0.0, "kl": 0.0, "lpips": 0.0, "psnr": 0.0}
+        for micro in range(cfg.grad_accum):
+            index = step * cfg.grad_accum + micro
+            video = next(batch_iter).to(device, non_blocking=True)
+            keep = sampler(video.shape[0], video.shape[1] // c.frames_per_block,
+                           torch.Generator().manual_seed(_stable_seed(cfg.seed, "keep", index)))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                out = model(video, keep.to(device))
+                loss = out.loss
+                if lpips is not None:
+                    frame = torch.randint(video.shape[1], (), generator=torch.Generator().manual_seed(
+                        _stable_seed(cfg.seed, "lpips", index))).item()
+                    perceptual = lpips(out.recon[:, frame].float(), video[:, frame].float())
+                    loss = loss + cfg.lpips_weight * perceptual
+                    totals["lpips"] += perceptual.item() / cfg.grad_accum
+            (loss / cfg.grad_accum).backward()
+            totals["loss"] += loss.item() / cfg.grad_accum
+            totals["mse"] += out.mse.item() / cfg.grad_accum
+            totals["kl"] += out.kl.item() / cfg.grad_accum
+            totals["psnr"] += psnr(out.recon.detach(), video).mean().item() / cfg.grad_accum
+            frames_seen += video.shape[0] * video.shape[1]
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
+        step += 1
+        elapsed = time.monotonic() - started
+        totals.update(lr=scheduler.get_last_lr()[0], frames_per_s=frames_seen / max(elapsed, 1e-9),
+                      skipped_files=len(media.skipped))
+        bar.update(1)
+        bar.set_postfix(loss=f"{totals['loss']:.4f}", psnr=f"{totals['psnr']:.2f}", fps=f"{totals['frames_per_s']:.0f}")
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            run_log.write(step, totals)
+        out_of_time = cfg.max_minutes is not None and elapsed > 60 * cfg.max_minutes
+        if eval_samples and (step % cfg.eval_every == 0 or step == cfg.steps or out_of_time):
+            scores = evaluate(ema.module if ema is not None else model, eval_samples, cfg.eval_keep_fractions,
+                              device, cfg.bf16)
+            for fraction, value in scores.items():
+                run_log.tb.add_scalar(f"eval/psnr_keep_{fraction:.4g}", value, step)
+            line = "  ".join(f"keep {f:.4g}: {v:.2f} dB" for f, v in scores.items())
+            bar.write(f"step {step} held-out PSNR  {line}")
+            with (out_dir / "eval.jsonl").open("a") as f:
+                f.write(json.dumps({"step": step, "psnr": {str(k): v for k, v in scores.items()}}) + "\n")
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
+            save_checkpoint(ckpt_path, model, optimizer, scheduler, ema, step, cfg)
+        if out_of_time:
+            bar.write(f"stopping after {cfg.max_minutes} minutes at step {step}")
+            break
+    bar.close()
+    run_log.close()
+    final = ema.module if ema is not None else model
+    final.save_pretrained(out_dir / "model")
+    return out_dir
