@@ -7,6 +7,7 @@ precision-sensitive.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -33,7 +34,7 @@ class FSQ(nn.Module):
         basis = torch.cumprod(torch.tensor((1,) + tuple(levels[:-1]), dtype=torch.long), dim=0)
         self.register_buffer("basis", basis, persistent=False)
         self.levels = tuple(levels)
-        self.codebook_size = int(torch.prod(torch.tensor(levels)))
+        self.codebook_size = math.prod(levels)
 
     def bound(self, z: Tensor) -> Tensor:
         return torch.tanh(z.float() + self.shift) * self.half_l - self.offset

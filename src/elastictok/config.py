@@ -117,10 +117,10 @@ class ElasticTokConfig:
         return hashlib.sha256(blob).hexdigest()[:16]
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "ElasticTokConfig":
-        if name not in PRESETS:
-            raise ElasticTokError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
-        return dataclasses.replace(PRESETS[name], **overrides)
+    def from_preset(cls, preset: str, **overrides: Any) -> "ElasticTokConfig":
+        if preset not in PRESETS:
+            raise ElasticTokError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        return dataclasses.replace(PRESETS[preset], **overrides)
 
 
 def _preset(**kwargs: Any) -> ElasticTokConfig:

@@ -181,24 +181,102 @@ def write_image(path: str | os.PathLike, frame: torch.Tensor) -> None:
         Image.fromarray(frame.numpy()).save(tmp, format=fmt)
 
 
+class VideoWriter:
+    """Appends uint8 frames (H, W, 3) to an H.264 file that appears, whole, only on ``close``.
+
+    Use as a context manager; on an exception the partial file is removed. Odd sizes are padded
+    by one pixel (yuv420p needs even sizes).
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float, crf: int = 18):
+        self.path = Path(path)
+        if self.path.suffix.lower() not in (".mp4", ".mkv", ".mov"):
+            raise ElasticTokError(f"{self.path}: video output must end in .mp4, .mkv or .mov")
+        self.fps, self.crf = Fraction(fps).limit_denominator(1001), crf
+        self._atomic = atomic_path(self.path)
+        self._container = self._stream = None
+
+    def __enter__(self) -> "VideoWriter":
+        tmp = self._atomic.__enter__()
+        container_format = {".mkv": "matroska", ".mov": "mov"}.get(self.path.suffix.lower(), "mp4")
+        self._container = av.open(str(tmp), mode="w", format=container_format)
+        return self
+
+    def write(self, frames: torch.Tensor) -> None:
+        """Append (T, H, W, 3) or (H, W, 3) uint8 frames."""
+        frames = frames[None] if frames.dim() == 3 else frames
+        h, w = frames.shape[1:3]
+        if h % 2 or w % 2:
+            frames = F.pad(frames.permute(0, 3, 1, 2), (0, w % 2, 0, h % 2), mode="replicate").permute(0, 2, 3, 1)
+        if self._stream is None:
+            self._stream = self._container.add_stream("libx264", rate=self.fps)
+            self._stream.width, self._stream.height = frames.shape[2], frames.shape[1]
+            self._stream.pix_fmt = "yuv420p"
+            self._stream.options = {"crf": str(self.crf), "preset": "medium"}
+        for frame in frames:
+            self._container.mux(self._stream.encode(av.VideoFrame.from_ndarray(frame.contiguous().numpy(), format="rgb24")))
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                if self._stream is None:
+                    raise ElasticTokError(f"{self.path}: no frames to write")
+                self._container.mux(self._stream.encode())
+        finally:
+            self._container.close()
+            self._atomic.__exit__(exc_type or (ElasticTokError if self._stream is None else None), exc, tb)
+
+
 def write_video(path: str | os.PathLike, frames: torch.Tensor, fps: float, crf: int = 18) -> None:
-    """Write uint8 (T, H, W, 3) as H.264 mp4, atomically. Odd sizes are padded by one pixel."""
+    """Write uint8 (T, H, W, 3) as an H.264 video, atomically."""
+    with VideoWriter(path, fps, crf) as writer:
+        writer.write(frames)
+
+
+# ---- whole files as model-ready blocks -------------------------------------------------------------
+@dataclass
+class MediaInfo:
+    """What is needed to turn a model's output back into the user's media."""
+
+    source: str
+    fps: float | None  # None for images
+    size: tuple[int, int]  # original (H, W)
+    frames: int = 0  # real frames read (images: 1); the last block may hold padding past this
+    is_image: bool = False
+
+
+def iter_media_blocks(path: str | os.PathLike, resolution: tuple[int, int], frames_per_block: int,
+                      fps: float | None = None, fit: str = "crop") -> tuple[MediaInfo, Iterator[torch.Tensor]]:
+    """Open an image or video and stream it as uint8 blocks (frames_per_block, H, W, 3).
+
+    A video is never held whole: frames are read, fitted to ``resolution`` and grouped one block at a
+    time. A final partial block repeats its last frame; ``info.frames`` counts the real frames once
+    the iterator is exhausted. An image is one block of the image repeated.
+    """
     path = Path(path)
-    if path.suffix.lower() not in (".mp4", ".mkv", ".mov"):
-        raise ElasticTokError(f"{path}: video output must end in .mp4, .mkv or .mov")
-    t, h, w, _ = frames.shape
-    if h % 2 or w % 2:  # yuv420p needs even sizes
-        frames = F.pad(frames.permute(0, 3, 1, 2), (0, w % 2, 0, h % 2), mode="replicate").permute(0, 2, 3, 1)
-    rate = Fraction(fps).limit_denominator(1001)
-    with atomic_path(path) as tmp:
-        with av.open(str(tmp), mode="w", format=path.suffix.lower().lstrip(".").replace("mkv", "matroska")) as container:
-            stream = container.add_stream("libx264", rate=rate)
-            stream.width, stream.height = frames.shape[2], frames.shape[1]
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf), "preset": "medium"}
-            for frame in frames:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame.contiguous().numpy(), format="rgb24")))
-            container.mux(stream.encode())
+    if not is_video(path):
+        if path.suffix.lower() not in IMAGE_SUFFIXES and path.exists():
+            raise ElasticTokError(f"{path}: not an image or video file (unknown suffix {path.suffix!r})")
+        image = read_image(path)
+        info = MediaInfo(str(path), None, tuple(image.shape[:2]), 1, True)
+        block = fit_to_resolution(image[None], resolution, fit).expand(frames_per_block, -1, -1, -1)
+        return info, iter([block.contiguous()])
+    reader = VideoReader(path, fps=fps)
+    info = MediaInfo(str(path), reader.fps, (reader.info.height, reader.info.width))
+
+    def blocks() -> Iterator[torch.Tensor]:
+        pending: list[torch.Tensor] = []
+        for frame in reader:
+            pending.append(fit_to_resolution(frame[None], resolution, fit)[0])
+            info.frames += 1
+            if len(pending) == frames_per_block:
+                yield torch.stack(pending)
+                pending = []
+        if pending:
+            pending += [pending[-1]] * (frames_per_block - len(pending))
+            yield torch.stack(pending)
+
+    return info, blocks()
 
 
 # ---- training data --------------------------------------------------------------------------------

@@ -103,9 +103,11 @@ class TransformerBlock(nn.Module):
 class Transformer(nn.Module):
     """A stack of blocks and a final norm over a sequence of whole blocks of tokens.
 
-    ``forward(x, past)`` takes new tokens x (B, N, D), N a multiple of ``block_size``, that
+    ``forward(x, past, start)`` takes new tokens x (B, N, D), N a multiple of ``block_size``, that
     follow the tokens whose keys and values are in ``past``; it returns the output and the
     cache extended with x, so blocks can be processed one at a time with nothing recomputed.
+    ``start`` is x's first RoPE position: the cache length unless the caller has dropped old
+    blocks from the cache (a sliding window), in which case positions keep counting.
     """
 
     def __init__(self, width: int, depth: int, num_heads: int, mlp_width: int, eps: float,
@@ -117,9 +119,10 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(TransformerBlock(width, num_heads, mlp_width, eps) for _ in range(depth))
         self.ln_f = RMSNorm(width, eps)
 
-    def forward(self, x: Tensor, past: KVCache | None = None) -> tuple[Tensor, KVCache]:
+    def forward(self, x: Tensor, past: KVCache | None = None, start: int | None = None) -> tuple[Tensor, KVCache]:
         n_past = 0 if past is None else past[0][0].shape[2]
-        positions = torch.arange(n_past, n_past + x.shape[1], device=x.device)
+        start = n_past if start is None else start
+        positions = torch.arange(start, start + x.shape[1], device=x.device)
         cos, sin = rope_angles(positions, self.head_dim, self.rope_theta)
         mask = block_causal_mask(x.shape[1] // self.block_size, n_past // self.block_size, self.block_size, x.device)
         present: KVCache = []

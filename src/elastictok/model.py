@@ -93,15 +93,16 @@ class ElasticTok(nn.Module):
         return (positions < keep[..., None]).flatten(1)
 
     # ---- token-level core (used by the search and the parity tests) ------------------------
-    def encode_patches(self, patches: Tensor, keep_mask: Tensor, past: KVCache | None = None
-                       ) -> tuple[Latents, KVCache]:
+    def encode_patches(self, patches: Tensor, keep_mask: Tensor, past: KVCache | None = None,
+                       start: int | None = None) -> tuple[Latents, KVCache]:
         """Encode whole blocks of patches (B, N, D) that follow the cached blocks in ``past``.
 
-        ``keep_mask`` (B, N) is any boolean mask; ``Latents.keep`` is left empty here.
+        ``keep_mask`` (B, N) is any boolean mask; ``Latents.keep`` is left empty here. ``start``
+        is the first token's position (default: right after the cache).
         """
         kept = keep_mask[..., None]
         h = self.in_proj(patches) + torch.where(kept, self.is_kept_embed, self.is_masked_embed)
-        h, present = self.encoder(h, past)
+        h, present = self.encoder(h, past, start)
         z_pre = self.pre_quant(h)
         latents = Latents(z=torch.empty(0), keep=torch.empty(0))
         if isinstance(self.quantizer, FSQ):
@@ -114,10 +115,11 @@ class ElasticTok(nn.Module):
         latents.z = z
         return latents, present
 
-    def decode_latents(self, z: Tensor, past: KVCache | None = None) -> tuple[Tensor, KVCache]:
+    def decode_latents(self, z: Tensor, past: KVCache | None = None, start: int | None = None
+                       ) -> tuple[Tensor, KVCache]:
         """Decode latents (B, N, C) of whole blocks after the cached ones; returns patches in [-1, 1]."""
         h = self.post_quant(z.to(self.post_quant.weight.dtype))
-        h, present = self.decoder(h, past)
+        h, present = self.decoder(h, past, start)
         return torch.tanh(self.out_proj(h)), present
 
     # ---- public API ---------------------------------------------------------------------------
@@ -159,6 +161,37 @@ class ElasticTok(nn.Module):
             kl = torch.zeros((), device=video.device)
         loss = mse + self.config.kl_weight * kl
         return ElasticTokOutput(recon=recon.mean(1) if is_image else recon, loss=loss, mse=mse, kl=kl, latents=latents)
+
+    # ---- adaptive tokenization ---------------------------------------------------------------
+    def tokenize(self, inputs, target: "Target | str | None" = None, search: str = "binary", *,
+                 threshold: float | None = None, metric: str = "mse", tokens: int | None = None,
+                 budget: int | None = None, window: int | None = 16, candidates: int = 4,
+                 fps: float | None = None, fit: str = "crop", length_head=None, progress: bool = False):
+        """The fewest tokens per block that meet a target; see ``elastictok.tokenizer``.
+
+        ``inputs``: a tensor (B, T, 3, H, W) or (B, 3, H, W) in [-1, 1], a media file path, or a
+        list of those. ``target``: a ``Target``, a string such as ``"mse:0.003"``, ``"psnr:30"``,
+        ``"tokens:64"``, ``"budget:5000"``, or the keywords ``threshold``/``metric``, ``tokens``,
+        ``budget``. Returns a ``TokenizedVideo`` per input (a list for a batch or list).
+        """
+        from .targets import Target
+        from .tokenizer import tokenize
+
+        if isinstance(target, str):
+            target = Target.parse(target)
+        elif target is None:
+            target = Target(metric=metric, threshold=threshold, tokens=tokens, budget=budget,
+                            higher_is_better=None if isinstance(metric, str) else True)
+        return tokenize(self, inputs, target, search, window, candidates, fps, fit, length_head, progress)
+
+    def detokenize(self, encoded, window: int | None = 16) -> Tensor:
+        """Decode a ``TokenizedVideo`` (or a path to an .etok file) to (T, 3, H, W), or (3, H, W) for an image."""
+        from .tokenfile import read_etok
+        from .tokenizer import detokenize
+
+        if isinstance(encoded, (str, os.PathLike)):
+            encoded = read_etok(encoded)
+        return detokenize(self, encoded, window)
 
     # ---- validation ---------------------------------------------------------------------------
     def _as_video(self, x: Tensor) -> tuple[Tensor, bool]:

@@ -222,7 +222,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     start_step = 0
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
-        if json.loads(state["model_config"]) != model_config.to_dict():
+        if ElasticTokConfig.from_dict(json.loads(state["model_config"])) != model_config:
             raise ElasticTokError(f"{ckpt_path} was written for a different model config; not resuming")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,50 @@
+"""Shared fixtures: small models and real images (scikit-image's bundled photos)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from elastictok import ElasticTok, ElasticTokConfig
+from elastictok.data import fit_to_resolution, to_model, write_video
+
+
+@pytest.fixture
+def micro() -> ElasticTok:
+    torch.manual_seed(0)
+    return ElasticTok(ElasticTokConfig.from_preset("micro")).eval()
+
+
+@pytest.fixture
+def micro_vae() -> ElasticTok:
+    torch.manual_seed(0)
+    return ElasticTok(ElasticTokConfig.from_preset("micro", bottleneck="vae", name="micro-vae")).eval()
+
+
+def real_photos() -> list[np.ndarray]:
+    skdata = pytest.importorskip("skimage.data", reason="scikit-image (a dev extra) provides the real test photos")
+    return [skdata.astronaut(), skdata.coffee(), skdata.chelsea(), skdata.rocket()]
+
+
+@pytest.fixture(scope="session")
+def photo_folder(tmp_path_factory) -> "Path":
+    """A folder of real photos and a real-content video (a slow pan across a photo)."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("media")
+    photos = real_photos()
+    for i, photo in enumerate(photos[1:]):
+        Image.fromarray(photo).save(folder / f"photo{i}.jpg", quality=95)
+    pan = torch.from_numpy(photos[0])  # 512x512
+    frames = torch.stack([pan[100:356, 4 * t:4 * t + 256] for t in range(24)])
+    write_video(folder / "pan.mp4", frames, fps=24)
+    return folder
+
+
+@pytest.fixture
+def real_video(micro) -> torch.Tensor:
+    """(1, 6, 3, 32, 32): three micro blocks of a real photo panning."""
+    photo = torch.from_numpy(real_photos()[0])
+    frames = torch.stack([photo[60:460, 8 * t:8 * t + 400] for t in range(6)])
+    return to_model(fit_to_resolution(frames, micro.config.resolution))[None]
