@@ -48,3 +48,15 @@ def real_video(micro) -> torch.Tensor:
     photo = torch.from_numpy(real_photos()[0])
     frames = torch.stack([photo[60:460, 8 * t:8 * t + 400] for t in range(6)])
     return to_model(fit_to_resolution(frames, micro.config.resolution))[None]
+
+
+@pytest.fixture(scope="session")
+def trained_micro(photo_folder, tmp_path_factory) -> ElasticTok:
+    """The micro preset trained for a few seconds on real photos: quality rises with the token count."""
+    from elastictok.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("trained-micro")
+    cfg = TrainConfig(model="micro", data=[str(photo_folder)], out_dir=str(out), steps=150, batch_size=4, n_blocks=2,
+                      warmup_steps=10, lr=5e-3, eval_every=10**9, checkpoint_every=10**9, log_every=50,
+                      progress=False, bf16=False, seed=0)
+    return ElasticTok.from_pretrained(train(cfg) / "model")

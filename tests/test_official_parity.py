@@ -189,3 +189,36 @@ def test_damaged_checkpoints_give_one_line_errors(tmp_path):
         convert_official(FIXTURES / "vae" / "params.streaming", cfg, progress=False)
     with pytest.raises(ElasticTokError, match="cannot open"):
         list(read_official_params(tmp_path / "absent"))
+
+
+@pytest.mark.parametrize("search", ["full", "binary", "batched"])
+def test_search_decisions_against_the_original_loss_sweep(fixture, search):
+    """Checked against the original's loss sweep wherever our earlier decisions equal the original's.
+
+    The original's mask keeps ntoks+1 tokens, so sweep index n is our count n+1. With random
+    weights the loss is not monotone in the count: full search finds the true smallest passing
+    count; bisection may miss it but, unlike the original, never returns a count that fails the
+    threshold (other than the all-tokens fallback). The original's binary search returns the last
+    count it probed: fsq sample 0, block 0 keeps 18 tokens with loss 0.67467 > 0.67316.
+    """
+    m, lo = fixture.config.tokens_per_block, fixture.config.min_tokens
+    threshold = float(fixture.outputs["bin_threshold"])
+    sweep, original = fixture.outputs["sweep_loss"], fixture.outputs["bin_kept_per_block"]
+    with torch.no_grad():
+        ours = fixture.model.tokenize(fixture.video(), f"mse:{threshold}", search=search)
+    checked = 0
+    for b, encoded in enumerate(ours):
+        counts = encoded.counts.tolist()
+        for block in range(3):
+            if counts[:block] != original[b, :block].tolist():
+                break  # conditioned on different earlier blocks than the sweep
+            n = counts[block]
+            assert sweep[b, block, n - 1] <= threshold or n == m, (b, block)
+            assert encoded.scores[block].item() == pytest.approx(float(sweep[b, block, n - 1]), abs=1e-5)
+            if search == "full":
+                passing = [k for k in range(lo, m + 1) if sweep[b, block, k - 1] <= threshold]
+                assert n == (passing[0] if passing else m), (b, block)
+            checked += 1
+    assert checked >= 2
+    if fixture.config.bottleneck == "fsq":
+        assert original[0, 0] == 18 and sweep[0, 0, 17] > threshold  # the original's answer fails

@@ -44,6 +44,150 @@ def _convert_official(args: argparse.Namespace) -> None:
     print(f"converted {sum(p.numel() for p in model.parameters()):,} parameters to {args.output}")
 
 
+def _load_model(args: argparse.Namespace):
+    import torch
+
+    from .model import ElasticTok
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        model = ElasticTok.from_pretrained(args.model).to(device)
+    except RuntimeError as exc:  # e.g. an unavailable device
+        raise ElasticTokError(f"cannot load model {args.model!r} on {device}: {str(exc).splitlines()[0]}") from None
+    return model
+
+
+def _target(args: argparse.Namespace):
+    from .targets import Target
+
+    if args.tokens is not None:
+        return Target(tokens=args.tokens)
+    if args.budget is not None:
+        return Target(budget=args.budget)
+    return Target.parse(args.threshold)
+
+
+def _autocast(args: argparse.Namespace, model):
+    import contextlib
+
+    import torch
+
+    if args.dtype == "fp32":
+        return contextlib.nullcontext()
+    device = next(model.parameters()).device.type
+    return torch.autocast(device, dtype=torch.bfloat16)
+
+
+def _encode(args: argparse.Namespace) -> None:
+    import json
+    import time
+
+    import torch
+
+    from .metrics import psnr_from_mse
+    from .tokenfile import write_etok
+
+    model = _load_model(args)
+    target = _target(args)
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    codebook = model.quantizer.codebook_size if model.config.bottleneck == "fsq" else 0
+    for source in args.inputs:
+        started = time.perf_counter()
+        with _autocast(args, model):
+            encoded = model.tokenize(source, target, search=args.search, window=args.window, fps=args.fps,
+                                     fit=args.fit, progress=not args.no_progress and not args.json)
+        destination = out_dir / (Path(source).stem + ".etok")
+        write_etok(destination, encoded, codebook)
+        seconds = time.perf_counter() - started
+        counts = encoded.counts.tolist()
+        mse = _achieved_mse(model, encoded, source, args) if encoded.metric != "mse" else encoded.scores.mean().item()
+        summary = {
+            "input": str(source), "output": str(destination), "blocks": encoded.n_blocks,
+            "tokens_per_block": counts, "max_tokens_per_block": encoded.max_tokens,
+            "mean_tokens_per_block": sum(counts) / len(counts), "total_tokens": sum(counts),
+            "mse": mse, "psnr": float(psnr_from_mse(torch.tensor(mse))),
+            "metric": encoded.metric, "scores": encoded.scores.tolist(), "passes": encoded.passes,
+            "seconds": round(seconds, 3),
+        }
+        if args.json:
+            print(json.dumps(summary), flush=True)
+        else:
+            print(f"{source}: {encoded.n_blocks} blocks, {summary['mean_tokens_per_block']:.1f}/{encoded.max_tokens} "
+                  f"tokens per block, PSNR {summary['psnr']:.2f} dB -> {destination}")
+
+
+def _achieved_mse(model, encoded, source, args) -> float:
+    """Mean per-block MSE of the reconstruction, for targets scored in another metric."""
+    import torch
+
+    from .data import iter_media_blocks, to_model
+    from .metrics import mse_per_block
+    from .tokenizer import iter_decode
+
+    _, blocks = iter_media_blocks(source, model.config.resolution, model.config.frames_per_block, args.fps, args.fit)
+    errors = [mse_per_block(recon[None], to_model(block)[None].to(recon.device), len(block)).item()
+              for recon, block in zip(iter_decode(model, encoded, args.window), blocks)]
+    return float(torch.tensor(errors).mean())
+
+
+def _decode(args: argparse.Namespace) -> None:
+    from .data import VideoWriter, from_model, write_image
+    from .tokenfile import read_etok
+    from .tokenizer import iter_decode
+
+    encoded = read_etok(args.tokens_file)
+    model = _load_model(args)
+    output = Path(args.output)
+    with _autocast(args, model):
+        if encoded.info.is_image:
+            write_image(output, from_model(model.detokenize(encoded)))
+        else:
+            if output.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"):
+                raise ElasticTokError(f"{output}: these tokens hold a video; write .mp4")
+            remaining = encoded.info.frames or None
+            with VideoWriter(output, encoded.info.fps or 24) as writer:
+                for block in iter_decode(model, encoded, args.window):
+                    frames = from_model(block)
+                    if remaining is not None:
+                        frames, remaining = frames[:remaining], remaining - len(frames[:remaining])
+                    writer.write(frames)
+    print(f"wrote {output}")
+
+
+def _reconstruct(args: argparse.Namespace) -> None:
+    from .visualize import reconstruct_side_by_side
+
+    model = _load_model(args)
+    with _autocast(args, model):
+        summary = reconstruct_side_by_side(model, args.input, args.output, _target(args), search=args.search,
+                                           window=args.window, fps=args.fps, fit=args.fit,
+                                           progress=not args.no_progress)
+    print(summary)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="default", help="a save_pretrained directory or a bundled model name "
+                                                      "(default: %(default)s)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="compute precision (default: %(default)s)")
+    p.add_argument("--window", type=int, default=16, help="context blocks kept in the cache (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_target_args(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--threshold", default="mse:0.003", metavar="METRIC:VALUE",
+                       help="per-block quality to meet: mse:0.003, psnr:30 or ssim:0.95 (default: %(default)s)")
+    group.add_argument("--tokens", type=int, metavar="N", help="exactly N tokens per block (no search)")
+    group.add_argument("--budget", type=int, metavar="N", help="at most N tokens for the whole input")
+    p.add_argument("--search", choices=["binary", "full", "batched", "regression"], default="binary",
+                   help="how to find the fewest tokens per block (default: %(default)s)")
+    p.add_argument("--fps", type=float, help="resample videos to this frame rate first")
+    p.add_argument("--fit", choices=["crop", "pad"], default="crop",
+                   help="fit frames to the model's resolution by centre crop or padding (default: %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="elastictok",
@@ -51,6 +195,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("encode", help="tokenize images and videos into .etok files",
+                       description="Tokenize each input with the fewest tokens per block that meet the target; "
+                                   "writes DIR/<name>.etok per input.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
+    _add_model_args(p)
+    _add_target_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object per input on stdout")
+    p.set_defaults(func=_encode)
+
+    p = sub.add_parser("decode", help="decode an .etok file to a video or image",
+                       description="Decode tokens back to a video (.mp4) or image (.png/.jpg).")
+    p.add_argument("tokens_file", metavar="FILE.etok")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.mp4 for videos, OUT.png for images")
+    _add_model_args(p)
+    p.set_defaults(func=_decode)
+
+    p = sub.add_parser("reconstruct", help="side-by-side original and reconstruction, with token counts",
+                       description="Tokenize INPUT and write OUT with the original and the reconstruction side by "
+                                   "side (tokens per block drawn on each frame), plus OUT's name with "
+                                   "_tokens.png: a plot of tokens per block over time.")
+    p.add_argument("input", metavar="INPUT")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.mp4 (or OUT.png for an image)")
+    _add_model_args(p)
+    _add_target_args(p)
+    p.set_defaults(func=_reconstruct)
 
     p = sub.add_parser("train", help="train a model from a YAML config",
                        description="Train an ElasticTok model (or its fixed-length baseline) from a YAML config.")

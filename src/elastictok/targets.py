@@ -69,15 +69,14 @@ class Target:
         """``mse:0.003``, ``psnr:30``, ``ssim:0.95``, ``tokens:64`` or ``budget:5000``."""
         name, sep, value = text.partition(":")
         try:
-            if not sep:
-                raise ValueError
-            if name == "tokens":
-                return cls(tokens=int(value))
-            if name == "budget":
-                return cls(budget=int(value))
-            return cls(metric=name, threshold=float(value))
+            number = (int if name in ("tokens", "budget") else float)(value)
         except ValueError:
-            raise ElasticTokError(f"bad target {text!r}: expected mse:0.003, psnr:30, ssim:0.95, tokens:N or budget:N") from None
+            number = None
+        if not sep or number is None:
+            raise ElasticTokError(f"bad target {text!r}: expected mse:0.003, psnr:30, ssim:0.95, tokens:N or budget:N")
+        if name in ("tokens", "budget"):
+            return cls(**{name: number})
+        return cls(metric=name, threshold=number)
 
     @property
     def name(self) -> str:

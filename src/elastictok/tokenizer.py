@@ -119,7 +119,8 @@ class BlockCoder:
         self.enc_cache: KVCache | None = None
         self.dec_cache: KVCache | None = None
         self.blocks_done = 0
-        self.passes = 0
+        self.passes = 0  # forward passes (each may score several candidate counts)
+        self.evaluations = 0  # candidate counts scored, summed over streams
 
     @property
     def cached_tokens(self) -> int:
@@ -134,6 +135,7 @@ class BlockCoder:
         latents, enc_kv = self.model.encode_patches(patches[rows], mask, take(self.enc_cache), start)
         recon, dec_kv = self.model.decode_latents(latents.z, take(self.dec_cache), start)
         self.passes += 1
+        self.evaluations += len(rows)
         return Trial(latents.z, latents.indices, self.model.unpatchify(recon.float()), enc_kv, dec_kv)
 
     def commit(self, trial: Trial) -> None:
@@ -157,7 +159,8 @@ class TokenizedVideo:
     model_name: str
     config_hash: str
     max_tokens: int
-    passes: int = 0  # encoder+decoder forward passes spent
+    passes: int = 0  # encoder+decoder forward passes over the batch this input was tokenized in
+    evaluations: int = 0  # candidate counts scored (block encodes+decodes) for this input
     seconds: float = 0.0
 
     @property
@@ -181,7 +184,7 @@ class Tokenizer:
 
     def __init__(self, model, target: Target, search: str = "binary", window: int | None = 16,
                  candidates: int = 4, length_head=None, progress: bool = False,
-                 on_block: Callable[[int, Tensor], None] | None = None):
+                 on_block: Callable[[int, Tensor, "BlockCoder"], None] | None = None):
         if search not in SEARCHES:
             raise ElasticTokError(f"unknown search {search!r}; use {', '.join(SEARCHES)}")
         if search == "regression" and length_head is None:
@@ -218,7 +221,7 @@ class Tokenizer:
                 kept = trial.indices[i, :n] if trial.indices is not None else trial.z[i, :n].float()
                 stream.tokens.append(kept.cpu())
             if self.on_block is not None:
-                self.on_block(coder.blocks_done - 1, trial.recon)
+                self.on_block(coder.blocks_done - 1, trial.recon, coder)
             bar.set_postfix(tokens=f"{chosen.float().mean():.0f}/{c.tokens_per_block}")
         if coder.blocks_done == 0:
             raise ElasticTokError("empty input: no frames to tokenize")
@@ -227,7 +230,7 @@ class Tokenizer:
             counts=torch.tensor(s.counts), tokens=torch.cat(s.tokens), scores=torch.tensor(s.scores),
             metric=self.target.name if self.target.threshold is not None else "mse", info=s.info,
             model_name=c.name, config_hash=c.fingerprint(), max_tokens=c.tokens_per_block,
-            passes=coder.passes, seconds=elapsed) for s in streams]
+            passes=coder.passes, evaluations=coder.evaluations // len(streams), seconds=elapsed) for s in streams]
 
     def _decide(self, coder: BlockCoder, block: Tensor, previous: Tensor | None) -> tuple[Tensor, Trial, Tensor]:
         """Choose each stream's count for this block; return counts, the committed trial and scores."""
@@ -324,16 +327,22 @@ def _tensor_blocks(video: Tensor, model) -> tuple[MediaInfo, Tensor]:
 def tokenize(model, inputs, target: Target, search: str = "binary", window: int | None = 16,
              candidates: int = 4, fps: float | None = None, fit: str = "crop", length_head=None,
              progress: bool = False) -> TokenizedVideo | list[TokenizedVideo]:
-    """Tokenize a tensor (B, T, 3, H, W), (B, 3, H, W), a media file path, or a list of any of those.
+    """Tokenize a batch tensor (B, T, 3, H, W) or (B, 3, H, W), a media file path, or a list of single
+    inputs: unbatched videos (T, 3, H, W), images (3, H, W) or paths, of any lengths.
 
-    A batched tensor gives a list with one result per row; a single path gives one result. Files
-    are streamed block by block; inputs of different lengths are tokenized one after another.
+    A batch tensor or a list gives a list with one result per input; a single path gives one
+    result. Files are streamed block by block; list items are tokenized one after another.
     """
     if isinstance(inputs, (list, tuple)):
         if not inputs:
             raise ElasticTokError("empty input list")
         results = []
         for item in inputs:
+            if isinstance(item, Tensor):
+                if item.dim() not in (3, 4):
+                    raise ElasticTokError(f"list items are single videos (T, 3, H, W) or images (3, H, W), "
+                                          f"got {tuple(item.shape)}")
+                item = item[None]
             out = tokenize(model, item, target, search, window, candidates, fps, fit, length_head, progress)
             results.extend(out if isinstance(out, list) else [out])
         return results
