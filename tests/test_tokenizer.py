@@ -197,3 +197,26 @@ def test_token_file_reader_survives_fuzzing(trained_micro, real_video, tmp_path)
         except ElasticTokError as exc:
             assert "\n" not in str(exc)
     assert accepted < len(damaged) // 2
+
+
+def test_regression_head_trains_predicts_and_round_trips(trained_micro, real_video, photo_folder, tmp_path):
+    from elastictok.length_head import LengthHead, train_length_head
+
+    model, c = trained_micro, trained_micro.config
+    threshold = model(real_video).mse.item() * 1.3
+    target = Target(metric="mse", threshold=threshold)
+    inputs = [real_video[0], real_video[0].flip(-1), str(photo_folder / "pan.mp4")]
+    head, report = train_length_head(model, inputs, target, steps=300, eval_inputs=[real_video[0]])
+    assert report.blocks == 3 + 3 + 12 and 0 <= report.disagreement <= 1
+    head.save(tmp_path / "head.safetensors")
+    loaded = LengthHead.load(tmp_path / "head.safetensors", model)
+    result = model.tokenize(real_video, target, search="regression", length_head=loaded)[0]
+    assert result.passes == 2 * 3 and result.evaluations == 3  # one encoder pass + one encode/decode per block
+    assert ((result.counts >= c.min_tokens) & (result.counts <= c.tokens_per_block)).all()
+    with pytest.raises(ElasticTokError, match="trained for"):
+        model.tokenize(real_video, "mse:0.5", search="regression", length_head=loaded)
+    with pytest.raises(ElasticTokError, match="needs a trained length head"):
+        model.tokenize(real_video, target, search="regression")
+    other = type(model)(c.__class__.from_preset("micro", width=64, name="other"))
+    with pytest.raises(ElasticTokError, match="another model"):
+        LengthHead.load(tmp_path / "head.safetensors", other)

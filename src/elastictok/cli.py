@@ -89,6 +89,7 @@ def _encode(args: argparse.Namespace) -> None:
 
     model = _load_model(args)
     target = _target(args)
+    length_head = _length_head(args, model)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     codebook = model.quantizer.codebook_size if model.config.bottleneck == "fsq" else 0
@@ -96,7 +97,8 @@ def _encode(args: argparse.Namespace) -> None:
         started = time.perf_counter()
         with _autocast(args, model):
             encoded = model.tokenize(source, target, search=args.search, window=args.window, fps=args.fps,
-                                     fit=args.fit, progress=not args.no_progress and not args.json)
+                                     fit=args.fit, length_head=length_head,
+                                     progress=not args.no_progress and not args.json)
         destination = out_dir / (Path(source).stem + ".etok")
         write_etok(destination, encoded, codebook)
         seconds = time.perf_counter() - started
@@ -115,6 +117,33 @@ def _encode(args: argparse.Namespace) -> None:
         else:
             print(f"{source}: {encoded.n_blocks} blocks, {summary['mean_tokens_per_block']:.1f}/{encoded.max_tokens} "
                   f"tokens per block, PSNR {summary['psnr']:.2f} dB -> {destination}")
+
+
+def _length_head(args: argparse.Namespace, model):
+    if args.search != "regression":
+        return None
+    if not args.length_head:
+        raise ElasticTokError("--search regression needs --length-head FILE (made by elastictok train-length-head)")
+    from .length_head import LengthHead
+    return LengthHead.load(args.length_head, model)
+
+
+def _train_length_head(args: argparse.Namespace) -> None:
+    from .length_head import train_length_head
+    from .targets import Target
+
+    model = _load_model(args)
+    target = Target.parse(args.threshold)
+    if target.threshold is None:
+        raise ElasticTokError("a length head learns a quality threshold such as mse:0.003")
+    head, report = train_length_head(model, args.inputs, target, search=args.label_search, steps=args.steps,
+                                     eval_inputs=args.eval, window=args.window, progress=not args.no_progress)
+    head.save(args.output)
+    line = f"trained on {report.blocks} blocks (loss {report.train_loss:.4f}) -> {args.output}"
+    if report.disagreement is not None:
+        line += (f"; held out: differs from full search on {100 * report.disagreement:.1f}% of blocks, "
+                 f"mean |error| {report.mean_abs_error:.1f} tokens")
+    print(line)
 
 
 def _achieved_mse(model, encoded, source, args) -> float:
@@ -183,6 +212,7 @@ def _add_target_args(p: argparse.ArgumentParser) -> None:
     group.add_argument("--budget", type=int, metavar="N", help="at most N tokens for the whole input")
     p.add_argument("--search", choices=["binary", "full", "batched", "regression"], default="binary",
                    help="how to find the fewest tokens per block (default: %(default)s)")
+    p.add_argument("--length-head", metavar="FILE", help="for --search regression: a trained length head")
     p.add_argument("--fps", type=float, help="resample videos to this frame rate first")
     p.add_argument("--fit", choices=["crop", "pad"], default="crop",
                    help="fit frames to the model's resolution by centre crop or padding (default: %(default)s)")
@@ -222,6 +252,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_target_args(p)
     p.set_defaults(func=_reconstruct)
+
+    p = sub.add_parser("train-length-head", help="train the one-pass length predictor for --search regression",
+                       description="Search token counts on INPUT files, then fit a small head that predicts them "
+                                   "from the encoder's features in one pass.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files to learn from")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write the head (.safetensors)")
+    p.add_argument("--threshold", default="mse:0.003", metavar="METRIC:VALUE", help="the target it learns "
+                                                                                     "(default: %(default)s)")
+    p.add_argument("--label-search", choices=["binary", "full"], default="binary", help="labels from this search")
+    p.add_argument("--eval", nargs="+", metavar="INPUT", help="held-out files: report disagreement with full search")
+    p.add_argument("--steps", type=int, default=2000, help="optimiser steps (default: %(default)s)")
+    _add_model_args(p)
+    p.set_defaults(func=_train_length_head)
 
     p = sub.add_parser("train", help="train a model from a YAML config",
                        description="Train an ElasticTok model (or its fixed-length baseline) from a YAML config.")

@@ -101,8 +101,7 @@ class ElasticTok(nn.Module):
         is the first token's position (default: right after the cache).
         """
         kept = keep_mask[..., None]
-        h = self.in_proj(patches) + torch.where(kept, self.is_kept_embed, self.is_masked_embed)
-        h, present = self.encoder(h, past, start)
+        h, present = self.encoder_features(patches, keep_mask, past, start)
         z_pre = self.pre_quant(h)
         latents = Latents(z=torch.empty(0), keep=torch.empty(0))
         if isinstance(self.quantizer, FSQ):
@@ -114,6 +113,12 @@ class ElasticTok(nn.Module):
             latents.mean, latents.logvar = posterior.mean, posterior.logvar
         latents.z = z
         return latents, present
+
+    def encoder_features(self, patches: Tensor, keep_mask: Tensor, past: KVCache | None = None,
+                         start: int | None = None) -> tuple[Tensor, KVCache]:
+        """The encoder's normalised output (B, N, width), before the bottleneck projection."""
+        h = self.in_proj(patches) + torch.where(keep_mask[..., None], self.is_kept_embed, self.is_masked_embed)
+        return self.encoder(h, past, start)
 
     def decode_latents(self, z: Tensor, past: KVCache | None = None, start: int | None = None
                        ) -> tuple[Tensor, KVCache]:

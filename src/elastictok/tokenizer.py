@@ -184,7 +184,8 @@ class Tokenizer:
 
     def __init__(self, model, target: Target, search: str = "binary", window: int | None = 16,
                  candidates: int = 4, length_head=None, progress: bool = False,
-                 on_block: Callable[[int, Tensor, "BlockCoder"], None] | None = None):
+                 on_block: Callable[[int, Tensor, "BlockCoder"], None] | None = None,
+                 feature_sink: list[Tensor] | None = None, warm_start: bool = True):
         if search not in SEARCHES:
             raise ElasticTokError(f"unknown search {search!r}; use {', '.join(SEARCHES)}")
         if search == "regression" and length_head is None:
@@ -193,6 +194,8 @@ class Tokenizer:
             raise ElasticTokError("window must be at least 1 block")
         self.model, self.target, self.search, self.window = model, target, search, window
         self.candidates, self.length_head, self.progress, self.on_block = candidates, length_head, progress, on_block
+        self.feature_sink = feature_sink  # collects each block's length-head features (for training one)
+        self.warm_start = warm_start  # binary search starts from the previous block's count
 
     # One video stream or a batch of equal-length streams, block by block.
     @torch.no_grad()
@@ -239,6 +242,9 @@ class Tokenizer:
         b = block.shape[0]
         patches = self.model.patchify(block)
         all_rows = torch.arange(b, device=block.device)
+        if self.feature_sink is not None:
+            from .length_head import block_features
+            self.feature_sink.append(block_features(self.model, patches, coder).cpu())
         if self.target.tokens is not None or self.search == "regression":
             if self.target.tokens is not None:
                 counts = torch.full((b,), min(hi, max(lo, self.target.tokens)), dtype=torch.long)
@@ -255,7 +261,7 @@ class Tokenizer:
             elif self.search == "batched":
                 searches.append(kary(lo, hi, self.candidates))
             else:
-                guess = None if previous is None else int(previous[i])
+                guess = None if previous is None or not self.warm_start else int(previous[i])
                 searches.append(bisection(lo, hi, guess))
         pending = {i: next(s, None) for i, s in enumerate(searches)}
         pending = {i: p for i, p in pending.items() if p}
@@ -326,7 +332,8 @@ def _tensor_blocks(video: Tensor, model) -> tuple[MediaInfo, Tensor]:
 
 def tokenize(model, inputs, target: Target, search: str = "binary", window: int | None = 16,
              candidates: int = 4, fps: float | None = None, fit: str = "crop", length_head=None,
-             progress: bool = False) -> TokenizedVideo | list[TokenizedVideo]:
+             progress: bool = False, feature_sink: list[Tensor] | None = None
+             ) -> TokenizedVideo | list[TokenizedVideo]:
     """Tokenize a batch tensor (B, T, 3, H, W) or (B, 3, H, W), a media file path, or a list of single
     inputs: unbatched videos (T, 3, H, W), images (3, H, W) or paths, of any lengths.
 
@@ -343,12 +350,14 @@ def tokenize(model, inputs, target: Target, search: str = "binary", window: int 
                     raise ElasticTokError(f"list items are single videos (T, 3, H, W) or images (3, H, W), "
                                           f"got {tuple(item.shape)}")
                 item = item[None]
-            out = tokenize(model, item, target, search, window, candidates, fps, fit, length_head, progress)
+            out = tokenize(model, item, target, search, window, candidates, fps, fit, length_head, progress,
+                           feature_sink)
             results.extend(out if isinstance(out, list) else [out])
         return results
     if target.budget is not None:
         return _tokenize_to_budget(model, inputs, target, search, window, candidates, fps, fit, progress)
-    tokenizer = Tokenizer(model, target, search, window, candidates, length_head, progress)
+    tokenizer = Tokenizer(model, target, search, window, candidates, length_head, progress,
+                          feature_sink=feature_sink)
     fpb = model.config.frames_per_block
     if isinstance(inputs, Tensor):
         if inputs.dim() not in (4, 5):
