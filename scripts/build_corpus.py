@@ -5,9 +5,10 @@ Sources (all installable without a network beyond the package registries):
   * scikit-image's bundled photos (skimage.data), public domain / CC0 as listed in skimage;
   * scikit-learn's sample images (china.jpg, flower.jpg), CC-BY.
 
-Writes DST/train and DST/heldout. Held-out files are whole files never seen in training.
+Writes DST/train and DST/heldout. Held-out files are whole files never seen in training. With
+--shards, also packs DST/train into WebDataset shards in DST/shards.
 
-    python scripts/build_corpus.py data/corpus
+    python scripts/build_corpus.py data/corpus [--shards]
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def opencv_examples(workdir: Path) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dst", type=Path)
+    parser.add_argument("--shards", action="store_true", help="also write WebDataset shards of the training split")
     args = parser.parse_args()
     from PIL import Image
 
@@ -83,6 +85,10 @@ def main() -> int:
         files = sorted(split.iterdir())
         videos = [f for f in files if f.suffix == ".avi"]
         print(f"{split}: {len(files) - len(videos)} images, {len(videos)} videos")
+    if args.shards:
+        from elastictok.shards import build_shards
+        summary = build_shards([train], args.dst / "shards", shard_size=50, clip_frames=32, short_side=256)
+        print(f"{args.dst / 'shards'}: {summary.shards} shards, {summary.clips} clips, {summary.images} images")
     return 0
 
 

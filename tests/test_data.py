@@ -103,3 +103,39 @@ def test_image_writer_is_atomic_and_checks_suffix(tmp_path):
     with pytest.raises(ElasticTokError, match="must end in"):
         write_image(tmp_path / "a.gif2", frame)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]  # no temporary left behind
+
+
+@pytest.mark.parametrize("suffix, codec", [(".webm", "libvpx-vp9"), (".mkv", "libx264"), (".avi", "mpeg4")])
+def test_containers_and_codecs(tmp_path, suffix, codec):
+    path = tmp_path / f"clip{suffix}"
+    frames = np.random.default_rng(0).integers(0, 255, (6, 32, 48, 3), dtype=np.uint8)
+    fmt = {".webm": "webm", ".mkv": "matroska", ".avi": "avi"}[suffix]
+    with av.open(str(path), "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=10)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    decoded = VideoReader(path).read_all()
+    assert decoded.shape == (6, 32, 48, 3)
+
+
+def test_fps_resampling_up_and_down(photo_folder):
+    source = VideoReader(photo_folder / "pan.mp4")  # 24 frames at 24 fps
+    assert len(list(VideoReader(photo_folder / "pan.mp4", fps=12))) == 12
+    doubled = list(VideoReader(photo_folder / "pan.mp4", fps=48))
+    assert len(doubled) == 48 and torch.equal(doubled[0], doubled[1])
+    assert source.fps == pytest.approx(24)
+
+
+def test_streamed_blocks_pad_the_tail_and_refuse_tiny_media(photo_folder, tmp_path):
+    from elastictok.data import iter_media_blocks
+    info, blocks = iter_media_blocks(photo_folder / "pan.mp4", (32, 32), 5)
+    blocks = list(blocks)
+    assert len(blocks) == 5 and info.frames == 24 and torch.equal(blocks[-1][3], blocks[-1][4])
+    Image.fromarray(np.zeros((6, 40, 3), np.uint8)).save(tmp_path / "thin.png")
+    with pytest.raises(ElasticTokError, match="smaller than one 8x8 patch"):
+        iter_media_blocks(tmp_path / "thin.png", (32, 32), 2, min_size=8)
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ElasticTokError, match="not an image or video"):
+        iter_media_blocks(tmp_path / "notes.txt", (32, 32), 2)

@@ -195,6 +195,15 @@ def _reconstruct(args: argparse.Namespace) -> None:
     print(summary)
 
 
+def _data_shard(args: argparse.Namespace) -> None:
+    from .shards import build_shards
+
+    summary = build_shards(args.sources, args.destination, shard_size=args.shard_size, clip_frames=args.clip_frames,
+                           short_side=args.short_side, fps=args.fps, progress=not args.no_progress)
+    print(f"wrote {summary.shards} shards to {args.destination}: {summary.clips} video clips, {summary.images} images"
+          f", {summary.skipped} unreadable files skipped")
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default", help="a save_pretrained directory or a bundled model name "
                                                       "(default: %(default)s)")
@@ -252,6 +261,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_target_args(p)
     p.set_defaults(func=_reconstruct)
+
+    p = sub.add_parser("data", help="dataset tools", description="Dataset tools.")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    p = data_sub.add_parser("shard", help="pack a folder of images and videos into WebDataset tar shards",
+                            description="Pack images and videos under SRC into DST/shard-NNNNNN.tar (WebDataset "
+                                        "layout): videos cut into clips, everything resized to a short side.")
+    p.add_argument("sources", nargs="+", metavar="SRC", help="folders or files")
+    p.add_argument("destination", metavar="DST", help="output folder")
+    p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default: %(default)s)")
+    p.add_argument("--clip-frames", type=int, default=32, help="frames per video clip (default: %(default)s)")
+    p.add_argument("--short-side", type=int, default=256, help="resize so the short side is at most this "
+                                                               "(default: %(default)s)")
+    p.add_argument("--fps", type=float, help="resample videos to this frame rate")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_data_shard)
 
     p = sub.add_parser("train-length-head", help="train the one-pass length predictor for --search regression",
                        description="Search token counts on INPUT files, then fit a small head that predicts them "

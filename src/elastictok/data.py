@@ -101,24 +101,27 @@ class VideoReader:
         return self.target_fps or self.info.fps
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        produced = 0
+        """Frames as uint8 (H, W, 3); with a target fps, each output tick takes the latest source frame."""
+        produced = decoded = 0
         try:
             with av.open(str(self.path)) as container:
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
-                for index, frame in enumerate(container.decode(stream)):
-                    if self.target_fps:
-                        # Keep the frames whose source time reaches the next output tick.
-                        time = index / self.info.fps
-                        if time + 1e-6 < produced / self.target_fps:
-                            continue
-                    produced += 1
-                    yield torch.from_numpy(frame.to_ndarray(format="rgb24"))
+                for frame in container.decode(stream):
+                    decoded += 1
+                    image = torch.from_numpy(frame.to_ndarray(format="rgb24"))
+                    # Source frame i covers [i, i+1) / source fps; emit it for every output tick inside.
+                    until = decoded / self.info.fps
+                    while produced == 0 or not self.target_fps or produced / self.target_fps < until - 1e-9:
+                        produced += 1
+                        yield image
+                        if not self.target_fps:
+                            break
         except av.error.FFmpegError as exc:
-            if produced == 0:
+            if decoded == 0:
                 raise ElasticTokError(f"{self.path}: not a readable video ({exc.strerror or exc})") from None
-            log.warning("%s: decoding stopped after %d frames (%s)", self.path, produced, exc)
-        if produced == 0:
+            log.warning("%s: decoding stopped after %d frames (%s)", self.path, decoded, exc)
+        if decoded == 0:
             raise ElasticTokError(f"{self.path}: video has no decodable frames")
 
     def read_all(self) -> torch.Tensor:
@@ -246,22 +249,33 @@ class MediaInfo:
 
 
 def iter_media_blocks(path: str | os.PathLike, resolution: tuple[int, int], frames_per_block: int,
-                      fps: float | None = None, fit: str = "crop") -> tuple[MediaInfo, Iterator[torch.Tensor]]:
+                      fps: float | None = None, fit: str = "crop", min_size: int = 1
+                      ) -> tuple[MediaInfo, Iterator[torch.Tensor]]:
     """Open an image or video and stream it as uint8 blocks (frames_per_block, H, W, 3).
 
     A video is never held whole: frames are read, fitted to ``resolution`` and grouped one block at a
     time. A final partial block repeats its last frame; ``info.frames`` counts the real frames once
-    the iterator is exhausted. An image is one block of the image repeated.
+    the iterator is exhausted. An image is one block of the image repeated. Media smaller than
+    ``min_size`` pixels on a side (a model's patch) are refused.
     """
     path = Path(path)
+    if fit not in ("crop", "pad"):
+        raise ElasticTokError(f"fit must be 'crop' or 'pad', got {fit!r}")
+
+    def check_size(h: int, w: int) -> None:
+        if min(h, w) < min_size:
+            raise ElasticTokError(f"{path}: {h}x{w} pixels is smaller than one {min_size}x{min_size} patch")
+
     if not is_video(path):
         if path.suffix.lower() not in IMAGE_SUFFIXES and path.exists():
             raise ElasticTokError(f"{path}: not an image or video file (unknown suffix {path.suffix!r})")
         image = read_image(path)
+        check_size(*image.shape[:2])
         info = MediaInfo(str(path), None, tuple(image.shape[:2]), 1, True)
         block = fit_to_resolution(image[None], resolution, fit).expand(frames_per_block, -1, -1, -1)
         return info, iter([block.contiguous()])
     reader = VideoReader(path, fps=fps)
+    check_size(reader.info.height, reader.info.width)
     info = MediaInfo(str(path), reader.fps, (reader.info.height, reader.info.width))
 
     def blocks() -> Iterator[torch.Tensor]:
@@ -342,12 +356,25 @@ class MediaCollection:
         return [i for i, item in enumerate(self.items) if item.shape[0] == 1]
 
 
+def random_crop(clip: torch.Tensor, resolution: tuple[int, int], rng: np.random.Generator) -> torch.Tensor:
+    """A random crop (between the resolution's aspect-fitted size and the whole frame) and flip, resized."""
+    h, w = clip.shape[1:3]
+    th, tw = resolution
+    scale = rng.uniform(min(1.0, max(th / h, tw / w)), 1.0)
+    ch, cw = min(h, max(1, round(h * scale))), min(w, max(1, round(w * scale)))
+    top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+    clip = clip[:, top:top + ch, left:left + cw]
+    if rng.random() < 0.5:
+        clip = clip.flip(2)
+    return fit_to_resolution(clip, resolution)
+
+
 class TrainBatches(torch.utils.data.Dataset):
     """Batch k of training, generated from k alone, so a resumed run sees exactly the same data.
 
     A batch is either ``batch_size`` video clips of ``n_blocks`` blocks, or ``batch_size * n_blocks``
     single-block images (the same number of tokens), chosen with probability ``image_fraction``.
-    Crops take a random size between the resolution and the short side, and random flips.
+    Crops (``random_crop``) take a random size between the resolution and the whole frame, and random flips.
     """
 
     def __init__(self, media: MediaCollection, resolution: tuple[int, int], frames_per_block: int,
@@ -368,28 +395,18 @@ class TrainBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def _crop(self, item: torch.Tensor, frames: slice, rng: np.random.Generator) -> torch.Tensor:
-        h, w = item.shape[1:3]
-        th, tw = self.resolution
-        scale = rng.uniform(max(th / h, tw / w), 1.0)
-        ch, cw = max(th, round(h * scale)), max(tw, round(w * scale))
-        top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-        clip = item[frames, top:top + ch, left:left + cw]
-        if rng.random() < 0.5:
-            clip = clip.flip(2)
-        return fit_to_resolution(clip, self.resolution)
-
     def __getitem__(self, k: int) -> torch.Tensor:
         rng = np.random.default_rng(_stable_seed(self.seed, k))
         if rng.random() < self.image_fraction:
             picks = rng.choice(self.images, size=self.batch_size * self.n_blocks)
-            clips = [self._crop(self.media.items[i], slice(0, 1), rng).expand(self.fpb, -1, -1, -1) for i in picks]
+            clips = [random_crop(self.media.items[i][:1], self.resolution, rng).expand(self.fpb, -1, -1, -1)
+                     for i in picks]
         else:
             length = self.n_blocks * self.fpb
             clips = []
             for i in rng.choice(self.videos, size=self.batch_size):
                 start = rng.integers(0, self.media.items[i].shape[0] - length + 1)
-                clips.append(self._crop(self.media.items[i], slice(start, start + length), rng))
+                clips.append(random_crop(self.media.items[i][start:start + length], self.resolution, rng))
         return to_model(torch.stack(clips))  # (B, T, 3, H, W)
 
 

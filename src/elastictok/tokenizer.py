@@ -369,7 +369,8 @@ def tokenize(model, inputs, target: Target, search: str = "binary", window: int 
         n_blocks = video.shape[1] // fpb
         blocks = (video[:, k * fpb:(k + 1) * fpb] for k in range(n_blocks))
         return tokenizer.run(blocks, [info for info, _ in prepared], total=n_blocks)
-    info, blocks = iter_media_blocks(inputs, model.config.resolution, fpb, fps=fps, fit=fit)
+    info, blocks = iter_media_blocks(inputs, model.config.resolution, fpb, fps=fps, fit=fit,
+                                     min_size=max(model.config.patch_size[1:]))
     total = math.ceil(info_frames_hint(inputs, fps) / fpb) if not info.is_image else 1
     return tokenizer.run((to_model(b)[None] for b in blocks), [info], total=total or None)[0]
 

@@ -26,6 +26,7 @@ from .data import MediaCollection, TrainBatches, _stable_seed, eval_clips
 from .errors import ElasticTokError
 from .fileio import atomic_path
 from .masking import KeepSampler
+from .shards import ShardBatches, list_shards
 from .metrics import psnr
 from .model import ElasticTok
 
@@ -239,14 +240,22 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         log.info("no checkpoint in %s: starting from scratch", out_dir)
 
     c = model_config
-    media = MediaCollection.load(cfg.data, short_side=2 * min(c.resolution), fps=cfg.fps)
-    batches = TrainBatches(media, c.resolution, c.frames_per_block, cfg.n_blocks, cfg.batch_size,
-                           cfg.image_fraction, cfg.seed, length=cfg.steps * cfg.grad_accum)
+    shards = list_shards(cfg.data)
+    if shards:  # WebDataset shards: streamed, resumable from the batch position
+        batches = ShardBatches(shards, c.resolution, c.frames_per_block, cfg.n_blocks, cfg.batch_size,
+                               cfg.image_fraction, cfg.seed, start_batch=start_step * cfg.grad_accum)
+        skipped_files = lambda: batches.skipped  # noqa: E731  (counted in the main process only)
+        loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=cfg.num_workers)
+    else:  # a folder of media, decoded once into memory
+        media = MediaCollection.load(cfg.data, short_side=2 * min(c.resolution), fps=cfg.fps)
+        batches = TrainBatches(media, c.resolution, c.frames_per_block, cfg.n_blocks, cfg.batch_size,
+                               cfg.image_fraction, cfg.seed, length=cfg.steps * cfg.grad_accum)
+        skipped_files = lambda: len(media.skipped)  # noqa: E731
+        loader = torch.utils.data.DataLoader(
+            batches, batch_size=None, sampler=range(start_step * cfg.grad_accum, len(batches)),
+            num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
     held_out = MediaCollection.load(cfg.eval_data, short_side=min(c.resolution)) if cfg.eval_data else None
     eval_samples = eval_clips(held_out, c.resolution, c.frames_per_block) if held_out else []
-    loader = torch.utils.data.DataLoader(
-        batches, batch_size=None, sampler=range(start_step * cfg.grad_accum, len(batches)),
-        num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
     sampler = KeepSampler(cfg.mask, c.min_tokens, c.tokens_per_block)
     run_log = RunLog(out_dir, start_step)
     (out_dir / "train_config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
@@ -286,7 +295,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         step += 1
         elapsed = time.monotonic() - started
         totals.update(lr=scheduler.get_last_lr()[0], frames_per_s=frames_seen / max(elapsed, 1e-9),
-                      skipped_files=len(media.skipped))
+                      skipped_files=skipped_files())
         bar.update(1)
         bar.set_postfix(loss=f"{totals['loss']:.4f}", psnr=f"{totals['psnr']:.2f}", fps=f"{totals['frames_per_s']:.0f}")
         if step % cfg.log_every == 0 or step == cfg.steps:
