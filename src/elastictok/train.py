@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import yaml
 from tqdm import tqdm
 
@@ -27,6 +28,7 @@ from .errors import ElasticTokError
 from .fileio import atomic_path
 from .masking import KeepSampler
 from .shards import ShardBatches, list_shards
+from .distributed import DistributedCheckpoint, full_state_dict, setup, wrap
 from .metrics import psnr
 from .model import ElasticTok
 
@@ -67,6 +69,7 @@ class TrainConfig:
     log_every: int = 10
     init_from: str | None = None  # progressive training: weights of another run or a model directory
     seed: int = 0
+    distributed: str = "ddp"  # under torchrun: ddp | fsdp (FSDP2 fully_shard)
     num_workers: int = 0
     device: str = "auto"
     progress: bool = True
@@ -90,12 +93,6 @@ class TrainConfig:
 
     def model_config(self) -> ElasticTokConfig:
         return ElasticTokConfig.from_preset(self.model, **self.model_overrides)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -131,7 +128,7 @@ def load_init_weights(model: ElasticTok, source: str) -> None:
 def evaluate(model: ElasticTok, samples: list[torch.Tensor], fractions: list[float], device: torch.device,
              bf16: bool, batch_size: int = 16) -> dict[float, float]:
     """Mean PSNR over held-out samples at each keep fraction of Mmax (clamped to [Mmin, Mmax])."""
-    c = model.config
+    c = getattr(model, "module", model).config  # a DDP wrapper keeps the model in .module
     was_training = model.training
     model.eval()
     results = {}
@@ -175,6 +172,7 @@ class RunLog:
 
 
 def save_checkpoint(path: Path, model, optimizer, scheduler, ema, step: int, cfg: TrainConfig) -> None:
+    """Single-process checkpoint: one file, loaded with ``weights_only=True``."""
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -183,8 +181,6 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, ema, step: int, cfg
         "ema_n_averaged": ema.n_averaged if ema is not None else None,
         "step": step,
         "data_position": step * cfg.grad_accum,  # batches consumed; batch k is a pure function of k
-        "rng_torch": torch.get_rng_state(),
-        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "train_config": json.dumps(dataclasses.asdict(cfg)),
         "model_config": json.dumps(model.config.to_dict()),
     }
@@ -200,16 +196,28 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
-    """Train and return the run directory. ``resume`` continues from ``checkpoints/last.pt``."""
+    """Train and return the run directory; ``resume`` continues from the run's last checkpoint.
+
+    Under torchrun, every process trains its share of each global batch (DDP or FSDP2, by
+    ``cfg.distributed``) and checkpoints go through torch.distributed.checkpoint.
+    """
     out_dir = Path(cfg.out_dir)
+    world, device = setup(cfg.device)
+    distributed = world.distributed
     ckpt_path = out_dir / "checkpoints" / "last.pt"
-    device = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
+    dist_ckpt = DistributedCheckpoint(out_dir / "checkpoints" / "last")
+    has_checkpoint = dist_ckpt.exists() if distributed else ckpt_path.exists()
+    if cfg.batch_size % world.size:
+        raise ElasticTokError(f"batch_size {cfg.batch_size} does not split over {world.size} processes")
+    if distributed and cfg.ema_decay:
+        raise ElasticTokError("ema_decay is not supported with multi-process training yet")
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model_config = cfg.model_config()
     model = ElasticTok(model_config).to(device)
-    if cfg.init_from and not (resume and ckpt_path.exists()):
+    if cfg.init_from and not (resume and has_checkpoint):
         load_init_weights(model, cfg.init_from)
-    optimizer = build_optimizer(model, cfg)
+    net = wrap(model, cfg.distributed, cfg.bf16, device) if distributed else model
+    optimizer = build_optimizer(net, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
     ema = None
     if cfg.ema_decay:
@@ -221,7 +229,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         lpips = LPIPS.from_file(cfg.lpips_weights).to(device)
 
     start_step = 0
-    if resume and ckpt_path.exists():
+    if resume and has_checkpoint and distributed:
+        trainer_state = dist_ckpt.load(net, optimizer)
+        if ElasticTokConfig.from_dict(trainer_state["model_config"]) != model_config:
+            raise ElasticTokError(f"{dist_ckpt.directory} was written for a different model config; not resuming")
+        scheduler.load_state_dict(trainer_state["scheduler"])
+        start_step = trainer_state["step"]
+    elif resume and has_checkpoint:
         state = load_checkpoint(ckpt_path)
         if ElasticTokConfig.from_dict(json.loads(state["model_config"])) != model_config:
             raise ElasticTokError(f"{ckpt_path} was written for a different model config; not resuming")
@@ -232,24 +246,32 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             ema.module.load_state_dict(state["ema"])
             ema.n_averaged.copy_(state["ema_n_averaged"])
         start_step = state["step"]
-        torch.set_rng_state(state["rng_torch"])
-        if state["rng_cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
-        log.info("resuming from step %d", start_step)
-    elif resume:
-        log.info("no checkpoint in %s: starting from scratch", out_dir)
+    if resume:
+        log.info("resuming from step %d" if start_step else "no checkpoint in %s: starting from scratch",
+                 start_step or out_dir)
+
+    def save(step: int) -> None:
+        if distributed:
+            dist_ckpt.save(net, optimizer, {"step": step, "data_position": step * cfg.grad_accum,
+                                            "scheduler": scheduler.state_dict(),
+                                            "model_config": model_config.to_dict()}, world)
+        else:
+            save_checkpoint(ckpt_path, model, optimizer, scheduler, ema, step, cfg)
 
     c = model_config
     shards = list_shards(cfg.data)
-    if shards:  # WebDataset shards: streamed, resumable from the batch position
-        batches = ShardBatches(shards, c.resolution, c.frames_per_block, cfg.n_blocks, cfg.batch_size,
+    per_rank = cfg.batch_size // world.size
+    if shards:  # WebDataset shards: every rank streams its own slice, resumable from the batch position
+        batches = ShardBatches(shards, c.resolution, c.frames_per_block, cfg.n_blocks, per_rank,
                                cfg.image_fraction, cfg.seed, start_batch=start_step * cfg.grad_accum)
+        rows = slice(None)
         skipped_files = lambda: batches.skipped  # noqa: E731  (counted in the main process only)
         loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=cfg.num_workers)
-    else:  # a folder of media, decoded once into memory
+    else:  # a folder of media in memory: every rank makes the global batch and takes its rows
         media = MediaCollection.load(cfg.data, short_side=2 * min(c.resolution), fps=cfg.fps)
         batches = TrainBatches(media, c.resolution, c.frames_per_block, cfg.n_blocks, cfg.batch_size,
                                cfg.image_fraction, cfg.seed, length=cfg.steps * cfg.grad_accum)
+        rows = None  # decided per batch: image batches hold n_blocks times more rows
         skipped_files = lambda: len(media.skipped)  # noqa: E731
         loader = torch.utils.data.DataLoader(
             batches, batch_size=None, sampler=range(start_step * cfg.grad_accum, len(batches)),
@@ -257,22 +279,30 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     held_out = MediaCollection.load(cfg.eval_data, short_side=min(c.resolution)) if cfg.eval_data else None
     eval_samples = eval_clips(held_out, c.resolution, c.frames_per_block) if held_out else []
     sampler = KeepSampler(cfg.mask, c.min_tokens, c.tokens_per_block)
-    run_log = RunLog(out_dir, start_step)
-    (out_dir / "train_config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    run_log = RunLog(out_dir, start_step) if world.main else None
+    if world.main:
+        (out_dir / "train_config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
 
-    model.train()
+    net.train()
     started, frames_seen, step = time.monotonic(), 0, start_step
-    bar = tqdm(total=cfg.steps, initial=start_step, desc="train", disable=not cfg.progress, dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=start_step, desc="train", disable=not (cfg.progress and world.main),
+               dynamic_ncols=True)
     batch_iter = iter(loader)
     while step < cfg.steps:
         totals = {"loss": 0.0, "mse": 0.0, "kl": 0.0, "lpips": 0.0, "psnr": 0.0}
         for micro in range(cfg.grad_accum):
             index = step * cfg.grad_accum + micro
-            video = next(batch_iter).to(device, non_blocking=True)
+            video = next(batch_iter)
             keep = sampler(video.shape[0], video.shape[1] // c.frames_per_block,
                            torch.Generator().manual_seed(_stable_seed(cfg.seed, "keep", index)))
+            if rows is None:  # this rank's contiguous share of the global batch
+                share = video.shape[0] // world.size
+                video, keep = (t[world.rank * share:(world.rank + 1) * share] for t in (video, keep))
+            video = video.to(device, non_blocking=True)
+            # Sampling noise (VAE) depends on (seed, batch, rank) only: resumable without RNG state.
+            torch.manual_seed(_stable_seed(cfg.seed, "noise", index, world.rank) % 2**63)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                out = model(video, keep.to(device))
+                out = net(video, keep.to(device))
                 loss = out.loss
                 if lpips is not None:
                     frame = torch.randint(video.shape[1], (), generator=torch.Generator().manual_seed(
@@ -285,38 +315,50 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             totals["mse"] += out.mse.item() / cfg.grad_accum
             totals["kl"] += out.kl.item() / cfg.grad_accum
             totals["psnr"] += psnr(out.recon.detach(), video).mean().item() / cfg.grad_accum
-            frames_seen += video.shape[0] * video.shape[1]
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            frames_seen += video.shape[0] * video.shape[1] * world.size
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         if ema is not None:
             ema.update_parameters(model)
         step += 1
+        if distributed:  # report the mean over ranks
+            packed = torch.tensor([totals[k] for k in ("loss", "mse", "kl", "lpips", "psnr")])
+            dist.all_reduce(packed)
+            totals.update(zip(("loss", "mse", "kl", "lpips", "psnr"), (packed / world.size).tolist()))
         elapsed = time.monotonic() - started
         totals.update(lr=scheduler.get_last_lr()[0], frames_per_s=frames_seen / max(elapsed, 1e-9),
                       skipped_files=skipped_files())
         bar.update(1)
         bar.set_postfix(loss=f"{totals['loss']:.4f}", psnr=f"{totals['psnr']:.2f}", fps=f"{totals['frames_per_s']:.0f}")
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        if run_log and (step % cfg.log_every == 0 or step == cfg.steps):
             run_log.write(step, totals)
         out_of_time = cfg.max_minutes is not None and elapsed > 60 * cfg.max_minutes
+        if distributed:  # every rank must agree to stop
+            flag = torch.tensor([float(out_of_time)])
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            out_of_time = bool(flag.item())
         if eval_samples and (step % cfg.eval_every == 0 or step == cfg.steps or out_of_time):
-            scores = evaluate(ema.module if ema is not None else model, eval_samples, cfg.eval_keep_fractions,
+            scores = evaluate(ema.module if ema is not None else net, eval_samples, cfg.eval_keep_fractions,
                               device, cfg.bf16)
-            for fraction, value in scores.items():
-                run_log.tb.add_scalar(f"eval/psnr_keep_{fraction:.4g}", value, step)
-            line = "  ".join(f"keep {f:.4g}: {v:.2f} dB" for f, v in scores.items())
-            bar.write(f"step {step} held-out PSNR  {line}")
-            with (out_dir / "eval.jsonl").open("a") as f:
-                f.write(json.dumps({"step": step, "psnr": {str(k): v for k, v in scores.items()}}) + "\n")
+            if run_log:
+                for fraction, value in scores.items():
+                    run_log.tb.add_scalar(f"eval/psnr_keep_{fraction:.4g}", value, step)
+                line = "  ".join(f"keep {f:.4g}: {v:.2f} dB" for f, v in scores.items())
+                bar.write(f"step {step} held-out PSNR  {line}")
+                with (out_dir / "eval.jsonl").open("a") as f:
+                    f.write(json.dumps({"step": step, "psnr": {str(k): v for k, v in scores.items()}}) + "\n")
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
-            save_checkpoint(ckpt_path, model, optimizer, scheduler, ema, step, cfg)
+            save(step)
         if out_of_time:
             bar.write(f"stopping after {cfg.max_minutes} minutes at step {step}")
             break
     bar.close()
-    run_log.close()
-    final = ema.module if ema is not None else model
-    final.save_pretrained(out_dir / "model")
+    final = full_state_dict(ema.module if ema is not None else net)
+    if run_log:
+        run_log.close()
+        trained = ElasticTok(model_config)
+        trained.load_state_dict(final)
+        trained.save_pretrained(out_dir / "model")
     return out_dir
