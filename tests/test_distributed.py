@@ -63,3 +63,11 @@ def test_checkpoint_from_two_processes_resumes_on_one(photo_folder, tmp_path):
     cfg.max_minutes = None
     torchrun(cfg, tmp_path, 1, resume=True)
     assert_close(weights(reference), weights(tmp_path / "resharded"))
+
+
+def test_sequence_parallel_training_matches_one_process(photo_folder, tmp_path):
+    """Two ranks each hold half of every sequence (a block straddles the boundary): same weights as one."""
+    single = train(config(photo_folder, tmp_path / "single", n_blocks=3, batch_size=2))
+    cfg = config(photo_folder, tmp_path / "sp", n_blocks=3, batch_size=2, sequence_parallel=True)
+    torchrun(cfg, tmp_path, 2)
+    assert_close(weights(single), weights(tmp_path / "sp"), atol=5e-5)

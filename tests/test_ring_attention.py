@@ -57,3 +57,41 @@ def test_ring_attention_matches_single_process(world):
     assert sorted(results.keys()) == list(range(world))
     for rank, errors in results.items():
         assert max(errors) < 1e-5, (rank, errors)
+
+
+def model_worker(rank: int, world: int, port: int, results) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        from elastictok import ElasticTok, ElasticTokConfig
+        torch.manual_seed(0)
+        model = ElasticTok(ElasticTokConfig.from_preset("micro", bottleneck="vae", kl_weight=0.1)).eval()
+        video = torch.rand(2, 6, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+        keep = torch.tensor([[3, 20, 32], [9, 2, 17]])
+        whole = model(video, keep)
+        whole.loss.backward()
+        reference = {n: p.grad.clone() for n, p in model.named_parameters()}
+        model.zero_grad()
+        shard = model.forward_sequence_shard(video, keep, group=None)
+        shard.loss.backward()
+        errors = []
+        for name, param in model.named_parameters():
+            grad = param.grad.clone()
+            dist.all_reduce(grad)
+            errors.append((grad / world - reference[name]).abs().max().item())
+        losses = torch.tensor([shard.loss.item(), shard.kl.item()])
+        dist.all_reduce(losses)
+        results[rank] = (max(errors), (losses[0] / world - whole.loss).abs().item(),
+                         (losses[1] / world - whole.kl).abs().item() / whole.kl.item())
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_sequence_parallel_model_matches_one_process(world):
+    """VAE (posterior mean): losses, KL and gradients averaged over ranks equal the whole sequence's."""
+    manager = mp.Manager()
+    results = manager.dict()
+    mp.spawn(model_worker, args=(world, free_port(), results), nprocs=world, join=True)
+    for rank, (grad_error, loss_error, kl_relative_error) in results.items():
+        assert grad_error < 1e-5 and loss_error < 1e-6 and kl_relative_error < 1e-5, (rank, results[rank])

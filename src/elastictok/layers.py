@@ -6,6 +6,8 @@ as in the original release.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -54,6 +56,14 @@ def block_causal_mask(n_query_blocks: int, n_past_blocks: int, block_size: int, 
     return k_block[None, :] <= q_block[:, None]
 
 
+@dataclass
+class RingSpec:
+    """Sequence parallelism: attend across the shards held by ``group``'s ranks."""
+
+    block_size: int
+    group: object  # a torch.distributed process group, or None for the default group
+
+
 class Attention(nn.Module):
     def __init__(self, width: int, num_heads: int):
         super().__init__()
@@ -64,14 +74,19 @@ class Attention(nn.Module):
         self.wo = nn.Linear(width, width, bias=False)
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, past: tuple[Tensor, Tensor] | None
+        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, past: tuple[Tensor, Tensor] | None,
+        ring: "RingSpec | None" = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         b, n, d = x.shape
         q, k, v = (proj(x).view(b, n, self.num_heads, -1).transpose(1, 2) for proj in (self.wq, self.wk, self.wv))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if past is not None:
             k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, N, K)
+        if ring is not None:  # x is this rank's shard of a sequence split across ring.group
+            from .ring_attention import ring_attention
+            out = ring_attention(q, k, v, ring.block_size, ring.group)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, N, K)
         return self.wo(out.transpose(1, 2).reshape(b, n, d)), (k, v)
 
 
@@ -94,8 +109,8 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(width, eps)
         self.feed_forward = SwiGLU(width, mlp_width)
 
-    def forward(self, x, cos, sin, mask, past):
-        attended, present = self.attention(self.attention_norm(x), cos, sin, mask, past)
+    def forward(self, x, cos, sin, mask, past, ring=None):
+        attended, present = self.attention(self.attention_norm(x), cos, sin, mask, past, ring)
         x = x + attended
         return x + self.feed_forward(self.ffn_norm(x)), present
 
@@ -119,14 +134,22 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(TransformerBlock(width, num_heads, mlp_width, eps) for _ in range(depth))
         self.ln_f = RMSNorm(width, eps)
 
-    def forward(self, x: Tensor, past: KVCache | None = None, start: int | None = None) -> tuple[Tensor, KVCache]:
+    def forward(self, x: Tensor, past: KVCache | None = None, start: int | None = None,
+                sequence_group=None) -> tuple[Tensor, KVCache]:
+        """With ``sequence_group``, x is this rank's contiguous shard of the sequence (sequence
+        parallelism: ring attention, ``start`` = the shard's first global position, no cache)."""
         n_past = 0 if past is None else past[0][0].shape[2]
         start = n_past if start is None else start
         positions = torch.arange(start, start + x.shape[1], device=x.device)
         cos, sin = rope_angles(positions, self.head_dim, self.rope_theta)
-        mask = block_causal_mask(x.shape[1] // self.block_size, n_past // self.block_size, self.block_size, x.device)
+        ring, mask = None, None
+        if sequence_group is not None:
+            ring = RingSpec(self.block_size, sequence_group)
+        else:
+            mask = block_causal_mask(x.shape[1] // self.block_size, n_past // self.block_size, self.block_size,
+                                     x.device)
         present: KVCache = []
         for i, block in enumerate(self.blocks):
-            x, kv = block(x, cos, sin, mask, None if past is None else past[i])
+            x, kv = block(x, cos, sin, mask, None if past is None else past[i], ring)
             present.append(kv)
         return self.ln_f(x), present

@@ -42,7 +42,7 @@ class Latents:
 
 @dataclass
 class ElasticTokOutput:
-    recon: Tensor  # same shape as the input
+    recon: Tensor | None  # same shape as the input (None from a sequence-parallel shard)
     loss: Tensor  # mse + kl_weight * kl
     mse: Tensor
     kl: Tensor
@@ -67,6 +67,7 @@ class ElasticTok(nn.Module):
         self.post_quant = nn.Linear(c.latent_dim, c.width, bias=False)
         self.decoder = Transformer(depth=c.decoder_depth, **transformer)
         self.out_proj = nn.Linear(c.width, c.patch_dim, bias=False)
+        self.sequence_group = None  # a process group: forward() runs sequence-parallel over it
         self.apply(self._init_weights)
         nn.init.normal_(self.is_kept_embed, std=c.init_std)
         nn.init.normal_(self.is_masked_embed, std=c.init_std)
@@ -94,14 +95,15 @@ class ElasticTok(nn.Module):
 
     # ---- token-level core (used by the search and the parity tests) ------------------------
     def encode_patches(self, patches: Tensor, keep_mask: Tensor, past: KVCache | None = None,
-                       start: int | None = None) -> tuple[Latents, KVCache]:
+                       start: int | None = None, sequence_group=None) -> tuple[Latents, KVCache]:
         """Encode whole blocks of patches (B, N, D) that follow the cached blocks in ``past``.
 
         ``keep_mask`` (B, N) is any boolean mask; ``Latents.keep`` is left empty here. ``start``
-        is the first token's position (default: right after the cache).
+        is the first token's position (default: right after the cache); with ``sequence_group`` the
+        patches are this rank's shard of a sequence split over the group (ring attention).
         """
         kept = keep_mask[..., None]
-        h, present = self.encoder_features(patches, keep_mask, past, start)
+        h, present = self.encoder_features(patches, keep_mask, past, start, sequence_group)
         z_pre = self.pre_quant(h)
         latents = Latents(z=torch.empty(0), keep=torch.empty(0))
         if isinstance(self.quantizer, FSQ):
@@ -115,16 +117,16 @@ class ElasticTok(nn.Module):
         return latents, present
 
     def encoder_features(self, patches: Tensor, keep_mask: Tensor, past: KVCache | None = None,
-                         start: int | None = None) -> tuple[Tensor, KVCache]:
+                         start: int | None = None, sequence_group=None) -> tuple[Tensor, KVCache]:
         """The encoder's normalised output (B, N, width), before the bottleneck projection."""
         h = self.in_proj(patches) + torch.where(keep_mask[..., None], self.is_kept_embed, self.is_masked_embed)
-        return self.encoder(h, past, start)
+        return self.encoder(h, past, start, sequence_group)
 
-    def decode_latents(self, z: Tensor, past: KVCache | None = None, start: int | None = None
-                       ) -> tuple[Tensor, KVCache]:
+    def decode_latents(self, z: Tensor, past: KVCache | None = None, start: int | None = None,
+                       sequence_group=None) -> tuple[Tensor, KVCache]:
         """Decode latents (B, N, C) of whole blocks after the cached ones; returns patches in [-1, 1]."""
         h = self.post_quant(z.to(self.post_quant.weight.dtype))
-        h, present = self.decoder(h, past, start)
+        h, present = self.decoder(h, past, start, sequence_group)
         return torch.tanh(self.out_proj(h)), present
 
     # ---- public API ---------------------------------------------------------------------------
@@ -153,7 +155,13 @@ class ElasticTok(nn.Module):
         return video.mean(1) if image else video
 
     def forward(self, video: Tensor, keep: Tensor | int | None = None) -> ElasticTokOutput:
-        """Encode and decode; the loss is MSE over every pixel (dropped regions included) plus KL for the VAE."""
+        """Encode and decode; the loss is MSE over every pixel (dropped regions included) plus KL for the VAE.
+
+        When ``self.sequence_group`` is set (sequence-parallel training), this is
+        ``forward_sequence_shard`` over that process group.
+        """
+        if self.sequence_group is not None:
+            return self.forward_sequence_shard(video, keep, self.sequence_group)
         video, is_image = self._as_video(video)
         latents = self.encode(video, keep)
         patches, _ = self.decode_latents(latents.z)
@@ -166,6 +174,35 @@ class ElasticTok(nn.Module):
             kl = torch.zeros((), device=video.device)
         loss = mse + self.config.kl_weight * kl
         return ElasticTokOutput(recon=recon.mean(1) if is_image else recon, loss=loss, mse=mse, kl=kl, latents=latents)
+
+    def forward_sequence_shard(self, video: Tensor, keep: Tensor | int | None = None, group=None
+                               ) -> ElasticTokOutput:
+        """Sequence parallelism: this rank's share of ``forward`` on a video every rank of ``group`` holds.
+
+        The tokens are split contiguously over the ranks; attention runs as block-causal ring
+        attention. Losses are this shard's, scaled so that their mean over ranks (what DDP's gradient
+        averaging computes) equals the whole sequence's loss.
+        """
+        import torch.distributed as dist
+
+        group = dist.group.WORLD if group is None else group
+        video, _ = self._as_video(video)
+        keep = self._check_keep(keep, video.shape[0], video.shape[1] // self.config.frames_per_block, video.device)
+        rank, size = dist.get_rank(group), dist.get_world_size(group)
+        patches, mask = self.patchify(video), self.keep_mask(keep)
+        if patches.shape[1] % size:
+            raise ElasticTokError(f"{patches.shape[1]} tokens do not split over {size} sequence-parallel ranks")
+        length = patches.shape[1] // size
+        shard = slice(rank * length, (rank + 1) * length)
+        latents, _ = self.encode_patches(patches[:, shard], mask[:, shard], start=rank * length, sequence_group=group)
+        recon, _ = self.decode_latents(latents.z, start=rank * length, sequence_group=group)
+        latents.keep = keep
+        mse = (recon.float() - patches[:, shard].float()).pow(2).mean()
+        kl = torch.zeros((), device=video.device)
+        if latents.mean is not None:  # summed over kept tokens, averaged over the whole batch's blocks
+            shard_kl = GaussianPosterior(latents.mean, latents.logvar).kl(mask[:, shard], length)
+            kl = shard_kl * self.config.tokens_per_block / length
+        return ElasticTokOutput(recon=None, loss=mse + self.config.kl_weight * kl, mse=mse, kl=kl, latents=latents)
 
     # ---- adaptive tokenization ---------------------------------------------------------------
     def tokenize(self, inputs, target: "Target | str | None" = None, search: str = "binary", *,

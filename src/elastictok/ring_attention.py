@@ -23,8 +23,9 @@ def _ring_pass(tensors: list[Tensor], group) -> list[Tensor]:
     rank, size = dist.get_rank(group), dist.get_world_size(group)
     send_to = dist.get_global_rank(group, (rank + 1) % size) if group is not None else (rank + 1) % size
     recv_from = dist.get_global_rank(group, (rank - 1) % size) if group is not None else (rank - 1) % size
+    tensors = [t.contiguous() for t in tensors]
     received = [torch.empty_like(t) for t in tensors]
-    ops = [dist.P2POp(dist.isend, t.contiguous(), send_to, group) for t in tensors]
+    ops = [dist.P2POp(dist.isend, t, send_to, group) for t in tensors]
     ops += [dist.P2POp(dist.irecv, r, recv_from, group) for r in received]
     for request in dist.batch_isend_irecv(ops):
         request.wait()

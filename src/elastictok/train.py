@@ -29,7 +29,7 @@ from .fileio import atomic_path
 from .masking import KeepSampler
 from .shards import ShardBatches, list_shards
 from .distributed import DistributedCheckpoint, full_state_dict, setup, wrap
-from .metrics import psnr
+from .metrics import psnr, psnr_from_mse
 from .model import ElasticTok
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ class TrainConfig:
     init_from: str | None = None  # progressive training: weights of another run or a model directory
     seed: int = 0
     distributed: str = "ddp"  # under torchrun: ddp | fsdp (FSDP2 fully_shard)
+    sequence_parallel: bool = False  # under torchrun (ddp): every rank holds the batch, a shard of its tokens
     num_workers: int = 0
     device: str = "auto"
     progress: bool = True
@@ -211,12 +212,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         raise ElasticTokError(f"batch_size {cfg.batch_size} does not split over {world.size} processes")
     if distributed and cfg.ema_decay:
         raise ElasticTokError("ema_decay is not supported with multi-process training yet")
+    if cfg.sequence_parallel and (not distributed or cfg.distributed != "ddp"):
+        raise ElasticTokError("sequence_parallel needs torchrun and distributed: ddp")
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model_config = cfg.model_config()
     model = ElasticTok(model_config).to(device)
     if cfg.init_from and not (resume and has_checkpoint):
         load_init_weights(model, cfg.init_from)
     net = wrap(model, cfg.distributed, cfg.bf16, device) if distributed else model
+    if cfg.sequence_parallel:
+        model.sequence_group = dist.group.WORLD
     optimizer = build_optimizer(net, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
     ema = None
@@ -260,10 +265,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
 
     c = model_config
     shards = list_shards(cfg.data)
-    per_rank = cfg.batch_size // world.size
+    data_ranks = 1 if cfg.sequence_parallel else world.size  # sequence parallelism: one batch, split by tokens
+    per_rank = cfg.batch_size // data_ranks
     if shards:  # WebDataset shards: every rank streams its own slice, resumable from the batch position
         batches = ShardBatches(shards, c.resolution, c.frames_per_block, cfg.n_blocks, per_rank,
-                               cfg.image_fraction, cfg.seed, start_batch=start_step * cfg.grad_accum)
+                               cfg.image_fraction, cfg.seed, start_batch=start_step * cfg.grad_accum,
+                               rank=world.rank if data_ranks > 1 else 0, world_size=data_ranks)
         rows = slice(None)
         skipped_files = lambda: batches.skipped  # noqa: E731  (counted in the main process only)
         loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=cfg.num_workers)
@@ -295,7 +302,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             video = next(batch_iter)
             keep = sampler(video.shape[0], video.shape[1] // c.frames_per_block,
                            torch.Generator().manual_seed(_stable_seed(cfg.seed, "keep", index)))
-            if rows is None:  # this rank's contiguous share of the global batch
+            if rows is None and data_ranks > 1:  # this rank's contiguous share of the global batch
                 share = video.shape[0] // world.size
                 video, keep = (t[world.rank * share:(world.rank + 1) * share] for t in (video, keep))
             video = video.to(device, non_blocking=True)
@@ -314,8 +321,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             totals["loss"] += loss.item() / cfg.grad_accum
             totals["mse"] += out.mse.item() / cfg.grad_accum
             totals["kl"] += out.kl.item() / cfg.grad_accum
-            totals["psnr"] += psnr(out.recon.detach(), video).mean().item() / cfg.grad_accum
-            frames_seen += video.shape[0] * video.shape[1] * world.size
+            totals["psnr"] += psnr_from_mse(out.mse.detach()).item() / cfg.grad_accum
+            frames_seen += video.shape[0] * video.shape[1] * data_ranks
         torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -340,8 +347,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             out_of_time = bool(flag.item())
         if eval_samples and (step % cfg.eval_every == 0 or step == cfg.steps or out_of_time):
+            model.sequence_group = None  # evaluate whole samples on every rank
             scores = evaluate(ema.module if ema is not None else net, eval_samples, cfg.eval_keep_fractions,
                               device, cfg.bf16)
+            model.sequence_group = dist.group.WORLD if cfg.sequence_parallel else None
             if run_log:
                 for fraction, value in scores.items():
                     run_log.tb.add_scalar(f"eval/psnr_keep_{fraction:.4g}", value, step)
