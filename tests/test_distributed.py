@@ -71,3 +71,53 @@ def test_sequence_parallel_training_matches_one_process(photo_folder, tmp_path):
     cfg = config(photo_folder, tmp_path / "sp", n_blocks=3, batch_size=2, sequence_parallel=True)
     torchrun(cfg, tmp_path, 2)
     assert_close(weights(single), weights(tmp_path / "sp"), atol=5e-5)
+
+
+def _members(folder) -> dict[str, bytes]:
+    import tarfile
+    out = {}
+    for shard in sorted(folder.glob("tokens-*.tar")):
+        with tarfile.open(shard) as tar:
+            out.update({m.name: tar.extractfile(m).read() for m in tar})
+    return out
+
+
+def test_tokenize_corpus_plain_torchrun_and_resume(trained_micro, photo_folder, tmp_path):
+    from elastictok.corpus import tokenize_corpus
+    from elastictok.targets import Target
+    from elastictok.tokenfile import parse_etok
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for f in photo_folder.iterdir():
+        (corpus / f.name).write_bytes(f.read_bytes())
+    (corpus / "broken.mp4").write_text("not a video")
+    target = Target.parse("mse:0.2")
+    summary = tokenize_corpus(trained_micro, [corpus], tmp_path / "plain", target, shard_size=2, progress=False)
+    assert (summary.inputs, summary.failed, summary.shards_written) == (5, 1, 3)
+    assert summary.blocks == 12 + 3 and 0 < summary.tokens <= summary.max_tokens
+    members = _members(tmp_path / "plain")
+    etoks = {k: parse_etok(v, k) for k, v in members.items() if k.endswith(".etok")}
+    assert len(etoks) == 4 and sum(int(e.counts.sum()) for e in etoks.values()) == summary.tokens
+
+    (tmp_path / "plain" / "tokens-000001.tar").unlink()  # as if the run had died while writing it
+    again = tokenize_corpus(trained_micro, [corpus], tmp_path / "plain", target, shard_size=2, progress=False)
+    assert (again.shards_skipped, again.shards_written, again.tokens) == (2, 1, summary.tokens)
+
+    model_dir = tmp_path / "model"
+    trained_micro.save_pretrained(model_dir)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={free_port()}", "-m", "elastictok.cli", "tokenize-corpus", str(corpus),
+               str(tmp_path / "ranked"), "--model", str(model_dir), "--threshold", "mse:0.2", "--shard-size", "2",
+               "--no-progress"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"{summary.tokens} tokens" in result.stdout
+    ranked = _members(tmp_path / "ranked")
+    assert ranked.keys() == members.keys()
+    for key, payload in members.items():  # safetensors orders header metadata arbitrarily: compare contents
+        if key.endswith(".etok"):
+            a, b = parse_etok(payload), parse_etok(ranked[key])
+            assert torch.equal(a.counts, b.counts) and torch.equal(a.tokens, b.tokens) and a.info == b.info
+        else:
+            assert payload == ranked[key]

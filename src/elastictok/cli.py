@@ -205,6 +205,20 @@ def _data_shard(args: argparse.Namespace) -> None:
           f", {summary.skipped} unreadable files skipped")
 
 
+def _tokenize_corpus(args: argparse.Namespace) -> None:
+    import torch.distributed as dist
+
+    from .corpus import tokenize_corpus
+    from .distributed import setup
+
+    world, _ = setup(args.device or "auto")
+    model = _load_model(args).eval()
+    summary = tokenize_corpus(model, args.sources, args.destination, _target(args), search=args.search,
+                              shard_size=args.shard_size, window=args.window, progress=not args.no_progress)
+    if world.main:
+        print(summary.line())
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default", help="a save_pretrained directory or a bundled model name "
                                                       "(default: %(default)s)")
@@ -262,6 +276,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_target_args(p)
     p.set_defaults(func=_reconstruct)
+
+    p = sub.add_parser("tokenize-corpus", help="tokenize a corpus into WebDataset shards of .etok files",
+                       description="Tokenize every image and video under SRC into DST/tokens-NNNNNN.tar. Runs under "
+                                   "plain python or torchrun (each rank takes its shards); finished shards are "
+                                   "skipped when rerun after a crash.")
+    p.add_argument("sources", nargs="+", metavar="SRC", help="folders or files")
+    p.add_argument("destination", metavar="DST", help="output folder")
+    p.add_argument("--shard-size", type=int, default=100, help="inputs per shard (default: %(default)s)")
+    _add_model_args(p)
+    _add_target_args(p)
+    p.set_defaults(func=_tokenize_corpus)
 
     p = sub.add_parser("data", help="dataset tools", description="Dataset tools.")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND")

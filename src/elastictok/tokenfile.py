@@ -33,6 +33,14 @@ MAX_FILE_BYTES = 2**31
 
 
 def write_etok(path: str | os.PathLike, encoded: TokenizedVideo, codebook_size: int) -> None:
+    """Write an .etok file atomically."""
+    blob = etok_bytes(encoded, codebook_size)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(blob)
+
+
+def etok_bytes(encoded: TokenizedVideo, codebook_size: int) -> bytes:
+    """The .etok encoding of ``encoded``, in memory (token shards hold these)."""
     tokens = encoded.tokens.to(torch.int32) if not encoded.tokens.is_floating_point() else encoded.tokens.float()
     info = encoded.info
     header = {
@@ -43,10 +51,8 @@ def write_etok(path: str | os.PathLike, encoded: TokenizedVideo, codebook_size: 
         "source": info.source, "counts": json.dumps(encoded.counts.tolist()),
         "scores": json.dumps([None if math.isnan(s) else s for s in encoded.scores.tolist()]),
     }
-    blob = save({"counts": encoded.counts.to(torch.int32).contiguous(), "scores": encoded.scores.float().contiguous(),
+    return save({"counts": encoded.counts.to(torch.int32).contiguous(), "scores": encoded.scores.float().contiguous(),
                  "tokens": tokens.contiguous()}, metadata=header)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(blob)
 
 
 def read_etok(path: str | os.PathLike) -> TokenizedVideo:
@@ -58,7 +64,12 @@ def read_etok(path: str | os.PathLike) -> TokenizedVideo:
         raise ElasticTokError(f"{path}: cannot read ({exc.strerror})") from None
     if size > MAX_FILE_BYTES:
         raise ElasticTokError(f"{path}: {size} bytes is too large for a token file")
-    data = path.read_bytes()
+    return parse_etok(path.read_bytes(), str(path))
+
+
+def parse_etok(data: bytes, name: str = "<bytes>") -> TokenizedVideo:
+    """Validate and decode .etok bytes; ``name`` labels error messages."""
+    path = name
     try:
         tensors = load(data)
         header = _metadata(data)
