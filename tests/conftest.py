@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import numpy as np
 import pytest
 import torch
@@ -20,6 +22,13 @@ def micro() -> ElasticTok:
 def micro_vae() -> ElasticTok:
     torch.manual_seed(0)
     return ElasticTok(ElasticTokConfig.from_preset("micro", bottleneck="vae", name="micro-vae")).eval()
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for a test's own process group."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def real_photos() -> list[np.ndarray]:

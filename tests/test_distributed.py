@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 
@@ -11,13 +10,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from conftest import free_port
+
 from elastictok.train import TrainConfig, train
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def config(photo_folder, out, **overrides) -> TrainConfig:

@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import free_port
 
 from elastictok.layers import block_causal_mask
 
 BATCH, HEADS, LENGTH, DIM, BLOCK = 2, 3, 24, 8, 5  # blocks of 5 tokens straddle every shard boundary
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def reference():
@@ -49,13 +44,17 @@ def worker(rank: int, world: int, port: int, results) -> None:
         dist.destroy_process_group()
 
 
+def spawn(target, world: int) -> dict:
+    """Run target(rank, world, port, results) in `world` gloo processes on 127.0.0.1; their results by rank."""
+    results = mp.Manager().dict()
+    mp.spawn(target, args=(world, free_port(), results), nprocs=world, join=True)
+    assert sorted(results.keys()) == list(range(world))
+    return dict(results)
+
+
 @pytest.mark.parametrize("world", [2, 4])
 def test_ring_attention_matches_single_process(world):
-    manager = mp.Manager()
-    results = manager.dict()
-    mp.spawn(worker, args=(world, free_port(), results), nprocs=world, join=True)
-    assert sorted(results.keys()) == list(range(world))
-    for rank, errors in results.items():
+    for rank, errors in spawn(worker, world).items():
         assert max(errors) < 1e-5, (rank, errors)
 
 
@@ -90,8 +89,6 @@ def model_worker(rank: int, world: int, port: int, results) -> None:
 @pytest.mark.parametrize("world", [2, 4])
 def test_sequence_parallel_model_matches_one_process(world):
     """VAE (posterior mean): losses, KL and gradients averaged over ranks equal the whole sequence's."""
-    manager = mp.Manager()
-    results = manager.dict()
-    mp.spawn(model_worker, args=(world, free_port(), results), nprocs=world, join=True)
-    for rank, (grad_error, loss_error, kl_relative_error) in results.items():
-        assert grad_error < 1e-5 and loss_error < 1e-6 and kl_relative_error < 1e-5, (rank, results[rank])
+    for rank, errors in spawn(model_worker, world).items():
+        grad_error, loss_error, kl_relative_error = errors
+        assert grad_error < 1e-5 and loss_error < 1e-6 and kl_relative_error < 1e-5, (rank, errors)

@@ -39,6 +39,16 @@ class CorpusSummary:
     tokens: int = 0
     max_tokens: int = 0  # what fixed-length tokenization would have used
 
+    def add(self, record: dict, written: bool) -> None:
+        """Count one shard's record (``tokens-NNNNNN.json``)."""
+        self.shards_written += int(written)
+        self.shards_skipped += int(not written)
+        self.inputs += record["inputs"]
+        self.failed += len(record["failed"])
+        self.blocks += record["blocks"]
+        self.tokens += record["tokens"]
+        self.max_tokens += record["max_tokens"]
+
     def line(self) -> str:
         share = self.tokens / self.max_tokens if self.max_tokens else 0.0
         return (f"{self.inputs} inputs, {self.blocks} blocks, {self.tokens} tokens ({100 * share:.1f}% of all "
@@ -74,12 +84,7 @@ def tokenize_corpus(model, sources: list, destination: str | Path, target: Targe
         tar_path = destination / f"tokens-{shard:06d}.tar"
         summary_path = destination / f"tokens-{shard:06d}.json"
         if tar_path.exists() and summary_path.exists():
-            done = json.loads(summary_path.read_text())
-            local.shards_skipped += 1
-            local.inputs += done["inputs"]
-            local.failed += len(done["failed"])
-            local.blocks, local.tokens, local.max_tokens = (local.blocks + done["blocks"], local.tokens + done["tokens"],
-                                                            local.max_tokens + done["max_tokens"])
+            local.add(json.loads(summary_path.read_text()), written=False)
             bar.update(len(members))
             continue
         record = {"inputs": len(members), "failed": [], "blocks": 0, "tokens": 0, "max_tokens": 0}
@@ -104,12 +109,7 @@ def tokenize_corpus(model, sources: list, destination: str | Path, target: Targe
                 bar.update(1)
         with atomic_path(summary_path) as tmp:
             tmp.write_text(json.dumps(record))
-        local.shards_written += 1
-        local.inputs += record["inputs"]
-        local.failed += len(record["failed"])
-        local.blocks, local.tokens, local.max_tokens = (local.blocks + record["blocks"],
-                                                        local.tokens + record["tokens"],
-                                                        local.max_tokens + record["max_tokens"])
+        local.add(record, written=True)
     bar.close()
     fields = ("inputs", "shards_written", "shards_skipped", "failed", "blocks", "tokens", "max_tokens")
     if distributed:
