@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,7 +38,7 @@ def real_photos() -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="session")
-def photo_folder(tmp_path_factory) -> "Path":
+def photo_folder(tmp_path_factory) -> Path:
     """A folder of real photos and a real-content video (a slow pan across a photo)."""
     from PIL import Image
 

@@ -206,7 +206,6 @@ def _data_shard(args: argparse.Namespace) -> None:
 
 
 def _tokenize_corpus(args: argparse.Namespace) -> None:
-    import torch.distributed as dist
 
     from .corpus import tokenize_corpus
     from .distributed import setup

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from .errors import ElasticTokError
@@ -54,10 +54,6 @@ class ElasticTokConfig:
         tp, hp, wp = self.patch_size
         h, w = self.resolution
         return (self.frames_per_block // tp) * (h // hp) * (w // wp)
-
-    @property
-    def max_tokens(self) -> int:
-        return self.tokens_per_block
 
     @property
     def patch_dim(self) -> int:

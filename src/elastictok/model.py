@@ -13,6 +13,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from einops import rearrange
@@ -24,6 +25,9 @@ from .config import ElasticTokConfig
 from .errors import ElasticTokError
 from .fileio import atomic_path
 from .layers import KVCache, Transformer
+
+if TYPE_CHECKING:
+    from .targets import Target
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -206,7 +210,8 @@ class ElasticTok(nn.Module):
 
     # ---- adaptive tokenization ---------------------------------------------------------------
     def tokenize(self, inputs, target: "Target | str | None" = None, search: str = "binary", *,
-                 threshold: float | None = None, metric: str = "mse", tokens: int | None = None,
+                 threshold: float | None = None, metric: "str | Callable" = "mse",
+                 higher_is_better: bool | None = None, tokens: int | None = None,
                  budget: int | None = None, window: int | None = 16, candidates: int = 4,
                  fps: float | None = None, fit: str = "crop", length_head=None, progress: bool = False):
         """The fewest tokens per block that meet a target; see ``elastictok.tokenizer``.
@@ -214,7 +219,8 @@ class ElasticTok(nn.Module):
         ``inputs``: a tensor (B, T, 3, H, W) or (B, 3, H, W) in [-1, 1], a media file path, or a
         list of those. ``target``: a ``Target``, a string such as ``"mse:0.003"``, ``"psnr:30"``,
         ``"tokens:64"``, ``"budget:5000"``, or the keywords ``threshold``/``metric``, ``tokens``,
-        ``budget``. Returns a ``TokenizedVideo`` per input (a list for a batch or list).
+        ``budget`` (a callable metric also needs ``higher_is_better``). Returns a ``TokenizedVideo``
+        per input (a list for a batch or list).
         """
         from .targets import Target
         from .tokenizer import tokenize
@@ -223,7 +229,7 @@ class ElasticTok(nn.Module):
             target = Target.parse(target)
         elif target is None:
             target = Target(metric=metric, threshold=threshold, tokens=tokens, budget=budget,
-                            higher_is_better=None if isinstance(metric, str) else True)
+                            higher_is_better=higher_is_better)
         return tokenize(self, inputs, target, search, window, candidates, fps, fit, length_head, progress)
 
     def detokenize(self, encoded, window: int | None = 16) -> Tensor:

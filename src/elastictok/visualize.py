@@ -62,7 +62,7 @@ def reconstruct_side_by_side(model, source: str, output: str | Path, target: Tar
     """Tokenize ``source``; write original | reconstruction with per-block counts, and a token plot."""
     output = Path(output)
     image_out = output.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")
-    if is_video(Path(source)) and not output.suffix.lower() in (".mp4", ".mkv", ".mov"):
+    if is_video(Path(source)) and output.suffix.lower() not in (".mp4", ".mkv", ".mov"):
         raise ElasticTokError(f"{output}: the input is a video; write .mp4")
     if not is_video(Path(source)) and not image_out:
         raise ElasticTokError(f"{output}: the input is an image; write .png or .jpg")
