@@ -31,6 +31,7 @@ def loader_fps(dataset, workers: int, batches: int, sampler=None) -> float:
     started, frames = time.perf_counter(), 0
     for _ in range(batches):
         batch = next(iterator)
+        batch = batch[0] if isinstance(batch, (tuple, list)) else batch  # shards also report skipped samples
         frames += batch.shape[0] * batch.shape[1]
     return frames / (time.perf_counter() - started)
 

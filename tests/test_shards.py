@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import tarfile
 
@@ -24,7 +25,7 @@ def batches(shards, n, **kwargs):
     fields = dict(resolution=(32, 32), frames_per_block=2, n_blocks=2, batch_size=2, image_fraction=0.5, seed=1,
                   buffer_size=3)
     fields.update(kwargs)
-    return list(itertools.islice(iter(ShardBatches(shards, **fields)), n))
+    return [video for video, _ in itertools.islice(iter(ShardBatches(shards, **fields)), n)]
 
 
 def test_shards_are_whole_tars_in_webdataset_layout(shard_dir):
@@ -55,8 +56,8 @@ def test_dataloader_workers_resume_the_global_order(shard_dir):
                   buffer_size=2)
     loader = lambda start: torch.utils.data.DataLoader(  # noqa: E731
         ShardBatches(shards, start_batch=start, **fields), batch_size=None, num_workers=2)
-    full = list(itertools.islice(iter(loader(0)), 7))
-    resumed = list(itertools.islice(iter(loader(3)), 4))
+    full = [video for video, _ in itertools.islice(iter(loader(0)), 7)]
+    resumed = [video for video, _ in itertools.islice(iter(loader(3)), 4)]
     assert all(torch.equal(a, b) for a, b in zip(full[3:], resumed))
 
 
@@ -76,11 +77,10 @@ def test_bad_samples_are_skipped(shard_dir, tmp_path):
         for name, payload in (("a.jpg", b"not a jpeg"), ("b.mp4", b"not an mp4")):
             info = tarfile.TarInfo(name)
             info.size = len(payload)
-            import io
             tar.addfile(info, io.BytesIO(payload))
     dataset = ShardBatches([bad] + list_shards([shard_dir]), (32, 32), 2, 1, 2, 0.5, seed=0, buffer_size=1)
     out = list(itertools.islice(iter(dataset), 6))
-    assert len(out) == 6 and dataset.skipped >= 1
+    assert len(out) == 6 and dataset.skipped >= 1 and out[-1][1] == dataset.skipped
     with pytest.raises(ElasticTokError):
         decode_sample("video", b"garbage")
     truncated = tmp_path / "cut.tar"
@@ -88,12 +88,22 @@ def test_bad_samples_are_skipped(shard_dir, tmp_path):
     assert len(list(iter_shard(truncated))) <= 1  # stops with a warning, no exception
 
 
-def test_training_from_shards(shard_dir, tmp_path):
+def test_training_from_shards_counts_bad_samples(shard_dir, tmp_path):
     from elastictok.train import TrainConfig, train
-    cfg = TrainConfig(model="micro", data=[str(shard_dir)], out_dir=str(tmp_path / "run"), steps=4, batch_size=2,
-                      n_blocks=2, warmup_steps=1, eval_every=10**9, checkpoint_every=2, progress=False)
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    for shard in list_shards([shard_dir]):
+        (folder / shard.name).write_bytes(shard.read_bytes())
+    with tarfile.open(folder / "shard-bad.tar", "w") as tar:
+        for name in ("x.jpg", "y.jpg", "z.mp4"):
+            info = tarfile.TarInfo(name)
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"junk"))
+    cfg = TrainConfig(model="micro", data=[str(folder)], out_dir=str(tmp_path / "run"), steps=12, batch_size=2,
+                      n_blocks=1, warmup_steps=1, eval_every=10**9, checkpoint_every=6, progress=False, num_workers=2)
     run = train(cfg)
     assert (run / "model" / "model.safetensors").exists()
+    assert int((run / "log.csv").read_text().splitlines()[-1].split(",")[-1]) >= 1
 
 
 def test_shard_command(photo_folder, tmp_path):

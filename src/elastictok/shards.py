@@ -163,7 +163,8 @@ def decode_sample(kind: str, payload: bytes) -> torch.Tensor:
 
 
 class ShardBatches(torch.utils.data.IterableDataset):
-    """Endless training batches (B, T, 3, H, W) in [-1, 1] streamed from tar shards.
+    """Endless training batches streamed from tar shards: ``(video, skipped)`` pairs, video
+    (B, T, 3, H, W) in [-1, 1] and ``skipped`` the undecodable samples this worker has met so far.
 
     Each (rank, DataLoader worker) reads its own slice of a per-epoch shuffled shard list through
     a seeded shuffle buffer; whether its j-th batch holds video clips or images, and every crop
@@ -228,7 +229,7 @@ class ShardBatches(torch.utils.data.IterableDataset):
             if j >= local_done:
                 batch = self._make_batch(kind, payloads, rng)
                 if batch is not None:
-                    yield batch
+                    yield batch, self.skipped
             j += 1
 
     def _make_batch(self, kind: str, payloads: list[bytes], rng: np.random.Generator) -> torch.Tensor | None:

@@ -272,14 +272,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                                cfg.image_fraction, cfg.seed, start_batch=start_step * cfg.grad_accum,
                                rank=world.rank if data_ranks > 1 else 0, world_size=data_ranks)
         rows = slice(None)
-        skipped_files = lambda: batches.skipped  # noqa: E731  (counted in the main process only)
+        skipped_by_worker: dict[int, int] = {}  # undecodable samples, as each worker last reported
         loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=cfg.num_workers)
     else:  # a folder of media in memory: every rank makes the global batch and takes its rows
         media = MediaCollection.load(cfg.data, short_side=2 * min(c.resolution), fps=cfg.fps)
         batches = TrainBatches(media, c.resolution, c.frames_per_block, cfg.n_blocks, cfg.batch_size,
                                cfg.image_fraction, cfg.seed, length=cfg.steps * cfg.grad_accum)
         rows = None  # decided per batch: image batches hold n_blocks times more rows
-        skipped_files = lambda: len(media.skipped)  # noqa: E731
+        skipped_by_worker = {0: len(media.skipped)}
         loader = torch.utils.data.DataLoader(
             batches, batch_size=None, sampler=range(start_step * cfg.grad_accum, len(batches)),
             num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
@@ -300,6 +300,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         for micro in range(cfg.grad_accum):
             index = step * cfg.grad_accum + micro
             video = next(batch_iter)
+            if shards:  # (batch, undecodable samples so far) from the worker that made batch `index`
+                video, skipped_by_worker[index % max(1, cfg.num_workers)] = video
             keep = sampler(video.shape[0], video.shape[1] // c.frames_per_block,
                            torch.Generator().manual_seed(_stable_seed(cfg.seed, "keep", index)))
             if rows is None and data_ranks > 1:  # this rank's contiguous share of the global batch
@@ -336,7 +338,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             totals.update(zip(("loss", "mse", "kl", "lpips", "psnr"), (packed / world.size).tolist()))
         elapsed = time.monotonic() - started
         totals.update(lr=scheduler.get_last_lr()[0], frames_per_s=frames_seen / max(elapsed, 1e-9),
-                      skipped_files=skipped_files())
+                      skipped_files=sum(skipped_by_worker.values()))
         bar.update(1)
         bar.set_postfix(loss=f"{totals['loss']:.4f}", psnr=f"{totals['psnr']:.2f}", fps=f"{totals['frames_per_s']:.0f}")
         if run_log and (step % cfg.log_every == 0 or step == cfg.steps):
