@@ -218,6 +218,33 @@ def _tokenize_corpus(args: argparse.Namespace) -> None:
         print(summary.line())
 
 
+def _eval(args: argparse.Namespace) -> None:
+    from .evaluation import evaluate_models, write_report
+    from .model import ElasticTok
+    from .targets import Target
+
+    model = _load_model(args).eval()
+    baseline = ElasticTok.from_pretrained(args.baseline).to(next(model.parameters()).device).eval()
+    thresholds = [Target.parse(t) for t in args.thresholds.split(",")]
+    try:
+        fractions = [float(f) for f in args.fractions.split(",")]
+    except ValueError:
+        raise ElasticTokError(f"--fractions must be comma-separated numbers, got {args.fractions!r}") from None
+    with _autocast(args, model):
+        report = evaluate_models(model, baseline, args.inputs, thresholds, fractions, search=args.search,
+                                 window=args.window, progress=not args.no_progress)
+    files = write_report(report, args.out)
+    print(f"{report['blocks']} blocks from {len(args.inputs)} inputs")
+    for name, row in report["thresholds"].items():
+        saving = row["token_saving"]
+        print(f"{name}: elastic uses {100 * row['elastic_tokens_fraction']:.1f}% of tokens, "
+              f"{100 * row['elastic_share_meeting']:.1f}% of blocks meet it; baseline needs "
+              + (f"{100 * row['baseline_tokens_fraction_at_equal_share']:.1f}% -> saving {saving:.2f}x"
+                 if saving is not None else
+                 f"more than all its tokens (it reaches {100 * row['baseline_max_share_meeting']:.1f}%)"))
+    print("wrote " + ", ".join(str(f) for f in files))
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default", help="a save_pretrained directory or a bundled model name "
                                                       "(default: %(default)s)")
@@ -286,6 +313,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_target_args(p)
     p.set_defaults(func=_tokenize_corpus)
+
+    p = sub.add_parser("eval", help="fewer tokens at equal quality? elastic model vs fixed-length baseline",
+                       description="Compare an ElasticTok model (adaptive) with a fixed-length baseline of the same "
+                                   "architecture on the same inputs: the paper's Fig. 4, the token saving, "
+                                   "rate-distortion and tokens over time. Writes OUT/report.json and plots.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="held-out images and videos")
+    p.add_argument("--baseline", required=True, metavar="B", help="the fixed-length baseline model directory")
+    p.add_argument("--thresholds", default="mse:0.001,mse:0.003,mse:0.007", help="comma-separated "
+                   "(default: %(default)s)")
+    p.add_argument("--fractions", default="0.0625,0.125,0.25,0.375,0.5,0.75,1",
+                   help="fixed token shares at which both models are measured (default: %(default)s)")
+    p.add_argument("--search", choices=["binary", "full", "batched"], default="binary")
+    p.add_argument("--out", default="eval", metavar="DIR", help="output folder (default: %(default)s)")
+    _add_model_args(p)
+    p.set_defaults(func=_eval)
 
     p = sub.add_parser("data", help="dataset tools", description="Dataset tools.")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND")

@@ -46,6 +46,7 @@ class TrainConfig:
     out_dir: str = "runs/tiny"
     steps: int = 1000
     max_minutes: float | None = None  # stop early (with a checkpoint) after this much wall time
+    stop_at: int | None = None  # stop after this step (the schedule still spans `steps`), e.g. to match a run
     batch_size: int = 8  # video clips per micro-batch; image batches hold batch_size * n_blocks images
     grad_accum: int = 1
     n_blocks: int = 1  # context length in blocks for video clips
@@ -343,7 +344,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         bar.set_postfix(loss=f"{totals['loss']:.4f}", psnr=f"{totals['psnr']:.2f}", fps=f"{totals['frames_per_s']:.0f}")
         if run_log and (step % cfg.log_every == 0 or step == cfg.steps):
             run_log.write(step, totals)
-        out_of_time = cfg.max_minutes is not None and elapsed > 60 * cfg.max_minutes
+        out_of_time = (cfg.max_minutes is not None and elapsed > 60 * cfg.max_minutes
+                       or cfg.stop_at is not None and step >= cfg.stop_at)
         if distributed:  # every rank must agree to stop
             flag = torch.tensor([float(out_of_time)])
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -363,7 +365,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
             save(step)
         if out_of_time:
-            bar.write(f"stopping after {cfg.max_minutes} minutes at step {step}")
+            bar.write(f"stopping at step {step} (max_minutes {cfg.max_minutes}, stop_at {cfg.stop_at})")
             break
     bar.close()
     final = full_state_dict(ema.module if ema is not None else net)

@@ -1,0 +1,201 @@
+"""The paper's measurement: at equal quality, how many fewer tokens than a fixed-length tokenizer?
+
+For each threshold, the elastic model tokenizes every block adaptively; the fixed-length baseline
+(same architecture, trained with ``fixed:<fraction>`` masks) encodes every block with each of a
+grid of fixed lengths. Fig. 4 of the paper plots the share of blocks that meet the threshold
+against the share of tokens used; the token saving is the baseline's token share needed to reach
+the elastic model's share of blocks meeting the threshold (interpolated on its grid), divided by
+the elastic model's token share.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from .data import iter_media_blocks, to_model  # noqa: E402
+from .errors import ElasticTokError  # noqa: E402
+from .fileio import atomic_path  # noqa: E402
+from .targets import METRICS, Target  # noqa: E402
+from .tokenizer import TokenizedVideo, iter_decode  # noqa: E402
+from .visualize import plot_tokens  # noqa: E402
+
+
+@dataclass
+class BlockScores:
+    """Per-block quality of one tokenization of one input, and the tokens it used."""
+
+    counts: np.ndarray
+    metrics: dict[str, np.ndarray] = field(default_factory=dict)  # mse, psnr, ssim per block
+
+
+@torch.no_grad()
+def score_blocks(model, encoded: TokenizedVideo, source: str, window: int | None = 16) -> BlockScores:
+    """Decode ``encoded`` and score each block against ``source`` with every named metric."""
+    c = model.config
+    _, blocks = iter_media_blocks(source, c.resolution, c.frames_per_block, min_size=max(c.patch_size[1:]))
+    values: dict[str, list[float]] = {name: [] for name in METRICS}
+    for recon, block in zip(iter_decode(model, encoded, window), blocks):
+        original = to_model(block)[None].to(recon.device)
+        for name, (metric, _) in METRICS.items():
+            values[name].append(float(metric(recon[None], original)))
+    return BlockScores(encoded.counts.numpy(), {k: np.array(v) for k, v in values.items()})
+
+
+def share_meeting(scores: list[BlockScores], target: Target) -> float:
+    """Share of all blocks (over all inputs) whose score meets the target."""
+    metric = target.metric
+    values = np.concatenate([s.metrics[metric] for s in scores])
+    return float(target.meets(torch.from_numpy(values)).float().mean())
+
+
+def token_share(scores: list[BlockScores], max_tokens: int) -> float:
+    counts = np.concatenate([s.counts for s in scores])
+    return float(counts.sum() / (len(counts) * max_tokens))
+
+
+def fraction_at_share(curve: list[tuple[float, float]], share: float) -> float | None:
+    """Smallest token share at which a (token share, share meeting) curve reaches ``share``, interpolated."""
+    curve = sorted(curve)
+    previous = None
+    for fraction, reached in curve:
+        if reached >= share - 1e-12:
+            if previous is None or reached == previous[1]:
+                return fraction
+            f0, s0 = previous
+            return f0 + (fraction - f0) * (share - s0) / (reached - s0)
+        previous = (fraction, reached)
+    return None
+
+
+def mean_metric(scores: list[BlockScores], name: str) -> float:
+    return float(np.concatenate([s.metrics[name] for s in scores]).mean())
+
+
+def evaluate_models(model, baseline, inputs: list[str], thresholds: list[Target], fractions: list[float],
+                    search: str = "binary", window: int | None = 16, progress: bool = True) -> dict:
+    """Everything ``report.json`` holds; ``model`` and ``baseline`` must share the token grid."""
+    c = model.config
+    if baseline.config.tokens_per_block != c.tokens_per_block:
+        raise ElasticTokError("model and baseline must have the same tokens per block")
+    for target in thresholds:
+        if target.threshold is None or not isinstance(target.metric, str):
+            raise ElasticTokError("eval thresholds are metric:value pairs such as mse:0.003")
+    m = c.tokens_per_block
+    lengths = sorted({min(m, max(c.min_tokens, round(f * m))) for f in fractions})
+
+    def fixed(tok_model, n: int) -> list[BlockScores]:
+        return [score_blocks(tok_model, tok_model.tokenize(path, tokens=n, window=window), path, window)
+                for path in inputs]
+
+    bar = tqdm(total=len(lengths) * 2 + len(thresholds), desc="eval", disable=not progress)
+    baseline_curve, elastic_fixed_curve = [], []
+    for n in lengths:
+        for tok_model, curve in ((baseline, baseline_curve), (model, elastic_fixed_curve)):
+            scores = fixed(tok_model, n)
+            curve.append({"tokens_per_block": n, "tokens_fraction": n / m,
+                          **{name: mean_metric(scores, name) for name in METRICS},
+                          "share_meeting": {_name(t): share_meeting(scores, t) for t in thresholds}})
+            bar.update(1)
+    report: dict = {"tokens_per_block": m, "min_tokens": c.min_tokens, "inputs": inputs,
+                    "blocks": None, "thresholds": {}, "baseline_fixed": baseline_curve,
+                    "elastic_fixed": elastic_fixed_curve, "tokens_over_time": {}}
+    for target in thresholds:
+        encodings = [model.tokenize(path, target, search=search, window=window) for path in inputs]
+        scores = [score_blocks(model, e, p, window) for e, p in zip(encodings, inputs)]
+        report["blocks"] = int(sum(len(s.counts) for s in scores))
+        elastic_fraction, elastic_share = token_share(scores, m), share_meeting(scores, target)
+        curve = [(point["tokens_fraction"], point["share_meeting"][_name(target)]) for point in baseline_curve]
+        same_model = [(point["tokens_fraction"], point["share_meeting"][_name(target)]) for point in elastic_fixed_curve]
+        needed = fraction_at_share(curve, elastic_share)
+        needed_same = fraction_at_share(same_model, elastic_share)
+        report["thresholds"][_name(target)] = {
+            "elastic_tokens_fraction": elastic_fraction,
+            "elastic_share_meeting": elastic_share,
+            "baseline_tokens_fraction_at_equal_share": needed,
+            "token_saving": None if needed is None else needed / elastic_fraction,
+            "baseline_max_share_meeting": max(s for _, s in curve),
+            "elastic_fixed_tokens_fraction_at_equal_share": needed_same,
+            "token_saving_vs_same_model_fixed": None if needed_same is None else needed_same / elastic_fraction,
+            "elastic_psnr": mean_metric(scores, "psnr"), "elastic_ssim": mean_metric(scores, "ssim"),
+            "elastic_mse": mean_metric(scores, "mse"),
+        }
+        report["tokens_over_time"][_name(target)] = {p: e.counts.tolist() for p, e in zip(inputs, encodings)}
+        report.setdefault("_encodings", {})[_name(target)] = encodings
+        bar.update(1)
+    bar.close()
+    return report
+
+
+def _name(target: Target) -> str:
+    return f"{target.metric}:{target.threshold:g}"
+
+
+def write_report(report: dict, out: str | Path) -> list[Path]:
+    """``report.json`` and the plots; returns the files written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    encodings = report.pop("_encodings", {})
+    with atomic_path(out / "report.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    written = [out / "report.json", _plot_fig4(report, out / "fig4_share_vs_tokens.png"),
+               _plot_rate_distortion(report, out / "rate_distortion.png")]
+    videos = {p for per_threshold in encodings.values() for e in per_threshold for p in [e.info.source]
+              if not e.info.is_image}
+    for source in sorted(videos):
+        per_threshold = {name: next(e for e in es if e.info.source == source) for name, es in encodings.items()}
+        path = out / f"tokens_over_time_{Path(source).stem}.png"
+        plot_tokens(per_threshold, path, title=f"{Path(source).name}: tokens per block")
+        written.append(path)
+    return written
+
+
+def _plot_fig4(report: dict, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for colour, (name, row) in zip(colours, report["thresholds"].items()):
+        xs = [p["tokens_fraction"] for p in report["baseline_fixed"]]
+        ys = [p["share_meeting"][name] for p in report["baseline_fixed"]]
+        ax.plot(xs, ys, "o--", color=colour, alpha=0.7, label=f"fixed-length baseline, {name}")
+        ax.plot([row["elastic_tokens_fraction"]], [row["elastic_share_meeting"]], "*", color=colour, markersize=14,
+                label=f"ElasticTok adaptive, {name}")
+    ax.set_xlabel("share of tokens used")
+    ax.set_ylabel("share of blocks meeting the threshold")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("blocks meeting the threshold vs tokens (paper Fig. 4)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _plot_rate_distortion(report: dict, path: Path) -> Path:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    for ax, metric in zip(axes, ("psnr", "ssim")):
+        for key, label, style in (("baseline_fixed", "fixed-length baseline", "o--"),
+                                  ("elastic_fixed", "ElasticTok, fixed length", "s-")):
+            ax.plot([p["tokens_per_block"] for p in report[key]], [p[metric] for p in report[key]], style, label=label)
+        xs = [row["elastic_tokens_fraction"] * report["tokens_per_block"] for row in report["thresholds"].values()]
+        ys = [row[f"elastic_{metric}"] for row in report["thresholds"].values()]
+        ax.plot(xs, ys, "*", markersize=12, label="ElasticTok adaptive (one per threshold)")
+        ax.set_xlabel("tokens per block")
+        ax.set_ylabel(metric.upper())
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("rate-distortion")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
