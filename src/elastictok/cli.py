@@ -236,12 +236,19 @@ def _eval(args: argparse.Namespace) -> None:
     files = write_report(report, args.out)
     print(f"{report['blocks']} blocks from {len(args.inputs)} inputs")
     for name, row in report["thresholds"].items():
-        saving = row["token_saving"]
-        print(f"{name}: elastic uses {100 * row['elastic_tokens_fraction']:.1f}% of tokens, "
-              f"{100 * row['elastic_share_meeting']:.1f}% of blocks meet it; baseline needs "
-              + (f"{100 * row['baseline_tokens_fraction_at_equal_share']:.1f}% -> saving {saving:.2f}x"
-                 if saving is not None else
-                 f"more than all its tokens (it reaches {100 * row['baseline_max_share_meeting']:.1f}%)"))
+        line = (f"{name}: elastic uses {100 * row['elastic_tokens_fraction']:.1f}% of tokens, "
+                f"{100 * row['elastic_share_meeting']:.1f}% of blocks meet it; ")
+        if row["elastic_share_meeting"] == 0:
+            line += "no saving to measure"
+        elif row["token_saving"] is None:
+            line += f"the baseline never gets there (at most {100 * row['baseline_max_share_meeting']:.1f}%)"
+        else:
+            line += (f"the baseline needs {100 * row['baseline_tokens_fraction_at_equal_share']:.1f}%: "
+                     f"{row['token_saving']:.2f}x fewer tokens")
+        same = row["token_saving_vs_same_model_fixed"]
+        if same is not None:
+            line += f" ({same:.2f}x vs the elastic model at fixed lengths)"
+        print(line)
     print("wrote " + ", ".join(str(f) for f in files))
 
 

@@ -116,8 +116,9 @@ def evaluate_models(model, baseline, inputs: list[str], thresholds: list[Target]
         elastic_fraction, elastic_share = token_share(scores, m), share_meeting(scores, target)
         curve = [(point["tokens_fraction"], point["share_meeting"][_name(target)]) for point in baseline_curve]
         same_model = [(point["tokens_fraction"], point["share_meeting"][_name(target)]) for point in elastic_fixed_curve]
-        needed = fraction_at_share(curve, elastic_share)
-        needed_same = fraction_at_share(same_model, elastic_share)
+        # With no block meeting the threshold there is nothing to match: the saving is undefined.
+        needed = fraction_at_share(curve, elastic_share) if elastic_share > 0 else None
+        needed_same = fraction_at_share(same_model, elastic_share) if elastic_share > 0 else None
         report["thresholds"][_name(target)] = {
             "elastic_tokens_fraction": elastic_fraction,
             "elastic_share_meeting": elastic_share,
