@@ -152,7 +152,7 @@ class TokenizedVideo:
 
     counts: Tensor  # (n_blocks,) long: tokens kept per block
     tokens: Tensor  # FSQ: (sum(counts),) long code indices; VAE: (sum(counts), C) float latents
-    scores: Tensor  # (n_blocks,) float: the target metric achieved per block (NaN when not scored)
+    scores: Tensor  # (n_blocks,) float: the target metric per block (MSE for a fixed count or budget)
     metric: str
     info: MediaInfo
     model_name: str
