@@ -143,3 +143,12 @@ def test_config_errors_are_one_line(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: {bad}: unknown training config fields: batch_szie"]
+
+
+def test_shipped_configs_parse():
+    configs = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        cfg = TrainConfig.from_yaml(path)
+        assert cfg.model_config().tokens_per_block > 0, path
+        KeepSampler(cfg.mask, cfg.model_config().min_tokens, cfg.model_config().tokens_per_block)
