@@ -149,16 +149,13 @@ def _train_length_head(args: argparse.Namespace) -> None:
 
 def _achieved_mse(model, encoded, source, args) -> float:
     """Mean per-block MSE of the reconstruction, for targets scored in another metric."""
-    import torch
-
-    from .data import iter_media_blocks, to_model
+    from .data import to_model
     from .metrics import mse_per_block
-    from .tokenizer import iter_decode
+    from .tokenizer import decoded_with_sources
 
-    _, blocks = iter_media_blocks(source, model.config.resolution, model.config.frames_per_block, args.fps, args.fit)
     errors = [mse_per_block(recon[None], to_model(block)[None].to(recon.device), len(block)).item()
-              for recon, block in zip(iter_decode(model, encoded, args.window), blocks)]
-    return float(torch.tensor(errors).mean())
+              for recon, block in decoded_with_sources(model, encoded, source, args.window, args.fps, args.fit)]
+    return sum(errors) / len(errors)
 
 
 def _decode(args: argparse.Namespace) -> None:

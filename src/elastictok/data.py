@@ -246,6 +246,7 @@ class MediaInfo:
     size: tuple[int, int]  # original (H, W)
     frames: int = 0  # real frames read (images: 1); the last block may hold padding past this
     is_image: bool = False
+    expected_frames: int | None = field(default=None, compare=False)  # the container's count, for progress bars
 
 
 def iter_media_blocks(path: str | os.PathLike, resolution: tuple[int, int], frames_per_block: int,
@@ -276,7 +277,10 @@ def iter_media_blocks(path: str | os.PathLike, resolution: tuple[int, int], fram
         return info, iter([block.contiguous()])
     reader = VideoReader(path, fps=fps)
     check_size(reader.info.height, reader.info.width)
-    info = MediaInfo(str(path), reader.fps, (reader.info.height, reader.info.width))
+    expected = reader.info.frames
+    if expected and fps:
+        expected = round(expected * fps / reader.info.fps)
+    info = MediaInfo(str(path), reader.fps, (reader.info.height, reader.info.width), expected_frames=expected)
 
     def blocks() -> Iterator[torch.Tensor]:
         pending: list[torch.Tensor] = []
@@ -308,7 +312,7 @@ def list_media(paths: list[str | os.PathLike]) -> list[Path]:
     return found
 
 
-def _stable_seed(*parts: object) -> int:
+def stable_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little")
 
 
@@ -396,7 +400,7 @@ class TrainBatches(torch.utils.data.Dataset):
         return self.length
 
     def __getitem__(self, k: int) -> torch.Tensor:
-        rng = np.random.default_rng(_stable_seed(self.seed, k))
+        rng = np.random.default_rng(stable_seed(self.seed, k))
         if rng.random() < self.image_fraction:
             picks = rng.choice(self.images, size=self.batch_size * self.n_blocks)
             clips = [random_crop(self.media.items[i][:1], self.resolution, rng).expand(self.fpb, -1, -1, -1)

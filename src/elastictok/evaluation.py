@@ -22,11 +22,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from .data import iter_media_blocks, to_model  # noqa: E402
+from .data import to_model  # noqa: E402
 from .errors import ElasticTokError  # noqa: E402
 from .fileio import atomic_path  # noqa: E402
 from .targets import METRICS, Target  # noqa: E402
-from .tokenizer import TokenizedVideo, iter_decode  # noqa: E402
+from .tokenizer import TokenizedVideo, decoded_with_sources  # noqa: E402
 from .visualize import plot_tokens  # noqa: E402
 
 
@@ -41,10 +41,8 @@ class BlockScores:
 @torch.no_grad()
 def score_blocks(model, encoded: TokenizedVideo, source: str, window: int | None = 16) -> BlockScores:
     """Decode ``encoded`` and score each block against ``source`` with every named metric."""
-    c = model.config
-    _, blocks = iter_media_blocks(source, c.resolution, c.frames_per_block, min_size=max(c.patch_size[1:]))
     values: dict[str, list[float]] = {name: [] for name in METRICS}
-    for recon, block in zip(iter_decode(model, encoded, window), blocks):
+    for recon, block in decoded_with_sources(model, encoded, source, window):
         original = to_model(block)[None].to(recon.device)
         for name, (metric, _) in METRICS.items():
             values[name].append(float(metric(recon[None], original)))

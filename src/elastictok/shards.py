@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .data import (VideoReader, VideoWriter, _stable_seed, is_video, list_media, random_crop, read_image,
+from .data import (VideoReader, VideoWriter, stable_seed, is_video, list_media, random_crop, read_image,
                    resize_short_side, to_model)
 from .errors import ElasticTokError
 
@@ -191,9 +191,9 @@ class ShardBatches(torch.utils.data.IterableDataset):
         """Samples of this slot's shards, epoch after epoch, through a seeded shuffle buffer."""
         epoch = 0
         buffer: list[tuple[str, bytes]] = []
-        rng = np.random.default_rng(_stable_seed(self.seed, "buffer", slot))
+        rng = np.random.default_rng(stable_seed(self.seed, "buffer", slot))
         while True:
-            order = np.random.default_rng(_stable_seed(self.seed, "epoch", epoch)).permutation(len(self.shards))
+            order = np.random.default_rng(stable_seed(self.seed, "epoch", epoch)).permutation(len(self.shards))
             mine = [self.shards[i] for i in order[slot::slots]] or [self.shards[order[slot % len(self.shards)]]]
             for shard in mine:
                 for _, kind, payload in iter_shard(shard):
@@ -215,7 +215,7 @@ class ShardBatches(torch.utils.data.IterableDataset):
         seen = {"video": 0, "image": 0}
         j = 0
         while True:
-            rng = np.random.default_rng(_stable_seed(self.seed, "batch", self.rank, worker, j))
+            rng = np.random.default_rng(stable_seed(self.seed, "batch", self.rank, worker, j))
             want_images = rng.random() < self.image_fraction
             kind = "image" if want_images else "video"
             count = self.batch_size * self.n_blocks if want_images else self.batch_size

@@ -370,16 +370,8 @@ def tokenize(model, inputs, target: Target, search: str = "binary", window: int 
         return tokenizer.run(blocks, [info for info, _ in prepared], total=n_blocks)
     info, blocks = iter_media_blocks(inputs, model.config.resolution, fpb, fps=fps, fit=fit,
                                      min_size=max(model.config.patch_size[1:]))
-    total = math.ceil(info_frames_hint(inputs, fps) / fpb) if not info.is_image else 1
-    return tokenizer.run((to_model(b)[None] for b in blocks), [info], total=total or None)[0]
-
-
-def info_frames_hint(path, fps: float | None) -> int:
-    """Frame count for a progress bar, from the container (0 when it does not say)."""
-    from .data import VideoReader
-    reader = VideoReader(path, fps=fps)
-    frames = reader.info.frames or 0
-    return round(frames * fps / reader.info.fps) if fps and frames else frames
+    total = 1 if info.is_image else math.ceil((info.expected_frames or 0) / fpb) or None
+    return tokenizer.run((to_model(b)[None] for b in blocks), [info], total=total)[0]
 
 
 def _tokenize_to_budget(model, inputs, target: Target, search, window, candidates, fps, fit, progress):
@@ -430,6 +422,15 @@ def iter_decode(model, encoded: TokenizedVideo, window: int | None = 16) -> Iter
         if window is not None:
             cache = [(kk[:, :, -window * m:], vv[:, :, -window * m:]) for kk, vv in cache]
         yield model.unpatchify(patches.float())[0]
+
+
+def decoded_with_sources(model, encoded: TokenizedVideo, source, window: int | None = 16,
+                         fps: float | None = None, fit: str = "crop") -> Iterator[tuple[Tensor, Tensor]]:
+    """(reconstruction (fpb, 3, H, W) in [-1, 1], source block uint8 (fpb, H, W, 3)) per block, read afresh."""
+    c = model.config
+    _, blocks = iter_media_blocks(source, c.resolution, c.frames_per_block, fps=fps, fit=fit,
+                                  min_size=max(c.patch_size[1:]))
+    return zip(iter_decode(model, encoded, window), blocks)
 
 
 def detokenize(model, encoded: TokenizedVideo, window: int | None = 16) -> Tensor:

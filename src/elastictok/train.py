@@ -23,7 +23,7 @@ import yaml
 from tqdm import tqdm
 
 from .config import ElasticTokConfig
-from .data import MediaCollection, TrainBatches, _stable_seed, eval_clips
+from .data import MediaCollection, TrainBatches, stable_seed, eval_clips
 from .errors import ElasticTokError
 from .fileio import atomic_path
 from .masking import KeepSampler
@@ -304,19 +304,19 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             if shards:  # (batch, undecodable samples so far) from the worker that made batch `index`
                 video, skipped_by_worker[index % max(1, cfg.num_workers)] = video
             keep = sampler(video.shape[0], video.shape[1] // c.frames_per_block,
-                           torch.Generator().manual_seed(_stable_seed(cfg.seed, "keep", index)))
+                           torch.Generator().manual_seed(stable_seed(cfg.seed, "keep", index)))
             if rows is None and data_ranks > 1:  # this rank's contiguous share of the global batch
                 share = video.shape[0] // world.size
                 video, keep = (t[world.rank * share:(world.rank + 1) * share] for t in (video, keep))
             video = video.to(device, non_blocking=True)
             # Sampling noise (VAE) depends on (seed, batch, rank) only: resumable without RNG state.
-            torch.manual_seed(_stable_seed(cfg.seed, "noise", index, world.rank) % 2**63)
+            torch.manual_seed(stable_seed(cfg.seed, "noise", index, world.rank) % 2**63)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 out = net(video, keep.to(device))
                 loss = out.loss
                 if lpips is not None:
                     frame = torch.randint(video.shape[1], (), generator=torch.Generator().manual_seed(
-                        _stable_seed(cfg.seed, "lpips", index))).item()
+                        stable_seed(cfg.seed, "lpips", index))).item()
                     perceptual = lpips(out.recon[:, frame].float(), video[:, frame].float())
                     loss = loss + cfg.lpips_weight * perceptual
                     totals["lpips"] += perceptual.item() / cfg.grad_accum

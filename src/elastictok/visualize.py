@@ -12,11 +12,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from .data import VideoWriter, from_model, is_video, iter_media_blocks, write_image  # noqa: E402
+from .data import VideoWriter, from_model, is_video, to_model, write_image  # noqa: E402
 from .errors import ElasticTokError  # noqa: E402
 from .metrics import mse_per_block, psnr_from_mse  # noqa: E402
 from .targets import Target  # noqa: E402
-from .tokenizer import TokenizedVideo, iter_decode  # noqa: E402
+from .tokenizer import TokenizedVideo, decoded_with_sources  # noqa: E402
 
 
 def label_frames(frames: torch.Tensor, text: str, scale: int) -> torch.Tensor:
@@ -70,16 +70,14 @@ def reconstruct_side_by_side(model, source: str, output: str | Path, target: Tar
     c = model.config
     scale = max(1, -(-256 // min(c.resolution)))
     plot_path = output.with_name(output.stem + "_tokens.png")
-    _, blocks = iter_media_blocks(source, c.resolution, c.frames_per_block, fps=fps, fit=fit)
     errors = []
     frames_left = encoded.info.frames
 
     def pairs():
         nonlocal frames_left
-        for k, (recon, block) in enumerate(zip(iter_decode(model, encoded, window), blocks)):
+        for k, (recon, block) in enumerate(decoded_with_sources(model, encoded, source, window, fps, fit)):
             recon_u8 = from_model(recon)
-            errors.append(mse_per_block(recon[None].cpu(), (block.float() / 127.5 - 1).permute(0, 3, 1, 2)[None],
-                                        len(block)).item())
+            errors.append(mse_per_block(recon[None].cpu(), to_model(block)[None], len(block)).item())
             n = int(encoded.counts[k])
             left = label_frames(block, "original", scale)
             right = label_frames(recon_u8, f"block {k}: {n}/{c.tokens_per_block} tokens", scale)
