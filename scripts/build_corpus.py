@@ -5,8 +5,10 @@ Sources (all installable without a network beyond the package registries):
   * scikit-image's bundled photos (skimage.data), public domain / CC0 as listed in skimage;
   * scikit-learn's sample images (china.jpg, flower.jpg), CC-BY.
 
-Writes DST/train and DST/heldout. Held-out files are whole files never seen in training. With
---shards, also packs DST/train into WebDataset shards in DST/shards.
+Writes DST/train and DST/heldout. Held-out files are never seen in training: whole files, and the
+last VTEST_HELDOUT_FRAMES frames of vtest.avi (its first frames train; the camera is static, so the
+tail is the same street with other pedestrians). With --shards, also packs DST/train into
+WebDataset shards in DST/shards.
 
     python scripts/build_corpus.py data/corpus [--shards]
 """
@@ -20,10 +22,26 @@ import sys
 import tempfile
 from pathlib import Path
 
-HELDOUT = {"tree.avi", "butterfly.jpg", "messi5.jpg", "building.jpg", "home.jpg", "baboon.jpg",
+HELDOUT = {"tree.avi", "Megamind.avi", "butterfly.jpg", "messi5.jpg", "building.jpg", "home.jpg", "baboon.jpg",
            "skimage_chelsea.png", "sklearn_china.jpg"}
 SKIP = {"Megamind_bugy.avi"}  # a re-encode of Megamind.avi: would leak between splits
 MIN_SIDE = 64
+VTEST_HELDOUT_FRAMES = 195  # of 795 (10 fps): the last 19.5 seconds
+
+
+def split_vtest(path: Path, train: Path, heldout: Path) -> None:
+    """vtest.avi's head to train/vtest_head.mp4 and its tail to heldout/vtest_tail.mp4 (H.264, crf 12)."""
+    import av
+    import numpy as np
+    import torch
+
+    from elastictok.data import write_video
+
+    with av.open(str(path)) as container:
+        frames = torch.from_numpy(np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]))
+    cut = len(frames) - VTEST_HELDOUT_FRAMES
+    write_video(train / "vtest_head.mp4", frames[:cut], fps=10, crf=12)
+    write_video(heldout / "vtest_tail.mp4", frames[cut:], fps=10, crf=12)
 
 
 def opencv_examples(workdir: Path) -> Path:
@@ -56,6 +74,9 @@ def main() -> int:
         for path in sorted(source.iterdir()):
             if path.name in SKIP or path.suffix.lower() not in {".jpg", ".png", ".avi"}:
                 continue
+            if path.name == "vtest.avi":
+                split_vtest(path, train, heldout)
+                continue
             if path.suffix != ".avi":
                 with Image.open(path) as im:
                     if min(im.size) < MIN_SIDE:
@@ -83,7 +104,7 @@ def main() -> int:
 
     for split in (train, heldout):
         files = sorted(split.iterdir())
-        videos = [f for f in files if f.suffix == ".avi"]
+        videos = [f for f in files if f.suffix in (".avi", ".mp4")]
         print(f"{split}: {len(files) - len(videos)} images, {len(videos)} videos")
     if args.shards:
         from elastictok.shards import build_shards

@@ -23,8 +23,14 @@ def test_fraction_at_share_interpolates_and_reports_unreachable():
 def test_report_and_plots(trained_micro, micro, photo_folder, tmp_path):
     inputs = [str(photo_folder / "pan.mp4"), str(photo_folder / "photo0.jpg")]
     thresholds = [Target.parse("mse:0.05"), Target.parse("mse:0.2")]
-    report = evaluate_models(trained_micro, micro, inputs, thresholds, [0.0625, 0.5, 1.0], progress=False)
+    report = evaluate_models(trained_micro, [micro, trained_micro], inputs, thresholds, [0.0625, 0.5, 1.0],
+                             progress=False, baseline_names=["untrained", "trained"])
     assert report["blocks"] == 12 + 1
+    # Several baselines: the curve is the strongest of them at each length and threshold.
+    for i, point in enumerate(report["baseline_fixed"]):
+        for name, share in point["share_meeting"].items():
+            assert share == max(curve[i]["share_meeting"][name] for curve in report["baselines"].values())
+    assert report["baselines"]["trained"] == report["elastic_fixed"]
     assert [p["tokens_per_block"] for p in report["baseline_fixed"]] == [2, 16, 32]
     for name, row in report["thresholds"].items():
         assert 0 < row["elastic_tokens_fraction"] <= 1 and 0 <= row["elastic_share_meeting"] <= 1

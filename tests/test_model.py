@@ -150,6 +150,16 @@ def test_save_and_load_round_trip(micro, real_video, tmp_path):
     torch.testing.assert_close(loaded(real_video, 11).recon, micro(real_video, 11).recon, rtol=0, atol=0)
 
 
+def test_half_precision_weights_load_as_float32(micro, real_video, tmp_path):
+    micro.save_pretrained(tmp_path / "half", dtype=torch.float16)
+    full_size = sum(v.numel() * 4 for v in micro.state_dict().values())
+    assert (tmp_path / "half" / "model.safetensors").stat().st_size < 0.6 * full_size
+    loaded = ElasticTok.from_pretrained(tmp_path / "half")
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    for name, value in micro.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], value.half().float(), rtol=0, atol=0)
+
+
 def test_damaged_model_files_give_clear_errors(micro, tmp_path):
     micro.save_pretrained(tmp_path / "m")
     weights = tmp_path / "m" / "model.safetensors"

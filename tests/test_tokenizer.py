@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from elastictok import ElasticTokError
+from elastictok import ElasticTok, ElasticTokConfig, ElasticTokError
 from elastictok.targets import Target
 from elastictok.tokenfile import read_etok, write_etok
 from elastictok.data import MediaInfo
@@ -166,6 +166,17 @@ def test_token_file_round_trip_and_model_check(trained_micro, micro, real_video,
     other = type(micro)(micro.config.__class__.from_preset("micro", width=64, name="other"))
     with pytest.raises(ElasticTokError, match="made by model"):
         other.detokenize(back)
+
+
+def test_token_file_holds_codebooks_beyond_int32(real_video, tmp_path):
+    torch.manual_seed(0)
+    model = ElasticTok(ElasticTokConfig.from_preset("micro", fsq_levels=(8,) * 16, name="wide")).eval()
+    encoded = model.tokenize(real_video, "tokens:9")[0]
+    assert model.quantizer.codebook_size == 2**48 and int(encoded.tokens.max()) > 2**31
+    write_etok(tmp_path / "w.etok", encoded, model.quantizer.codebook_size)
+    back = read_etok(tmp_path / "w.etok")
+    assert torch.equal(back.tokens, encoded.tokens)
+    torch.testing.assert_close(model.detokenize(back), model.detokenize(encoded))
 
 
 def test_vae_tokens_round_trip(micro_vae, real_video, tmp_path):

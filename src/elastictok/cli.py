@@ -221,15 +221,16 @@ def _eval(args: argparse.Namespace) -> None:
     from .targets import Target
 
     model = _load_model(args).eval()
-    baseline = ElasticTok.from_pretrained(args.baseline).to(next(model.parameters()).device).eval()
+    device = next(model.parameters()).device
+    baselines = [ElasticTok.from_pretrained(b).to(device).eval() for b in args.baseline]
     thresholds = [Target.parse(t) for t in args.thresholds.split(",")]
     try:
         fractions = [float(f) for f in args.fractions.split(",")]
     except ValueError:
         raise ElasticTokError(f"--fractions must be comma-separated numbers, got {args.fractions!r}") from None
     with _autocast(args, model):
-        report = evaluate_models(model, baseline, args.inputs, thresholds, fractions, search=args.search,
-                                 window=args.window, progress=not args.no_progress)
+        report = evaluate_models(model, baselines, args.inputs, thresholds, fractions, search=args.search,
+                                 window=args.window, progress=not args.no_progress, baseline_names=args.baseline)
     files = write_report(report, args.out)
     print(f"{report['blocks']} blocks from {len(args.inputs)} inputs")
     for name, row in report["thresholds"].items():
@@ -323,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "architecture on the same inputs: the paper's Fig. 4, the token saving, "
                                    "rate-distortion and tokens over time. Writes OUT/report.json and plots.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="held-out images and videos")
-    p.add_argument("--baseline", required=True, metavar="B", help="the fixed-length baseline model directory")
+    p.add_argument("--baseline", required=True, nargs="+", metavar="B",
+                   help="fixed-length baseline model directories (several: the best at each length counts)")
     p.add_argument("--thresholds", default="mse:0.001,mse:0.003,mse:0.007", help="comma-separated "
                    "(default: %(default)s)")
     p.add_argument("--fractions", default="0.0625,0.125,0.25,0.375,0.5,0.75,1",

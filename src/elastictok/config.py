@@ -140,6 +140,12 @@ PRESETS: dict[str, ElasticTokConfig] = {
         name="tiny", resolution=(64, 64), frames_per_block=4, patch_size=(2, 8, 8),
         width=256, encoder_depth=4, decoder_depth=4, num_heads=4, mlp_width=512,
     ),
+    # The bundled default model: tiny's shape with 16 FSQ channels of 8 levels (48 bits per token),
+    # which trained faster to a higher PSNR than the original's 6 channels at this size.
+    "default": _preset(
+        name="default", resolution=(64, 64), frames_per_block=4, patch_size=(2, 8, 8),
+        width=256, encoder_depth=4, decoder_depth=4, num_heads=4, mlp_width=512, fsq_levels=(8,) * 16,
+    ),
     "tiny-vae": _preset(
         name="tiny-vae", resolution=(64, 64), frames_per_block=4, patch_size=(2, 8, 8),
         width=256, encoder_depth=4, decoder_depth=4, num_heads=4, mlp_width=512,

@@ -79,33 +79,45 @@ def mean_metric(scores: list[BlockScores], name: str) -> float:
     return float(np.concatenate([s.metrics[name] for s in scores]).mean())
 
 
-def evaluate_models(model, baseline, inputs: list[str], thresholds: list[Target], fractions: list[float],
-                    search: str = "binary", window: int | None = 16, progress: bool = True) -> dict:
-    """Everything ``report.json`` holds; ``model`` and ``baseline`` must share the token grid."""
+def evaluate_models(model, baselines: list, inputs: list[str], thresholds: list[Target], fractions: list[float],
+                    search: str = "binary", window: int | None = 16, progress: bool = True,
+                    baseline_names: list[str] | None = None) -> dict:
+    """Everything ``report.json`` holds; ``model`` and every baseline must share the token grid.
+
+    Several baselines (say, one trained per fixed length) are each measured at every length; the
+    baseline curve keeps, per length and threshold, the best of them, so the comparison is against
+    the strongest fixed-length tokenizer at each length.
+    """
     c = model.config
-    if baseline.config.tokens_per_block != c.tokens_per_block:
-        raise ElasticTokError("model and baseline must have the same tokens per block")
+    if not baselines:
+        raise ElasticTokError("eval needs at least one fixed-length baseline")
+    if any(b.config.tokens_per_block != c.tokens_per_block for b in baselines):
+        raise ElasticTokError("model and baselines must have the same tokens per block")
     for target in thresholds:
         if target.threshold is None or not isinstance(target.metric, str):
             raise ElasticTokError("eval thresholds are metric:value pairs such as mse:0.003")
+    names = baseline_names or [f"baseline{i}" for i in range(len(baselines))]
     m = c.tokens_per_block
     lengths = sorted({min(m, max(c.min_tokens, round(f * m))) for f in fractions})
 
-    def fixed(tok_model, n: int) -> list[BlockScores]:
-        return [score_blocks(tok_model, tok_model.tokenize(path, tokens=n, window=window), path, window)
-                for path in inputs]
+    def measure(tok_model, n: int) -> dict:
+        scores = [score_blocks(tok_model, tok_model.tokenize(path, tokens=n, window=window), path, window)
+                  for path in inputs]
+        return {"tokens_per_block": n, "tokens_fraction": n / m, **{name: mean_metric(scores, name) for name in METRICS},
+                "share_meeting": {_name(t): share_meeting(scores, t) for t in thresholds}}
 
-    bar = tqdm(total=len(lengths) * 2 + len(thresholds), desc="eval", disable=not progress)
-    baseline_curve, elastic_fixed_curve = [], []
+    bar = tqdm(total=len(lengths) * (1 + len(baselines)) + len(thresholds), desc="eval", disable=not progress)
+    per_baseline: dict[str, list[dict]] = {name: [] for name in names}
+    elastic_fixed_curve = []
     for n in lengths:
-        for tok_model, curve in ((baseline, baseline_curve), (model, elastic_fixed_curve)):
-            scores = fixed(tok_model, n)
-            curve.append({"tokens_per_block": n, "tokens_fraction": n / m,
-                          **{name: mean_metric(scores, name) for name in METRICS},
-                          "share_meeting": {_name(t): share_meeting(scores, t) for t in thresholds}})
+        for name, tok_model in zip(names, baselines):
+            per_baseline[name].append(measure(tok_model, n))
             bar.update(1)
+        elastic_fixed_curve.append(measure(model, n))
+        bar.update(1)
+    baseline_curve = [_best_of([curve[i] for curve in per_baseline.values()]) for i in range(len(lengths))]
     report: dict = {"tokens_per_block": m, "min_tokens": c.min_tokens, "inputs": inputs,
-                    "blocks": None, "thresholds": {}, "baseline_fixed": baseline_curve,
+                    "blocks": None, "thresholds": {}, "baseline_fixed": baseline_curve, "baselines": per_baseline,
                     "elastic_fixed": elastic_fixed_curve, "tokens_over_time": {}}
     for target in thresholds:
         encodings = [model.tokenize(path, target, search=search, window=window) for path in inputs]
@@ -135,6 +147,13 @@ def evaluate_models(model, baseline, inputs: list[str], thresholds: list[Target]
     return report
 
 
+def _best_of(points: list[dict]) -> dict:
+    """One length's point for the strongest baseline: best share per threshold, metrics of the best PSNR."""
+    best = max(points, key=lambda p: p["psnr"])
+    shares = {name: max(p["share_meeting"][name] for p in points) for name in best["share_meeting"]}
+    return {**best, "share_meeting": shares}
+
+
 def _name(target: Target) -> str:
     return f"{target.metric}:{target.threshold:g}"
 
@@ -161,10 +180,11 @@ def write_report(report: dict, out: str | Path) -> list[Path]:
 def _plot_fig4(report: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    baseline = "fixed-length baseline" if len(report["baselines"]) == 1 else "fixed-length baselines (best)"
     for colour, (name, row) in zip(colours, report["thresholds"].items()):
         xs = [p["tokens_fraction"] for p in report["baseline_fixed"]]
         ys = [p["share_meeting"][name] for p in report["baseline_fixed"]]
-        ax.plot(xs, ys, "o--", color=colour, alpha=0.7, label=f"fixed-length baseline, {name}")
+        ax.plot(xs, ys, "o--", color=colour, alpha=0.7, label=f"{baseline}, {name}")
         ax.plot([row["elastic_tokens_fraction"]], [row["elastic_share_meeting"]], "*", color=colour, markersize=14,
                 label=f"ElasticTok adaptive, {name}")
     ax.set_xlabel("share of tokens used")

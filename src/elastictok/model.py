@@ -285,11 +285,15 @@ class ElasticTok(nn.Module):
         return keep.to(device=device, dtype=torch.long)
 
     # ---- files --------------------------------------------------------------------------------
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``model.safetensors``; each file appears whole or not at all."""
+    def save_pretrained(self, save_directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+        """Write ``config.json`` and ``model.safetensors``; each file appears whole or not at all.
+
+        ``dtype`` (e.g. ``torch.float16``) stores the weights smaller; loading casts them back.
+        """
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        cast = (lambda v: v.to(dtype) if v.is_floating_point() else v) if dtype else (lambda v: v)
+        state = {k: cast(v.detach()).contiguous().cpu() for k, v in self.state_dict().items()}
         metadata = {"format": "pt", "elastictok_config": json.dumps(self.config.to_dict())}
         with atomic_path(directory / WEIGHTS_NAME) as tmp:
             save_file(state, str(tmp), metadata=metadata)

@@ -1,4 +1,4 @@
-"""Where named models live: models bundled inside the package, never fetched from a network."""
+"""Where named models and sample media live: inside the package, never fetched from a network."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ from pathlib import Path
 from .errors import ElasticTokError
 
 BUNDLED_DIR = Path(__file__).parent / "weights"
+ASSETS_DIR = Path(__file__).parent / "assets"
 DEFAULT_MODEL = "default"
+
+
+def sample_video() -> Path:
+    """The short real clip bundled with the package (licence: ``assets/README.md``)."""
+    return ASSETS_DIR / "street.mp4"
 
 
 def bundled_models() -> list[str]:

@@ -3,7 +3,8 @@
 Tensors:
   ``counts`` int32 (n_blocks,): tokens kept per block
   ``scores`` float32 (n_blocks,): the metric achieved per block (NaN if not scored)
-  ``tokens`` int32 (sum(counts),) FSQ code indices, or float32 (sum(counts), C) VAE latents;
+  ``tokens`` int32 (sum(counts),) FSQ code indices (int64 when the codebook exceeds 2**31 codes),
+             or float32 (sum(counts), C) VAE latents;
              block k's tokens are the k-th run of ``counts[k]`` entries, in the model's token order.
 Header (safetensors string metadata):
   ``format`` = "elastictok-tokens", ``version`` = "1", ``model_name``, ``config_hash`` (a hash of the
@@ -32,6 +33,11 @@ FORMAT, VERSION = "elastictok-tokens", "1"
 MAX_FILE_BYTES = 2**31
 
 
+def index_dtype(codebook_size: int) -> torch.dtype:
+    """FSQ indices are stored as int32 unless the codebook needs more."""
+    return torch.int32 if codebook_size <= 2**31 else torch.int64
+
+
 def write_etok(path: str | os.PathLike, encoded: TokenizedVideo, codebook_size: int) -> None:
     """Write an .etok file atomically."""
     blob = etok_bytes(encoded, codebook_size)
@@ -41,7 +47,8 @@ def write_etok(path: str | os.PathLike, encoded: TokenizedVideo, codebook_size: 
 
 def etok_bytes(encoded: TokenizedVideo, codebook_size: int) -> bytes:
     """The .etok encoding of ``encoded``, in memory (token shards hold these)."""
-    tokens = encoded.tokens.to(torch.int32) if not encoded.tokens.is_floating_point() else encoded.tokens.float()
+    tokens = encoded.tokens.to(index_dtype(codebook_size)) if not encoded.tokens.is_floating_point() \
+        else encoded.tokens.float()
     info = encoded.info
     header = {
         "format": FORMAT, "version": VERSION, "model_name": encoded.model_name, "config_hash": encoded.config_hash,
@@ -119,8 +126,10 @@ def _validate(path: Path, header: dict[str, str], tensors: dict[str, torch.Tenso
         fail(f"block counts must lie in [1, {max_tokens}]")
     n = int(counts.sum())
     if codebook > 0:
-        if tokens.dtype != torch.int32 or tokens.shape != (n,):
-            fail(f"FSQ tokens must be int32 of shape ({n},), got {tokens.dtype} {tuple(tokens.shape)}")
+        expected = index_dtype(codebook)
+        if tokens.dtype != expected or tokens.shape != (n,):
+            fail(f"FSQ tokens must be {str(expected).removeprefix('torch.')} of shape ({n},), "
+                 f"got {tokens.dtype} {tuple(tokens.shape)}")
         if n and (tokens.min() < 0 or tokens.max() >= codebook):
             fail(f"token indices outside [0, {codebook})")
     else:
