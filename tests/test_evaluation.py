@@ -41,13 +41,15 @@ def test_report_and_plots(trained_micro, micro, photo_folder, tmp_path):
     loose = report["thresholds"]["mse:0.2"]
     assert loose["elastic_tokens_fraction"] <= report["thresholds"]["mse:0.05"]["elastic_tokens_fraction"]
     files = write_report(report, tmp_path / "eval")
-    assert {f.name for f in files} == {"report.json", "fig4_share_vs_tokens.png", "rate_distortion.png",
+    assert {f.name for f in files} == {"report.json", "summary.md", "fig4_share_vs_tokens.png", "rate_distortion.png",
                                        "tokens_over_time_pan.png"}
     saved = json.loads((tmp_path / "eval" / "report.json").read_text())
     for key in ("elastic_tokens_fraction", "elastic_share_meeting", "baseline_tokens_fraction_at_equal_share",
                 "token_saving", "elastic_psnr", "elastic_ssim"):
         assert key in saved["thresholds"]["mse:0.05"]
     assert "psnr" in saved["baseline_fixed"][0] and "ssim" in saved["baseline_fixed"][0]
+    table = (tmp_path / "eval" / "summary.md").read_text().splitlines()
+    assert len(table) == 4 + len(thresholds) and table[4].startswith("| mse:0.05 (19.0 dB) |")
 
 
 def test_eval_command(trained_micro, micro, photo_folder, tmp_path):
@@ -58,7 +60,7 @@ def test_eval_command(trained_micro, micro, photo_folder, tmp_path):
                              "--thresholds", "mse:0.1", "--fractions", "0.5,1", "--out", str(tmp_path / "e"),
                              "--no-progress"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "mse:0.1: elastic uses" in result.stdout and (tmp_path / "e" / "report.json").exists()
+    assert "| mse:0.1 (16.0 dB) |" in result.stdout and (tmp_path / "e" / "report.json").exists()
     bad = subprocess.run([sys.executable, "-m", "elastictok.cli", "eval", str(photo_folder / "photo1.jpg"),
                           "--model", str(tmp_path / "elastic"), "--baseline", str(tmp_path / "baseline"),
                           "--thresholds", "tokens:4"], capture_output=True, text=True, timeout=300)

@@ -216,7 +216,7 @@ def _tokenize_corpus(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from .evaluation import evaluate_models, write_report
+    from .evaluation import evaluate_models, summary_table, write_report
     from .model import ElasticTok
     from .targets import Target
 
@@ -232,21 +232,7 @@ def _eval(args: argparse.Namespace) -> None:
         report = evaluate_models(model, baselines, args.inputs, thresholds, fractions, search=args.search,
                                  window=args.window, progress=not args.no_progress, baseline_names=args.baseline)
     files = write_report(report, args.out)
-    print(f"{report['blocks']} blocks from {len(args.inputs)} inputs")
-    for name, row in report["thresholds"].items():
-        line = (f"{name}: elastic uses {100 * row['elastic_tokens_fraction']:.1f}% of tokens, "
-                f"{100 * row['elastic_share_meeting']:.1f}% of blocks meet it; ")
-        if row["elastic_share_meeting"] == 0:
-            line += "no saving to measure"
-        elif row["token_saving"] is None:
-            line += f"the baseline never gets there (at most {100 * row['baseline_max_share_meeting']:.1f}%)"
-        else:
-            line += (f"the baseline needs {100 * row['baseline_tokens_fraction_at_equal_share']:.1f}%: "
-                     f"{row['token_saving']:.2f}x fewer tokens")
-        same = row["token_saving_vs_same_model_fixed"]
-        if same is not None:
-            line += f" ({same:.2f}x vs the elastic model at fixed lengths)"
-        print(line)
+    print(summary_table(report))
     print("wrote " + ", ".join(str(f) for f in files))
 
 

@@ -158,14 +158,43 @@ def _name(target: Target) -> str:
     return f"{target.metric}:{target.threshold:g}"
 
 
+def summary_table(report: dict) -> str:
+    """The per-threshold results as a Markdown table (printed by the CLI, saved as summary.md)."""
+    def pct(value: float | None) -> str:
+        return "never" if value is None else f"{100 * value:.1f}%"
+
+    lines = [f"{report['blocks']} blocks, {report['tokens_per_block']} tokens per block",
+             "",
+             "| threshold | ElasticTok tokens | blocks meeting | baseline tokens at equal share | token saving "
+             "| saving vs ElasticTok at fixed lengths | ElasticTok PSNR / SSIM |",
+             "|---|---|---|---|---|---|---|"]
+    for name, row in report["thresholds"].items():
+        if row["elastic_share_meeting"] == 0:
+            needed = saving = same = "— (no block meets it)"
+        else:
+            needed = pct(row["baseline_tokens_fraction_at_equal_share"])
+            if row["token_saving"] is None:
+                needed += f" (baseline reaches at most {pct(row['baseline_max_share_meeting'])})"
+            saving = "—" if row["token_saving"] is None else f"{row['token_saving']:.2f}x"
+            same = row["token_saving_vs_same_model_fixed"]
+            same = "—" if same is None else f"{same:.2f}x"
+        metric, value = name.split(":")
+        label = f"{name} ({10 * np.log10(4 / float(value)):.1f} dB)" if metric == "mse" else name
+        lines.append(f"| {label} | {pct(row['elastic_tokens_fraction'])} | {pct(row['elastic_share_meeting'])} "
+                     f"| {needed} | {saving} | {same} | {row['elastic_psnr']:.2f} dB / {row['elastic_ssim']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(report: dict, out: str | Path) -> list[Path]:
-    """``report.json`` and the plots; returns the files written."""
+    """``report.json``, ``summary.md`` and the plots; returns the files written."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     encodings = report.pop("_encodings", {})
     with atomic_path(out / "report.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
-    written = [out / "report.json", _plot_fig4(report, out / "fig4_share_vs_tokens.png"),
+    with atomic_path(out / "summary.md") as tmp:
+        tmp.write_text(summary_table(report))
+    written = [out / "report.json", out / "summary.md", _plot_fig4(report, out / "fig4_share_vs_tokens.png"),
                _plot_rate_distortion(report, out / "rate_distortion.png")]
     videos = {p for per_threshold in encodings.values() for e in per_threshold for p in [e.info.source]
               if not e.info.is_image}
