@@ -119,6 +119,16 @@ def test_cache_window_bounds_memory_on_hundreds_of_blocks(micro):
     assert max(caches) == 4 * c.tokens_per_block and caches[-1] == 4 * c.tokens_per_block
 
 
+def test_default_window_is_the_models_own(trained_micro, real_video):
+    model = ElasticTok(ElasticTokConfig.from_dict({**trained_micro.config.to_dict(), "window": 1})).eval()
+    model.load_state_dict(trained_micro.state_dict())
+    by_default, explicit = model.tokenize(real_video, "mse:0.2")[0], model.tokenize(real_video, "mse:0.2", window=1)[0]
+    assert torch.equal(by_default.counts, explicit.counts) and torch.equal(by_default.tokens, explicit.tokens)
+    torch.testing.assert_close(model.detokenize(by_default), model.detokenize(explicit, window=1), rtol=0, atol=0)
+    with pytest.raises(ElasticTokError, match="window"):
+        ElasticTokConfig.from_preset("micro", window=0)
+
+
 def test_window_covering_the_video_changes_nothing(trained_micro, real_video):
     model = trained_micro
     threshold = model(real_video).mse.item() * 2.0

@@ -152,3 +152,9 @@ def test_shipped_configs_parse():
         cfg = TrainConfig.from_yaml(path)
         assert cfg.model_config().tokens_per_block > 0, path
         KeepSampler(cfg.mask, cfg.model_config().min_tokens, cfg.model_config().tokens_per_block)
+
+
+def test_trained_models_cache_the_context_they_were_trained_on():
+    assert TrainConfig(model="micro", n_blocks=3).model_config().window == 2
+    assert TrainConfig(model="micro", n_blocks=1).model_config().window == 1
+    assert TrainConfig(model="micro", n_blocks=3, model_overrides={"window": None}).model_config().window is None

@@ -236,12 +236,25 @@ def _eval(args: argparse.Namespace) -> None:
     print("wrote " + ", ".join(str(f) for f in files))
 
 
+def _window(text: str) -> int | str:
+    if text == "model":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of blocks >= 1 or 'model', got {text!r}")
+    return value
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default", help="a save_pretrained directory or a bundled model name "
                                                       "(default: %(default)s)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="compute precision (default: %(default)s)")
-    p.add_argument("--window", type=int, default=16, help="context blocks kept in the cache (default: %(default)s)")
+    p.add_argument("--window", type=_window, default="model", help="context blocks kept in the cache, or 'model' for "
+                   "the model's own config.window, the context it was trained for (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -36,6 +36,9 @@ class ElasticTokConfig:
     vae_latent_dim: int = 8
     kl_weight: float = 1e-8
     min_tokens: int | None = None  # Mmin; default: tokens_per_block // 16
+    # Context blocks the tokenizer caches by default (None: all). Positions beyond the clips a model
+    # was trained on extrapolate: a model trained on n-block clips does best with n - 1.
+    window: int | None = 16
     name: str = "custom"
 
     def __post_init__(self) -> None:
@@ -88,6 +91,8 @@ class ElasticTokConfig:
             problems.append(f"bottleneck must be 'fsq' or 'vae', got {self.bottleneck!r}")
         if self.bottleneck == "fsq" and any(level < 2 for level in self.fsq_levels):
             problems.append(f"fsq_levels must all be >= 2, got {self.fsq_levels}")
+        if self.window is not None and self.window < 1:
+            problems.append(f"window must be at least 1 block or None, got {self.window}")
         if not 1 <= self.min_tokens <= self.tokens_per_block:
             problems.append(f"min_tokens {self.min_tokens} must lie in [1, {self.tokens_per_block}]")
         if problems:
@@ -145,6 +150,7 @@ PRESETS: dict[str, ElasticTokConfig] = {
     "default": _preset(
         name="default", resolution=(64, 64), frames_per_block=4, patch_size=(2, 8, 8),
         width=256, encoder_depth=4, decoder_depth=4, num_heads=4, mlp_width=512, fsq_levels=(8,) * 16,
+        window=1,  # trained on 2-block clips
     ),
     "tiny-vae": _preset(
         name="tiny-vae", resolution=(64, 64), frames_per_block=4, patch_size=(2, 8, 8),

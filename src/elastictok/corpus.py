@@ -63,7 +63,7 @@ def _add_bytes(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
 
 
 def tokenize_corpus(model, sources: list, destination: str | Path, target: Target, search: str = "binary",
-                    shard_size: int = 100, window: int | None = 16, progress: bool = True) -> CorpusSummary:
+                    shard_size: int = 100, window: int | None | str = "model", progress: bool = True) -> CorpusSummary:
     """Tokenize every image and video under ``sources``; returns the summary over all ranks."""
     destination = Path(destination)
     destination.mkdir(parents=True, exist_ok=True)

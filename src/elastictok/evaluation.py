@@ -39,7 +39,7 @@ class BlockScores:
 
 
 @torch.no_grad()
-def score_blocks(model, encoded: TokenizedVideo, source: str, window: int | None = 16) -> BlockScores:
+def score_blocks(model, encoded: TokenizedVideo, source: str, window: int | None | str = "model") -> BlockScores:
     """Decode ``encoded`` and score each block against ``source`` with every named metric."""
     values: dict[str, list[float]] = {name: [] for name in METRICS}
     for recon, block in decoded_with_sources(model, encoded, source, window):
@@ -80,7 +80,7 @@ def mean_metric(scores: list[BlockScores], name: str) -> float:
 
 
 def evaluate_models(model, baselines: list, inputs: list[str], thresholds: list[Target], fractions: list[float],
-                    search: str = "binary", window: int | None = 16, progress: bool = True,
+                    search: str = "binary", window: int | None | str = "model", progress: bool = True,
                     baseline_names: list[str] | None = None) -> dict:
     """Everything ``report.json`` holds; ``model`` and every baseline must share the token grid.
 

@@ -212,15 +212,16 @@ class ElasticTok(nn.Module):
     def tokenize(self, inputs, target: "Target | str | None" = None, search: str = "binary", *,
                  threshold: float | None = None, metric: "str | Callable" = "mse",
                  higher_is_better: bool | None = None, tokens: int | None = None,
-                 budget: int | None = None, window: int | None = 16, candidates: int = 4,
+                 budget: int | None = None, window: int | None | str = "model", candidates: int = 4,
                  fps: float | None = None, fit: str = "crop", length_head=None, progress: bool = False):
         """The fewest tokens per block that meet a target; see ``elastictok.tokenizer``.
 
         ``inputs``: a tensor (B, T, 3, H, W) or (B, 3, H, W) in [-1, 1], a media file path, or a
         list of those. ``target``: a ``Target``, a string such as ``"mse:0.003"``, ``"psnr:30"``,
         ``"tokens:64"``, ``"budget:5000"``, or the keywords ``threshold``/``metric``, ``tokens``,
-        ``budget`` (a callable metric also needs ``higher_is_better``). Returns a ``TokenizedVideo``
-        per input (a list for a batch or list).
+        ``budget`` (a callable metric also needs ``higher_is_better``). ``window``: context blocks
+        cached ("model": ``config.window``; None: all). Returns a ``TokenizedVideo`` per input (a
+        list for a batch or list).
         """
         from .targets import Target
         from .tokenizer import tokenize
@@ -232,7 +233,7 @@ class ElasticTok(nn.Module):
                             higher_is_better=higher_is_better)
         return tokenize(self, inputs, target, search, window, candidates, fps, fit, length_head, progress)
 
-    def detokenize(self, encoded, window: int | None = 16) -> Tensor:
+    def detokenize(self, encoded, window: int | None | str = "model") -> Tensor:
         """Decode a ``TokenizedVideo`` (or a path to an .etok file) to (T, 3, H, W), or (3, H, W) for an image."""
         from .tokenfile import read_etok
         from .tokenizer import detokenize

@@ -181,7 +181,7 @@ class _Stream:
 class Tokenizer:
     """Adaptive tokenization with one model; ``ElasticTok.tokenize`` is the usual entry point."""
 
-    def __init__(self, model, target: Target, search: str = "binary", window: int | None = 16,
+    def __init__(self, model, target: Target, search: str = "binary", window: int | None | str = "model",
                  candidates: int = 4, length_head=None, progress: bool = False,
                  on_block: Callable[[int, Tensor, "BlockCoder"], None] | None = None,
                  feature_sink: list[Tensor] | None = None, warm_start: bool = True):
@@ -189,6 +189,7 @@ class Tokenizer:
             raise ElasticTokError(f"unknown search {search!r}; use {', '.join(SEARCHES)}")
         if search == "regression" and length_head is None:
             raise ElasticTokError("search='regression' needs a trained length head (elastictok train-length-head)")
+        window = resolve_window(model, window)
         if window is not None and window < 1:
             raise ElasticTokError("window must be at least 1 block")
         self.model, self.target, self.search, self.window = model, target, search, window
@@ -329,7 +330,7 @@ def _tensor_blocks(video: Tensor, model) -> tuple[MediaInfo, Tensor]:
     return info, frames
 
 
-def tokenize(model, inputs, target: Target, search: str = "binary", window: int | None = 16,
+def tokenize(model, inputs, target: Target, search: str = "binary", window: int | None | str = "model",
              candidates: int = 4, fps: float | None = None, fit: str = "crop", length_head=None,
              progress: bool = False, feature_sink: list[Tensor] | None = None
              ) -> TokenizedVideo | list[TokenizedVideo]:
@@ -403,10 +404,16 @@ def _tokenize_to_budget(model, inputs, target: Target, search, window, candidate
 
 
 @torch.no_grad()
-def iter_decode(model, encoded: TokenizedVideo, window: int | None = 16) -> Iterator[Tensor]:
+def resolve_window(model, window: int | None | str) -> int | None:
+    """``"model"`` means the model's own ``config.window``; numbers and None pass through."""
+    return model.config.window if window == "model" else window
+
+
+def iter_decode(model, encoded: TokenizedVideo, window: int | None | str = "model") -> Iterator[Tensor]:
     """Decode block by block with cached context; yields (fpb, 3, H, W) float blocks in [-1, 1]."""
     c = model.config
     check_compatible(model, encoded)
+    window = resolve_window(model, window)
     m = c.tokens_per_block
     device = next(model.parameters()).device
     cache, position = None, 0
@@ -424,7 +431,7 @@ def iter_decode(model, encoded: TokenizedVideo, window: int | None = 16) -> Iter
         yield model.unpatchify(patches.float())[0]
 
 
-def decoded_with_sources(model, encoded: TokenizedVideo, source, window: int | None = 16,
+def decoded_with_sources(model, encoded: TokenizedVideo, source, window: int | None | str = "model",
                          fps: float | None = None, fit: str = "crop") -> Iterator[tuple[Tensor, Tensor]]:
     """(reconstruction (fpb, 3, H, W) in [-1, 1], source block uint8 (fpb, H, W, 3)) per block, read afresh."""
     c = model.config
@@ -433,7 +440,7 @@ def decoded_with_sources(model, encoded: TokenizedVideo, source, window: int | N
     return zip(iter_decode(model, encoded, window), blocks)
 
 
-def detokenize(model, encoded: TokenizedVideo, window: int | None = 16) -> Tensor:
+def detokenize(model, encoded: TokenizedVideo, window: int | None | str = "model") -> Tensor:
     """The video (T, 3, H, W) with padding frames removed, or the image (3, H, W)."""
     video = torch.cat(list(iter_decode(model, encoded, window)))
     if encoded.info.is_image:

@@ -94,7 +94,8 @@ class TrainConfig:
         return cls(**data)
 
     def model_config(self) -> ElasticTokConfig:
-        return ElasticTokConfig.from_preset(self.model, **self.model_overrides)
+        """The preset with overrides; unless overridden, its inference window is the context trained on."""
+        return ElasticTokConfig.from_preset(self.model, **{"window": max(1, self.n_blocks - 1), **self.model_overrides})
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:

@@ -57,7 +57,7 @@ def plot_tokens(encodings: dict[str, TokenizedVideo], path: str | Path, title: s
 
 
 def reconstruct_side_by_side(model, source: str, output: str | Path, target: Target, search: str = "binary",
-                             window: int | None = 16, fps: float | None = None, fit: str = "crop",
+                             window: int | None | str = "model", fps: float | None = None, fit: str = "crop",
                              progress: bool = True) -> str:
     """Tokenize ``source``; write original | reconstruction with per-block counts, and a token plot."""
     output = Path(output)
