@@ -54,7 +54,7 @@ def test_full_search_is_the_smallest_count_meeting_the_threshold(trained_micro, 
     threshold = 0.0
     errors = model(real_video, c.tokens_per_block).mse.item()
     threshold = errors * 2.0  # a threshold some counts meet and some do not
-    encoded = model.tokenize(real_video, f"mse:{threshold}", search="full")[0]
+    encoded = model.tokenize(real_video, f"mse:{threshold}", search="full", window=None)[0]  # the whole video as context
     from elastictok.metrics import mse_per_block
     chosen: list[int] = []
     for k in range(3):
@@ -158,8 +158,8 @@ def test_batches_lengths_images_and_padding(trained_micro, real_video):
 
 def test_detokenize_matches_the_search_reconstruction(trained_micro, real_video):
     model = trained_micro
-    encoded = model.tokenize(real_video, "mse:0.2")[0]
-    video = model.detokenize(encoded)
+    encoded = model.tokenize(real_video, "mse:0.2", window=None)[0]  # the whole video as context, as forward
+    video = model.detokenize(encoded, window=None)
     direct = model(real_video, encoded.counts[None]).recon[0]
     torch.testing.assert_close(video, direct, atol=1e-5, rtol=0)
 
