@@ -207,7 +207,7 @@ def write_report(report: dict, out: str | Path) -> list[Path]:
 
 
 def _plot_fig4(report: dict, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=120)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     baseline = "fixed-length baseline" if len(report["baselines"]) == 1 else "fixed-length baselines (best)"
     for colour, (name, row) in zip(colours, report["thresholds"].items()):
@@ -221,7 +221,7 @@ def _plot_fig4(report: dict, path: Path) -> Path:
     ax.set_xlim(0, 1.02)
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     ax.set_title("blocks meeting the threshold vs tokens (paper Fig. 4)")
     fig.tight_layout()
     fig.savefig(path)
