@@ -31,14 +31,9 @@ VTEST_HELDOUT_FRAMES = 195  # of 795 (10 fps): the last 19.5 seconds
 
 def split_vtest(path: Path, train: Path, heldout: Path) -> None:
     """vtest.avi's head to train/vtest_head.mp4 and its tail to heldout/vtest_tail.mp4 (H.264, crf 12)."""
-    import av
-    import numpy as np
-    import torch
+    from elastictok.data import VideoReader, write_video
 
-    from elastictok.data import write_video
-
-    with av.open(str(path)) as container:
-        frames = torch.from_numpy(np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]))
+    frames = VideoReader(path).read_all()
     cut = len(frames) - VTEST_HELDOUT_FRAMES
     write_video(train / "vtest_head.mp4", frames[:cut], fps=10, crf=12)
     write_video(heldout / "vtest_tail.mp4", frames[cut:], fps=10, crf=12)

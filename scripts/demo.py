@@ -24,7 +24,11 @@ from elastictok.metrics import psnr_from_mse  # noqa: E402
 from elastictok.pretrained import DEFAULT_MODEL, sample_video  # noqa: E402
 from elastictok.targets import Target  # noqa: E402
 from elastictok.tokenizer import TokenizedVideo  # noqa: E402
-from elastictok.visualize import reconstruct_side_by_side  # noqa: E402
+from elastictok.visualize import write_side_by_side  # noqa: E402
+
+
+def threshold_psnr(target: Target) -> float:
+    return float(psnr_from_mse(torch.tensor(target.threshold)))
 
 
 def plot_blocks(adaptive: TokenizedVideo, full: TokenizedVideo, target: Target, path: Path) -> None:
@@ -38,8 +42,7 @@ def plot_blocks(adaptive: TokenizedVideo, full: TokenizedVideo, target: Target, 
     top.legend(fontsize=8)
     bottom.plot(seconds, psnr_from_mse(full.scores).numpy(), "s-", label="all tokens")
     bottom.plot(seconds, psnr_from_mse(adaptive.scores).numpy(), "o-", label="adaptive")
-    bottom.axhline(float(psnr_from_mse(torch.tensor(target.threshold))), color="grey", linestyle="--",
-                   label="threshold")
+    bottom.axhline(threshold_psnr(target), color="grey", linestyle="--", label="threshold")
     bottom.set_xlabel("seconds")
     bottom.set_ylabel("PSNR (dB)")
     bottom.legend(fontsize=8)
@@ -68,7 +71,7 @@ def main() -> int:
     full = model.tokenize(args.video, tokens=c.tokens_per_block)
     print(f"{args.video}: {adaptive.info.frames} frames, {adaptive.n_blocks} blocks of {c.frames_per_block} frames "
           f"at {c.resolution[1]}x{c.resolution[0]}; model {args.model!r}, target {args.threshold} "
-          f"(PSNR {float(psnr_from_mse(torch.tensor(target.threshold))):.1f} dB)\n")
+          f"(PSNR {threshold_psnr(target):.1f} dB)\n")
     print(f"{'block':>5} | {'tokens':>6} | {'PSNR kept (dB)':>14} | {'PSNR all tokens (dB)':>20} | meets")
     meets = target.meets(adaptive.scores)
     for k in range(adaptive.n_blocks):
@@ -78,7 +81,7 @@ def main() -> int:
     print(f"\nused {used} of {total} tokens ({100 * used / total:.0f}%): {total / used:.2f}x fewer than all tokens; "
           f"{int(meets.sum())} of {adaptive.n_blocks} blocks meet {args.threshold}")
 
-    summary = reconstruct_side_by_side(model, args.video, args.out / "side_by_side.mp4", target, progress=False)
+    summary = write_side_by_side(model, adaptive, args.video, args.out / "side_by_side.mp4")
     plot_blocks(adaptive, full, target, args.out / "blocks.png")
     print(f"\n{summary}\nwrote {args.out / 'blocks.png'} (tokens and PSNR per block) "
           f"in {time.perf_counter() - started:.0f} s")

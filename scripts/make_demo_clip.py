@@ -15,12 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import av
-import numpy as np
-import torch
-
 from build_corpus import VTEST_HELDOUT_FRAMES, opencv_examples
-from elastictok.data import fit_to_resolution, write_video
+from elastictok.data import VideoReader, fit_to_resolution, write_video
 
 FRAMES = 80
 WINDOW = (100, 300, 384)  # top, left, side of the square window, in vtest.avi's 768x576 frames
@@ -32,11 +28,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "src/elastictok/assets/street.mp4")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        with av.open(str(opencv_examples(Path(tmp)) / "vtest.avi")) as container:
-            frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+        frames = VideoReader(opencv_examples(Path(tmp)) / "vtest.avi").read_all()
     first = len(frames) - VTEST_HELDOUT_FRAMES
     top, left, side = WINDOW
-    clip = torch.from_numpy(frames[first:first + FRAMES, top:top + side, left:left + side])
+    clip = frames[first:first + FRAMES, top:top + side, left:left + side]
     write_video(args.out, fit_to_resolution(clip, SIZE), fps=10, crf=20)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KiB, {FRAMES} frames of {SIZE[1]}x{SIZE[0]})")
     return 0

@@ -60,13 +60,23 @@ def reconstruct_side_by_side(model, source: str, output: str | Path, target: Tar
                              window: int | None | str = "model", fps: float | None = None, fit: str = "crop",
                              progress: bool = True) -> str:
     """Tokenize ``source``; write original | reconstruction with per-block counts, and a token plot."""
-    output = Path(output)
-    image_out = output.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")
+    _check_output(source, Path(output))
+    encoded = model.tokenize(source, target, search=search, window=window, fps=fps, fit=fit, progress=progress)
+    return write_side_by_side(model, encoded, source, output, window, fps, fit)
+
+
+def _check_output(source: str, output: Path) -> None:
     if is_video(Path(source)) and output.suffix.lower() not in (".mp4", ".mkv", ".mov"):
         raise ElasticTokError(f"{output}: the input is a video; write .mp4")
-    if not is_video(Path(source)) and not image_out:
+    if not is_video(Path(source)) and output.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
         raise ElasticTokError(f"{output}: the input is an image; write .png or .jpg")
-    encoded = model.tokenize(source, target, search=search, window=window, fps=fps, fit=fit, progress=progress)
+
+
+def write_side_by_side(model, encoded: TokenizedVideo, source: str, output: str | Path,
+                       window: int | None | str = "model", fps: float | None = None, fit: str = "crop") -> str:
+    """Write original | reconstruction of tokens already made from ``source``, and a token plot."""
+    output = Path(output)
+    _check_output(source, output)
     c = model.config
     scale = max(1, -(-256 // min(c.resolution)))
     plot_path = output.with_name(output.stem + "_tokens.png")
