@@ -36,6 +36,14 @@ class ElasticTokConfig:
     vae_latent_dim: int = 8
     kl_weight: float = 1e-8
     min_tokens: int | None = None  # Mmin; default: tokens_per_block // 16
+    # The original adds a learned "kept" or "masked" embedding to every encoder input. Without it the
+    # encoder never sees the mask, so one encoder pass serves every kept count (paper, Table 5).
+    encoder_mask_conditioning: bool = True
+    # "linear": each token's features become its patch's pixels (the original). "conv": they become
+    # head_channels feature maps per pixel, mixed across patch borders by two 3x3 convolutions per
+    # frame, which removes the patch-grid seams at a small cost.
+    output_head: Literal["linear", "conv"] = "linear"
+    head_channels: int = 32
     # Context blocks the tokenizer caches by default (None: all). Positions beyond the clips a model
     # was trained on extrapolate: a model trained on n-block clips does best with n - 1.
     window: int | None = 16
@@ -91,6 +99,10 @@ class ElasticTokConfig:
             problems.append(f"bottleneck must be 'fsq' or 'vae', got {self.bottleneck!r}")
         if self.bottleneck == "fsq" and any(level < 2 for level in self.fsq_levels):
             problems.append(f"fsq_levels must all be >= 2, got {self.fsq_levels}")
+        if self.output_head not in ("linear", "conv"):
+            problems.append(f"output_head must be 'linear' or 'conv', got {self.output_head!r}")
+        if self.head_channels < 1:
+            problems.append(f"head_channels must be positive, got {self.head_channels}")
         if self.window is not None and self.window < 1:
             problems.append(f"window must be at least 1 block or None, got {self.window}")
         if not 1 <= self.min_tokens <= self.tokens_per_block:
@@ -114,6 +126,9 @@ class ElasticTokConfig:
         """Short hash of every field that changes the model's numerics (not its name)."""
         data = self.to_dict()
         data.pop("name")
+        for key, default in _FIELDS_ADDED_LATER.items():  # so models written before keep their hash
+            if data[key] == default:
+                data.pop(key)
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -122,6 +137,10 @@ class ElasticTokConfig:
         if preset not in PRESETS:
             raise ElasticTokError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
         return dataclasses.replace(PRESETS[preset], **overrides)
+
+
+# Fields added after token files were first written, with the value every earlier model had.
+_FIELDS_ADDED_LATER = {"encoder_mask_conditioning": True, "output_head": "linear", "head_channels": 32}
 
 
 def _preset(**kwargs: Any) -> ElasticTokConfig:

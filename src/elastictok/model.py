@@ -53,6 +53,36 @@ class ElasticTokOutput:
     latents: Latents
 
 
+class ConvHead(nn.Module):
+    """Decoder output stage: token features -> per-pixel features -> two 3x3 convolutions per frame.
+
+    A linear head gives each patch its own pixels, so neighbouring patches never agree at their
+    border (the visible grid). Here each token emits ``channels`` features per pixel of its patch
+    and the convolutions mix them across patch borders. Works on any run of whole frames' tokens.
+    """
+
+    def __init__(self, config: ElasticTokConfig):
+        super().__init__()
+        tp, hp, wp = config.patch_size
+        self.config, self.channels = config, config.head_channels
+        self.proj = nn.Linear(config.width, tp * hp * wp * self.channels, bias=False)
+        self.conv1 = nn.Conv2d(self.channels, self.channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(self.channels, 3, 3, padding=1)
+
+    def forward(self, h: Tensor) -> Tensor:
+        """(B, N, width) -> (B, N, Tp*Hp*Wp*3) patches, before the output nonlinearity."""
+        tp, hp, wp = self.config.patch_size
+        gh, gw = (r // p for r, p in zip(self.config.resolution, (hp, wp)))
+        if h.shape[1] % (gh * gw):
+            raise ElasticTokError(f"the conv output head needs whole frames: {h.shape[1]} tokens is not a "
+                                  f"multiple of {gh * gw}")
+        x = rearrange(self.proj(h), "b (t h w) (tp hp wp c) -> (b t tp) c (h hp) (w wp)",
+                      h=gh, w=gw, tp=tp, hp=hp, wp=wp, c=self.channels)
+        x = self.conv2(nn.functional.gelu(self.conv1(nn.functional.gelu(x))))
+        return rearrange(x, "(b t tp) c (h hp) (w wp) -> b (t h w) (tp hp wp c)",
+                         b=h.shape[0], tp=tp, hp=hp, wp=wp)
+
+
 class ElasticTok(nn.Module):
     def __init__(self, config: ElasticTokConfig):
         super().__init__()
@@ -62,19 +92,21 @@ class ElasticTok(nn.Module):
                            block_size=c.tokens_per_block, rope_theta=c.rope_theta)
         # encoder
         self.in_proj = nn.Linear(c.patch_dim, c.width, bias=False)
-        self.is_kept_embed = nn.Parameter(torch.zeros(c.width))
-        self.is_masked_embed = nn.Parameter(torch.zeros(c.width))
+        if c.encoder_mask_conditioning:
+            self.is_kept_embed = nn.Parameter(torch.zeros(c.width))
+            self.is_masked_embed = nn.Parameter(torch.zeros(c.width))
         self.encoder = Transformer(depth=c.encoder_depth, **transformer)
         self.pre_quant = nn.Linear(c.width, c.pre_quant_dim, bias=False)
         self.quantizer = FSQ(c.fsq_levels) if c.bottleneck == "fsq" else GaussianBottleneck()
         # decoder: no bias in post_quant, so a dropped token enters as an exact zero vector
         self.post_quant = nn.Linear(c.latent_dim, c.width, bias=False)
         self.decoder = Transformer(depth=c.decoder_depth, **transformer)
-        self.out_proj = nn.Linear(c.width, c.patch_dim, bias=False)
+        self.out_proj = nn.Linear(c.width, c.patch_dim, bias=False) if c.output_head == "linear" else ConvHead(c)
         self.sequence_group = None  # a process group: forward() runs sequence-parallel over it
         self.apply(self._init_weights)
-        nn.init.normal_(self.is_kept_embed, std=c.init_std)
-        nn.init.normal_(self.is_masked_embed, std=c.init_std)
+        if c.encoder_mask_conditioning:
+            nn.init.normal_(self.is_kept_embed, std=c.init_std)
+            nn.init.normal_(self.is_masked_embed, std=c.init_std)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
@@ -123,7 +155,9 @@ class ElasticTok(nn.Module):
     def encoder_features(self, patches: Tensor, keep_mask: Tensor, past: KVCache | None = None,
                          start: int | None = None, sequence_group=None) -> tuple[Tensor, KVCache]:
         """The encoder's normalised output (B, N, width), before the bottleneck projection."""
-        h = self.in_proj(patches) + torch.where(keep_mask[..., None], self.is_kept_embed, self.is_masked_embed)
+        h = self.in_proj(patches)
+        if self.config.encoder_mask_conditioning:
+            h = h + torch.where(keep_mask[..., None], self.is_kept_embed, self.is_masked_embed)
         return self.encoder(h, past, start, sequence_group)
 
     def decode_latents(self, z: Tensor, past: KVCache | None = None, start: int | None = None,
@@ -161,9 +195,14 @@ class ElasticTok(nn.Module):
     def forward(self, video: Tensor, keep: Tensor | int | None = None) -> ElasticTokOutput:
         """Encode and decode; the loss is MSE over every pixel (dropped regions included) plus KL for the VAE.
 
+        ``keep`` may also be (L, B, n_blocks): every sample is decoded at L kept lengths and the loss
+        averages them (more prefixes learned per step). Without encoder mask conditioning the
+        encoder runs once for all L; ``recon`` and ``latents`` are those of the first length.
         When ``self.sequence_group`` is set (sequence-parallel training), this is
         ``forward_sequence_shard`` over that process group.
         """
+        if isinstance(keep, Tensor) and keep.dim() == 3:
+            return self._forward_lengths(video, keep)
         if self.sequence_group is not None:
             return self.forward_sequence_shard(video, keep, self.sequence_group)
         video, is_image = self._as_video(video)
@@ -178,6 +217,31 @@ class ElasticTok(nn.Module):
             kl = torch.zeros((), device=video.device)
         loss = mse + self.config.kl_weight * kl
         return ElasticTokOutput(recon=recon.mean(1) if is_image else recon, loss=loss, mse=mse, kl=kl, latents=latents)
+
+    def _forward_lengths(self, video: Tensor, keeps: Tensor) -> ElasticTokOutput:
+        """``forward`` at L kept lengths (L, B, n_blocks) per sample, as one batch of L * B."""
+        lengths = keeps.shape[0]
+        video, is_image = self._as_video(video)
+        if self.config.encoder_mask_conditioning or self.sequence_group is not None:
+            out = self.forward(video.repeat(lengths, 1, 1, 1, 1), keeps.flatten(0, 1))
+            if out.recon is not None:
+                first = out.recon[:video.shape[0]]
+                out.recon = first.mean(1) if is_image else first
+            return out
+        full = self.encode(video)
+        keeps = torch.stack([self._check_keep(k, *full.keep.shape, video.device) for k in keeps])
+        masks = self.keep_mask(keeps.flatten(0, 1))[..., None]  # (L * B, N, 1)
+        patches, _ = self.decode_latents(full.z.repeat(lengths, 1, 1) * masks)
+        recon = self.unpatchify(patches).float()
+        mse = (recon - video.float().repeat(lengths, 1, 1, 1, 1)).pow(2).mean()
+        kl = torch.zeros((), device=video.device)
+        if full.mean is not None:
+            posterior = GaussianPosterior(full.mean.repeat(lengths, 1, 1), full.logvar.repeat(lengths, 1, 1))
+            kl = posterior.kl(masks[..., 0], self.config.tokens_per_block)
+        full.keep = keeps[0]
+        first = recon[:video.shape[0]]
+        return ElasticTokOutput(recon=first.mean(1) if is_image else first, loss=mse + self.config.kl_weight * kl,
+                                mse=mse, kl=kl, latents=full)
 
     def forward_sequence_shard(self, video: Tensor, keep: Tensor | int | None = None, group=None
                                ) -> ElasticTokOutput:

@@ -52,7 +52,8 @@ class TrainConfig:
     n_blocks: int = 1  # context length in blocks for video clips
     image_fraction: float = 0.5  # share of batches made of images
     fps: float | None = None  # resample training videos to this rate (None: as recorded)
-    mask: str = "elastic"  # elastic | full | fixed:<fraction>
+    mask: str = "elastic"  # elastic | elastic+full | full | fixed:<fraction>
+    mask_lengths: int = 1  # kept lengths decoded per sample and step (one encoder pass when it is unconditioned)
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     schedule: str = "cosine"  # cosine | constant (after warmup)
@@ -287,7 +288,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
     held_out = MediaCollection.load(cfg.eval_data, short_side=min(c.resolution)) if cfg.eval_data else None
     eval_samples = eval_clips(held_out, c.resolution, c.frames_per_block) if held_out else []
-    sampler = KeepSampler(cfg.mask, c.min_tokens, c.tokens_per_block)
+    sampler = KeepSampler(cfg.mask, c.min_tokens, c.tokens_per_block, cfg.mask_lengths)
     run_log = RunLog(out_dir, start_step) if world.main else None
     if world.main:
         (out_dir / "train_config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
@@ -308,7 +309,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                            torch.Generator().manual_seed(stable_seed(cfg.seed, "keep", index)))
             if rows is None and data_ranks > 1:  # this rank's contiguous share of the global batch
                 share = video.shape[0] // world.size
-                video, keep = (t[world.rank * share:(world.rank + 1) * share] for t in (video, keep))
+                video = video[world.rank * share:(world.rank + 1) * share]
+                keep = keep[..., world.rank * share:(world.rank + 1) * share, :]
             video = video.to(device, non_blocking=True)
             # Sampling noise (VAE) depends on (seed, batch, rank) only: resumable without RNG state.
             torch.manual_seed(stable_seed(cfg.seed, "noise", index, world.rank) % 2**63)
