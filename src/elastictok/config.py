@@ -164,11 +164,13 @@ PRESETS: dict[str, ElasticTokConfig] = {
         name="tiny", resolution=(64, 64), frames_per_block=4, patch_size=(2, 8, 8),
         width=256, encoder_depth=4, decoder_depth=4, num_heads=4, mlp_width=512,
     ),
-    # The bundled default model: tiny's shape with 16 FSQ channels of 8 levels (48 bits per token),
-    # which trained faster to a higher PSNR than the original's 6 channels at this size.
+    # The bundled default model: 64x64, 4-frame blocks, 1x8x8 patches (256 tokens per block, 64 per
+    # frame), FSQ 8^6 = 2^18 codes per token (a language model's vocabulary holds it), a conv output
+    # head (no patch-grid seams) and an encoder without mask conditioning (one pass serves every count).
     "default": _preset(
-        name="default", resolution=(64, 64), frames_per_block=4, patch_size=(2, 8, 8),
-        width=256, encoder_depth=4, decoder_depth=4, num_heads=4, mlp_width=512, fsq_levels=(8,) * 16,
+        name="default", resolution=(64, 64), frames_per_block=4, patch_size=(1, 8, 8),
+        width=256, encoder_depth=4, decoder_depth=4, num_heads=4, mlp_width=512, fsq_levels=(8,) * 6,
+        encoder_mask_conditioning=False, output_head="conv", head_channels=32,
         window=1,  # trained on 2-block clips
     ),
     "tiny-vae": _preset(
