@@ -146,12 +146,12 @@ def test_config_errors_are_one_line(tmp_path):
 
 
 def test_shipped_configs_parse():
-    configs = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+    configs = sorted((Path(__file__).parent.parent / "configs").rglob("*.yaml"))
     assert configs
     for path in configs:
         cfg = TrainConfig.from_yaml(path)
         assert cfg.model_config().tokens_per_block > 0, path
-        KeepSampler(cfg.mask, cfg.model_config().min_tokens, cfg.model_config().tokens_per_block)
+        KeepSampler(cfg.mask, cfg.model_config().min_tokens, cfg.model_config().tokens_per_block, cfg.mask_lengths)
 
 
 def test_trained_models_cache_the_context_they_were_trained_on():
