@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from elastictok import ElasticTok
-from elastictok.data import iter_media_blocks, to_model
-from elastictok.length_head import LengthHead
-from elastictok.targets import Target
-from elastictok.tokenizer import Tokenizer
+from elastictok.media.io import iter_media_blocks, to_model
+from elastictok.tokenization.length_head import LengthHead
+from elastictok.tokenization.targets import Target
+from elastictok.tokenization.tokenizer import Tokenizer
 
 
 def load_blocks(model, path: str) -> tuple[list[torch.Tensor], object]:

@@ -31,7 +31,7 @@ VTEST_HELDOUT_FRAMES = 195  # of 795 (10 fps): the last 19.5 seconds
 
 def split_vtest(path: Path, train: Path, heldout: Path) -> None:
     """vtest.avi's head to train/vtest_head.mp4 and its tail to heldout/vtest_tail.mp4 (H.264, crf 12)."""
-    from elastictok.data import VideoReader, write_video
+    from elastictok.media.io import VideoReader, write_video
 
     frames = VideoReader(path).read_all()
     cut = len(frames) - VTEST_HELDOUT_FRAMES
@@ -102,7 +102,7 @@ def main() -> int:
         videos = [f for f in files if f.suffix in (".avi", ".mp4")]
         print(f"{split}: {len(files) - len(videos)} images, {len(videos)} videos")
     if args.shards:
-        from elastictok.shards import build_shards
+        from elastictok.training.shards import build_shards
         summary = build_shards([train], args.dst / "shards", shard_size=50, clip_frames=32, short_side=256)
         print(f"{args.dst / 'shards'}: {summary.shards} shards, {summary.clips} clips, {summary.images} images")
     return 0

@@ -20,11 +20,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from elastictok import ElasticTok  # noqa: E402
-from elastictok.metrics import psnr_from_mse  # noqa: E402
-from elastictok.pretrained import DEFAULT_MODEL, sample_video  # noqa: E402
-from elastictok.targets import Target  # noqa: E402
-from elastictok.tokenizer import TokenizedVideo  # noqa: E402
-from elastictok.visualize import write_side_by_side  # noqa: E402
+from elastictok.metrics.quality import psnr_from_mse  # noqa: E402
+from elastictok.models.pretrained import DEFAULT_MODEL, sample_video  # noqa: E402
+from elastictok.tokenization.targets import Target  # noqa: E402
+from elastictok.tokenization.tokenizer import TokenizedVideo  # noqa: E402
+from elastictok.evaluation.plots import write_side_by_side  # noqa: E402
 
 
 def threshold_psnr(target: Target) -> float:

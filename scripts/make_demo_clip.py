@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from build_corpus import VTEST_HELDOUT_FRAMES, opencv_examples
-from elastictok.data import VideoReader, fit_to_resolution, write_video
+from elastictok.media.io import VideoReader, fit_to_resolution, write_video
 
 FRAMES = 80
 WINDOW = (100, 300, 384)  # top, left, side of the square window, in vtest.avi's 768x576 frames

@@ -1,8 +1,8 @@
 """elastictok: adaptive-length tokenization of images and video (ElasticTok, Yan et al., ICLR 2025)."""
 
-from .config import PRESETS, ElasticTokConfig
+from .models.elastictok.config import PRESETS, ElasticTokConfig
 from .errors import ElasticTokError
-from .model import ElasticTok, ElasticTokOutput, Latents
+from .models.elastictok.model import ElasticTok, ElasticTokOutput, Latents
 
 __all__ = ["ElasticTok", "ElasticTokConfig", "ElasticTokError", "ElasticTokOutput", "Latents", "PRESETS"]
 __version__ = "0.1.0"
