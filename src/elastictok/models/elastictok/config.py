@@ -119,9 +119,13 @@ class ElasticTokConfig:
 
     @classmethod
     def from_preset(cls, preset: str, **overrides: Any) -> "ElasticTokConfig":
+        """A named preset with fields replaced; a derived Mmin is derived again from the new shape."""
         if preset not in PRESETS:
             raise ElasticTokError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-        return dataclasses.replace(PRESETS[preset], **overrides)
+        base = PRESETS[preset]
+        if "min_tokens" not in overrides and base.min_tokens == max(1, base.tokens_per_block // 16):
+            overrides = {**overrides, "min_tokens": None}  # replace() would keep the old derived value
+        return dataclasses.replace(base, **overrides)
 
 
 def _preset(**kwargs: Any) -> ElasticTokConfig:
