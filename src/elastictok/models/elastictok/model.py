@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import ClassVar
 
 import torch
 from einops import rearrange
@@ -23,11 +23,10 @@ from torch import Tensor, nn
 from ...layers.bottlenecks import FSQ, GaussianBottleneck, GaussianPosterior
 from .config import ElasticTokConfig
 from ...errors import ElasticTokError
+from ...utils.blocks import image_as_block
 from ...utils.fileio import atomic_path
 from ...layers.transformer import KVCache, Transformer
-
-if TYPE_CHECKING:
-    from ...tokenization.targets import Target
+from ..base import Tokenizable
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -53,7 +52,11 @@ class ElasticTokOutput:
     latents: Latents
 
 
-class ElasticTok(nn.Module):
+class ElasticTok(Tokenizable, nn.Module):
+    """The ElasticTok autoencoder; implements ``elastictok.models.base.ModelFamily``."""
+
+    family: ClassVar[str] = "elastictok"
+
     def __init__(self, config: ElasticTokConfig):
         super().__init__()
         self.config = config
@@ -136,7 +139,7 @@ class ElasticTok(nn.Module):
     # ---- public API ---------------------------------------------------------------------------
     def encode(self, video: Tensor, keep: Tensor | int | None = None) -> Latents:
         """Encode a video (B, T, 3, H, W) or image (B, 3, H, W) in [-1, 1]; ``keep`` defaults to Mmax."""
-        video, _ = self._as_video(video)
+        video, _ = self.as_video(video)
         keep = self._check_keep(keep, video.shape[0], video.shape[1] // self.config.frames_per_block, video.device)
         latents, _ = self.encode_patches(self.patchify(video), self.keep_mask(keep))
         latents.keep = keep
@@ -166,7 +169,7 @@ class ElasticTok(nn.Module):
         """
         if self.sequence_group is not None:
             return self.forward_sequence_shard(video, keep, self.sequence_group)
-        video, is_image = self._as_video(video)
+        video, is_image = self.as_video(video)
         latents = self.encode(video, keep)
         patches, _ = self.decode_latents(latents.z)
         recon = self.unpatchify(patches).float()
@@ -190,7 +193,7 @@ class ElasticTok(nn.Module):
         import torch.distributed as dist
 
         group = dist.group.WORLD if group is None else group
-        video, _ = self._as_video(video)
+        video, _ = self.as_video(video)
         keep = self._check_keep(keep, video.shape[0], video.shape[1] // self.config.frames_per_block, video.device)
         rank, size = dist.get_rank(group), dist.get_world_size(group)
         patches, mask = self.patchify(video), self.keep_mask(keep)
@@ -208,42 +211,18 @@ class ElasticTok(nn.Module):
             kl = shard_kl * self.config.tokens_per_block / length
         return ElasticTokOutput(recon=None, loss=mse + self.config.kl_weight * kl, mse=mse, kl=kl, latents=latents)
 
-    # ---- adaptive tokenization ---------------------------------------------------------------
-    def tokenize(self, inputs, target: "Target | str | None" = None, search: str = "binary", *,
-                 threshold: float | None = None, metric: "str | Callable" = "mse",
-                 higher_is_better: bool | None = None, tokens: int | None = None,
-                 budget: int | None = None, window: int | None | str = "model", candidates: int = 4,
-                 fps: float | None = None, fit: str = "crop", length_head=None, progress: bool = False):
-        """The fewest tokens per block that meet a target; see ``elastictok.tokenizer``.
+    # ---- tokens -------------------------------------------------------------------------------
+    @property
+    def codebook_size(self) -> int:
+        """Distinct codes per token (FSQ); 0 for the VAE's continuous latents."""
+        return self.quantizer.codebook_size if isinstance(self.quantizer, FSQ) else 0
 
-        ``inputs``: a tensor (B, T, 3, H, W) or (B, 3, H, W) in [-1, 1], a media file path, or a
-        list of those. ``target``: a ``Target``, a string such as ``"mse:0.003"``, ``"psnr:30"``,
-        ``"tokens:64"``, ``"budget:5000"``, or the keywords ``threshold``/``metric``, ``tokens``,
-        ``budget`` (a callable metric also needs ``higher_is_better``). ``window``: context blocks
-        cached ("model": ``config.window``; None: all). Returns a ``TokenizedVideo`` per input (a
-        list for a batch or list).
-        """
-        from ...tokenization.targets import Target
-        from ...tokenization.tokenizer import tokenize
-
-        if isinstance(target, str):
-            target = Target.parse(target)
-        elif target is None:
-            target = Target(metric=metric, threshold=threshold, tokens=tokens, budget=budget,
-                            higher_is_better=higher_is_better)
-        return tokenize(self, inputs, target, search, window, candidates, fps, fit, length_head, progress)
-
-    def detokenize(self, encoded, window: int | None | str = "model") -> Tensor:
-        """Decode a ``TokenizedVideo`` (or a path to an .etok file) to (T, 3, H, W), or (3, H, W) for an image."""
-        from ...tokenization.tokenfile import read_etok
-        from ...tokenization.tokenizer import detokenize
-
-        if isinstance(encoded, (str, os.PathLike)):
-            encoded = read_etok(encoded)
-        return detokenize(self, encoded, window)
+    def tokens_to_latents(self, tokens: Tensor) -> Tensor:
+        """Stored tokens (FSQ indices (n,) or VAE latents (n, C)) -> latents (n, C) for ``decode_latents``."""
+        return tokens.float() if tokens.is_floating_point() else self.quantizer.indices_to_codes(tokens)
 
     # ---- validation ---------------------------------------------------------------------------
-    def _as_video(self, x: Tensor) -> tuple[Tensor, bool]:
+    def as_video(self, x: Tensor) -> tuple[Tensor, bool]:
         """Check a video or image batch; images become one block of repeated frames."""
         c = self.config
         if not isinstance(x, Tensor):
@@ -254,7 +233,7 @@ class ElasticTok(nn.Module):
             raise ElasticTokError(f"expected a float tensor in [-1, 1], got {x.dtype}")
         is_image = x.dim() == 4
         if is_image:
-            x = x[:, None].expand(-1, c.frames_per_block, -1, -1, -1)
+            x = image_as_block(x[:, None], c.frames_per_block, dim=1)
         b, t, ch, h, w = x.shape
         if b == 0 or t == 0:
             raise ElasticTokError(f"empty input of shape {tuple(x.shape)}")
@@ -262,7 +241,7 @@ class ElasticTok(nn.Module):
             raise ElasticTokError(f"expected 3 colour channels in dim 2, got {ch} (shape {tuple(x.shape)})")
         if (h, w) != c.resolution:
             raise ElasticTokError(f"frames are {h}x{w} but this model takes {c.resolution[0]}x{c.resolution[1]}; "
-                                  "resize or crop first (elastictok.data does this)")
+                                  "resize or crop first (elastictok.media does this)")
         if t % c.frames_per_block:
             raise ElasticTokError(f"{t} frames is not a multiple of frames_per_block={c.frames_per_block}; pad the video")
         lo, hi = torch.aminmax(x.detach())
@@ -299,7 +278,7 @@ class ElasticTok(nn.Module):
         with atomic_path(directory / WEIGHTS_NAME) as tmp:
             save_file(state, str(tmp), metadata=metadata)
         with atomic_path(directory / CONFIG_NAME) as tmp:
-            tmp.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+            tmp.write_text(json.dumps({"family": self.family, **self.config.to_dict()}, indent=2) + "\n")
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "ElasticTok":
@@ -308,7 +287,10 @@ class ElasticTok(nn.Module):
 
         directory = resolve_model_path(name_or_path)
         try:
-            config = ElasticTokConfig.from_dict(json.loads((directory / CONFIG_NAME).read_text()))
+            data = json.loads((directory / CONFIG_NAME).read_text())
+            if data.pop("family", cls.family) != cls.family:
+                raise ValueError(f"it holds a {data.get('name')!r} model of another family")
+            config = ElasticTokConfig.from_dict(data)
         except (OSError, ValueError, TypeError) as exc:
             raise ElasticTokError(f"{directory / CONFIG_NAME}: not a readable ElasticTok config ({exc})") from None
         model = cls(config)
