@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from train_throughput import step_seconds  # noqa: E402
 
 from elastictok import ElasticTok, ElasticTokConfig  # noqa: E402
-from elastictok.media.io import MediaCollection, TrainBatches  # noqa: E402
+from elastictok.training.datasets import MediaCollection, TrainBatches  # noqa: E402
 from elastictok.training.shards import ShardBatches, list_shards  # noqa: E402
 
 

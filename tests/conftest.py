@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from elastictok import ElasticTok, ElasticTokConfig
-from elastictok.media.io import fit_to_resolution, to_model, write_video
+from elastictok.media.io import write_video
+from elastictok.media.transforms import fit_to_resolution, to_model
 
 
 @pytest.fixture

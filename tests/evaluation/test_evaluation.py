@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from elastictok.evaluation.measurement import evaluate_models, fraction_at_share, write_report
-from elastictok.tokenization.targets import Target
+from elastictok.tokenization.targets import parse_target
 
 
 def test_fraction_at_share_interpolates_and_reports_unreachable():
@@ -22,7 +22,7 @@ def test_fraction_at_share_interpolates_and_reports_unreachable():
 
 def test_report_and_plots(trained_micro, micro, photo_folder, tmp_path):
     inputs = [str(photo_folder / "pan.mp4"), str(photo_folder / "photo0.jpg")]
-    thresholds = [Target.parse("mse:0.05"), Target.parse("mse:0.2")]
+    thresholds = [parse_target("mse:0.05"), parse_target("mse:0.2")]
     report = evaluate_models(trained_micro, [micro, trained_micro], inputs, thresholds, [0.0625, 0.5, 1.0],
                              progress=False, baseline_names=["untrained", "trained"])
     assert report["blocks"] == 12 + 1

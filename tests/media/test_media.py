@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 
 from elastictok import ElasticTokError
-from elastictok.media.io import (MediaCollection, TrainBatches, VideoReader, fit_to_resolution, from_model, read_image,
-                             to_model, write_image, write_video)
+from elastictok.media.io import VideoReader, read_image, write_image, write_video
+from elastictok.media.transforms import fit_to_resolution, from_model, to_model
+from elastictok.training.datasets import MediaCollection, TrainBatches
 
 
 def test_images_of_every_mode_become_rgb(tmp_path):
@@ -129,7 +130,7 @@ def test_fps_resampling_up_and_down(photo_folder):
 
 
 def test_streamed_blocks_pad_the_tail_and_refuse_tiny_media(photo_folder, tmp_path):
-    from elastictok.media.io import iter_media_blocks
+    from elastictok.media.blocks import iter_media_blocks
     info, blocks = iter_media_blocks(photo_folder / "pan.mp4", (32, 32), 5)
     blocks = list(blocks)
     assert len(blocks) == 5 and info.frames == 24 and torch.equal(blocks[-1][3], blocks[-1][4])

@@ -220,3 +220,28 @@ def test_config_presets_and_validation():
         ElasticTokConfig.from_preset("huge")
     with pytest.raises(ElasticTokError, match="unknown ElasticTokConfig fields"):
         ElasticTokConfig.from_dict({"widht": 3})
+
+
+def test_preset_overrides_derive_min_tokens_again():
+    """A preset's derived Mmin follows an overridden shape (it used to keep the preset's own value)."""
+    config = ElasticTokConfig.from_preset("tiny", resolution=(128, 128))
+    assert config.tokens_per_block == 512 and config.min_tokens == 32
+    assert ElasticTokConfig.from_preset("tiny").min_tokens == 8
+    assert ElasticTokConfig.from_preset("tiny", resolution=(128, 128), min_tokens=8).min_tokens == 8
+
+
+def test_saved_models_name_their_family(micro, tmp_path):
+    import elastictok
+    from elastictok.models.base import ModelFamily
+
+    assert isinstance(micro, ModelFamily) and micro.codebook_size == 8**3 * 5**3
+    micro.save_pretrained(tmp_path / "m")
+    data = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert data["family"] == "elastictok"
+    assert isinstance(elastictok.from_pretrained(tmp_path / "m"), ElasticTok)
+    del data["family"]  # saved before families existed
+    (tmp_path / "m" / "config.json").write_text(json.dumps(data))
+    assert isinstance(elastictok.from_pretrained(tmp_path / "m"), ElasticTok)
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**data, "family": "nope"}))
+    with pytest.raises(ElasticTokError, match="unknown model family 'nope'"):
+        elastictok.from_pretrained(tmp_path / "m")

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from elastictok import ElasticTok
-from elastictok.media.io import VideoReader, fit_to_resolution, to_model
+from elastictok.media.io import VideoReader
+from elastictok.media.transforms import fit_to_resolution, to_model
 from elastictok.metrics.quality import mse_per_block, psnr_from_mse
 from elastictok.models.pretrained import DEFAULT_MODEL, bundled_models, sample_video
 

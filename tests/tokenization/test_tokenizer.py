@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from elastictok import ElasticTok, ElasticTokConfig, ElasticTokError
-from elastictok.tokenization.targets import Target
+from elastictok.tokenization.targets import Budget, Threshold
 from elastictok.tokenization.tokenfile import read_etok, write_etok
-from elastictok.media.io import MediaInfo
-from elastictok.tokenization.tokenizer import Tokenizer, bisection, exhaustive, kary
+from elastictok.media.blocks import MediaInfo
+from elastictok.tokenization.search import bisection, exhaustive, kary
+from elastictok.tokenization.tokenizer import Tokenizer
 
 
 def run_probes(search, passes) -> tuple[int, int]:
@@ -90,13 +91,13 @@ def test_targets_tokens_psnr_ssim_callable_and_budget(trained_micro, real_video)
     ssim = model.tokenize(real_video, "ssim:0.2")[0]
     assert ((ssim.scores >= 0.2) | (ssim.counts == c.tokens_per_block)).all()
     brightness = lambda recon, original: recon.float().mean(dim=(1, 2, 3, 4))  # noqa: E731
-    custom = model.tokenize(real_video, Target(metric=brightness, threshold=-2.0, higher_is_better=True))[0]
+    custom = model.tokenize(real_video, Threshold(brightness, -2.0, higher_is_better=True))[0]
     assert custom.counts.tolist() == [c.min_tokens] * 3  # everything passes: the fewest tokens
-    small, large = (model.tokenize(real_video, budget=b)[0] for b in (3 * c.min_tokens + 6, 3 * c.tokens_per_block - 3))
+    small, large = (model.tokenize(real_video, Budget(b))[0] for b in (3 * c.min_tokens + 6, 3 * c.tokens_per_block - 3))
     assert small.counts.sum() <= 3 * c.min_tokens + 6 and large.counts.sum() <= 3 * c.tokens_per_block - 3
     assert large.counts.sum() > small.counts.sum()
     with pytest.raises(ElasticTokError, match="below the minimum"):
-        model.tokenize(real_video, budget=3)
+        model.tokenize(real_video, Budget(3))
     with pytest.raises(ElasticTokError, match="bad target"):
         model.tokenize(real_video, "mse")
     with pytest.raises(ElasticTokError, match="unknown search"):
@@ -111,7 +112,7 @@ def test_cache_window_bounds_memory_on_hundreds_of_blocks(micro):
             yield torch.rand(1, c.frames_per_block, 3, *c.resolution, generator=generator) * 2 - 1
 
     caches = []
-    tokenizer = Tokenizer(micro, Target(metric="mse", threshold=0.3), window=4,
+    tokenizer = Tokenizer(micro, Threshold("mse", 0.3), window=4,
                           on_block=lambda k, recon, coder: caches.append(coder.cached_tokens))
     info = MediaInfo("stream", 24.0, c.resolution, 600)
     encoded = tokenizer.run(blocks(), [info], total=300)[0]
@@ -221,11 +222,12 @@ def test_token_file_reader_survives_fuzzing(trained_micro, real_video, tmp_path)
 
 
 def test_regression_head_trains_predicts_and_round_trips(trained_micro, real_video, photo_folder, tmp_path):
-    from elastictok.tokenization.length_head import LengthHead, train_length_head
+    from elastictok.tokenization.length_head import LengthHead
+    from elastictok.training.length_head import train_length_head
 
     model, c = trained_micro, trained_micro.config
     threshold = model(real_video).mse.item() * 1.3
-    target = Target(metric="mse", threshold=threshold)
+    target = Threshold("mse", threshold)
     inputs = [real_video[0], real_video[0].flip(-1), str(photo_folder / "pan.mp4")]
     head, report = train_length_head(model, inputs, target, steps=300, eval_inputs=[real_video[0]])
     assert report.blocks == 3 + 3 + 12 and 0 <= report.disagreement <= 1
@@ -241,3 +243,26 @@ def test_regression_head_trains_predicts_and_round_trips(trained_micro, real_vid
     other = type(model)(c.__class__.from_preset("micro", width=64, name="other"))
     with pytest.raises(ElasticTokError, match="another model"):
         LengthHead.load(tmp_path / "head.safetensors", other)
+
+
+def test_public_api_batched_in_batched_out(micro, real_video, photo_folder):
+    import elastictok
+    from elastictok import Budget, Threshold, TokenCount, TokenizedVideo, TokenizeOptions, parse_target
+
+    assert parse_target("psnr:30") == Threshold("psnr", 30.0) and parse_target("tokens:4") == TokenCount(4)
+    assert parse_target("budget:9") == Budget(9) and str(Threshold("mse", 0.5)) == "mse:0.5"
+    photo = str(photo_folder / "photo0.jpg")
+    one = micro.tokenize(photo, "tokens:5")
+    assert isinstance(one, TokenizedVideo)
+    both = micro.tokenize([photo, real_video[0]], TokenCount(5), TokenizeOptions(search="full"))
+    assert isinstance(both, list) and len(both) == 2 and both[0].counts.tolist() == one.counts.tolist()
+    assert len(micro.tokenize(real_video, "tokens:5")) == 1  # a batch tensor gives a list
+    assert elastictok.tokenize(micro, photo, "tokens:5").counts.tolist() == one.counts.tolist()
+    videos = micro.detokenize(both)
+    assert isinstance(videos, list)
+    torch.testing.assert_close(videos[0], micro.detokenize(one), rtol=0, atol=1e-6)
+    torch.testing.assert_close(videos[1], micro.detokenize(both[1]), rtol=0, atol=1e-5)
+    with pytest.raises(ElasticTokError, match="unknown tokenize options serch"):
+        micro.tokenize(photo, "tokens:5", serch="full")
+    with pytest.raises(ElasticTokError, match="a target is Threshold"):
+        micro.tokenize(photo, 0.5)

@@ -79,7 +79,7 @@ def _members(folder) -> dict[str, bytes]:
 
 def test_tokenize_corpus_plain_torchrun_and_resume(trained_micro, photo_folder, tmp_path):
     from elastictok.training.corpus import tokenize_corpus
-    from elastictok.tokenization.targets import Target
+    from elastictok.tokenization.targets import parse_target
     from elastictok.tokenization.tokenfile import parse_etok
 
     corpus = tmp_path / "corpus"
@@ -87,7 +87,7 @@ def test_tokenize_corpus_plain_torchrun_and_resume(trained_micro, photo_folder, 
     for f in photo_folder.iterdir():
         (corpus / f.name).write_bytes(f.read_bytes())
     (corpus / "broken.mp4").write_text("not a video")
-    target = Target.parse("mse:0.2")
+    target = parse_target("mse:0.2")
     summary = tokenize_corpus(trained_micro, [corpus], tmp_path / "plain", target, shard_size=2, progress=False)
     assert (summary.inputs, summary.failed, summary.shards_written) == (5, 1, 3)
     assert summary.blocks == 12 + 3 and 0 < summary.tokens <= summary.max_tokens

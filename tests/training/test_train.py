@@ -50,7 +50,7 @@ def test_training_learns_on_real_photos(photo_folder, tmp_path):
     untrained = ElasticTok(cfg.model_config())
     run = train(cfg)
     trained = ElasticTok.from_pretrained(run / "model")
-    from elastictok.media.io import MediaCollection, eval_clips
+    from elastictok.training.datasets import MediaCollection, eval_clips
     held = eval_clips(MediaCollection.load(cfg.eval_data, short_side=32), (32, 32), 2)
     before = evaluate(untrained, held, [1.0], torch.device("cpu"), bf16=False)[1.0]
     after = evaluate(trained, held, [1 / 16, 1.0], torch.device("cpu"), bf16=False)

@@ -22,11 +22,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from ..media.io import to_model  # noqa: E402
 from ..errors import ElasticTokError  # noqa: E402
+from ..metrics.quality import METRICS  # noqa: E402
+from ..tokenization.options import TokenizeOptions  # noqa: E402
+from ..tokenization.targets import Threshold, TokenCount  # noqa: E402
+from ..tokenization.tokenfile import TokenizedVideo  # noqa: E402
+from ..tokenization.tokenizer import source_scores  # noqa: E402
 from ..utils.fileio import atomic_path  # noqa: E402
-from ..tokenization.targets import METRICS, Target  # noqa: E402
-from ..tokenization.tokenizer import TokenizedVideo, decoded_with_sources  # noqa: E402
 from .plots import plot_tokens  # noqa: E402
 
 
@@ -41,15 +43,11 @@ class BlockScores:
 @torch.no_grad()
 def score_blocks(model, encoded: TokenizedVideo, source: str, window: int | None | str = "model") -> BlockScores:
     """Decode ``encoded`` and score each block against ``source`` with every named metric."""
-    values: dict[str, list[float]] = {name: [] for name in METRICS}
-    for recon, block in decoded_with_sources(model, encoded, source, window):
-        original = to_model(block)[None].to(recon.device)
-        for name, (metric, _) in METRICS.items():
-            values[name].append(float(metric(recon[None], original)))
+    values = source_scores(model, encoded, source, TokenizeOptions(window=window), metrics=list(METRICS))
     return BlockScores(encoded.counts.numpy(), {k: np.array(v) for k, v in values.items()})
 
 
-def share_meeting(scores: list[BlockScores], target: Target) -> float:
+def share_meeting(scores: list[BlockScores], target: Threshold) -> float:
     """Share of all blocks (over all inputs) whose score meets the target."""
     metric = target.metric
     values = np.concatenate([s.metrics[metric] for s in scores])
@@ -79,7 +77,7 @@ def mean_metric(scores: list[BlockScores], name: str) -> float:
     return float(np.concatenate([s.metrics[name] for s in scores]).mean())
 
 
-def evaluate_models(model, baselines: list, inputs: list[str], thresholds: list[Target], fractions: list[float],
+def evaluate_models(model, baselines: list, inputs: list[str], thresholds: list[Threshold], fractions: list[float],
                     search: str = "binary", window: int | None | str = "model", progress: bool = True,
                     baseline_names: list[str] | None = None) -> dict:
     """Everything ``report.json`` holds; ``model`` and every baseline must share the token grid.
@@ -94,14 +92,14 @@ def evaluate_models(model, baselines: list, inputs: list[str], thresholds: list[
     if any(b.config.tokens_per_block != c.tokens_per_block for b in baselines):
         raise ElasticTokError("model and baselines must have the same tokens per block")
     for target in thresholds:
-        if target.threshold is None or not isinstance(target.metric, str):
+        if not isinstance(target, Threshold) or not isinstance(target.metric, str):
             raise ElasticTokError("eval thresholds are metric:value pairs such as mse:0.003")
     names = baseline_names or [f"baseline{i}" for i in range(len(baselines))]
     m = c.tokens_per_block
     lengths = sorted({min(m, max(c.min_tokens, round(f * m))) for f in fractions})
 
     def measure(tok_model, n: int) -> dict:
-        scores = [score_blocks(tok_model, tok_model.tokenize(path, tokens=n, window=window), path, window)
+        scores = [score_blocks(tok_model, tok_model.tokenize(path, TokenCount(n), window=window), path, window)
                   for path in inputs]
         return {"tokens_per_block": n, "tokens_fraction": n / m, **{name: mean_metric(scores, name) for name in METRICS},
                 "share_meeting": {_name(t): share_meeting(scores, t) for t in thresholds}}
@@ -123,28 +121,34 @@ def evaluate_models(model, baselines: list, inputs: list[str], thresholds: list[
         encodings = [model.tokenize(path, target, search=search, window=window) for path in inputs]
         scores = [score_blocks(model, e, p, window) for e, p in zip(encodings, inputs)]
         report["blocks"] = int(sum(len(s.counts) for s in scores))
-        elastic_fraction, elastic_share = token_share(scores, m), share_meeting(scores, target)
-        curve = [(point["tokens_fraction"], point["share_meeting"][_name(target)]) for point in baseline_curve]
-        same_model = [(point["tokens_fraction"], point["share_meeting"][_name(target)]) for point in elastic_fixed_curve]
-        # With no block meeting the threshold there is nothing to match: the saving is undefined.
-        needed = fraction_at_share(curve, elastic_share) if elastic_share > 0 else None
-        needed_same = fraction_at_share(same_model, elastic_share) if elastic_share > 0 else None
-        report["thresholds"][_name(target)] = {
-            "elastic_tokens_fraction": elastic_fraction,
-            "elastic_share_meeting": elastic_share,
-            "baseline_tokens_fraction_at_equal_share": needed,
-            "token_saving": None if needed is None else needed / elastic_fraction,
-            "baseline_max_share_meeting": max(s for _, s in curve),
-            "elastic_fixed_tokens_fraction_at_equal_share": needed_same,
-            "token_saving_vs_same_model_fixed": None if needed_same is None else needed_same / elastic_fraction,
-            "elastic_psnr": mean_metric(scores, "psnr"), "elastic_ssim": mean_metric(scores, "ssim"),
-            "elastic_mse": mean_metric(scores, "mse"),
-        }
+        report["thresholds"][_name(target)] = _threshold_row(scores, target, baseline_curve, elastic_fixed_curve, m)
         report["tokens_over_time"][_name(target)] = {p: e.counts.tolist() for p, e in zip(inputs, encodings)}
         report.setdefault("_encodings", {})[_name(target)] = encodings
         bar.update(1)
     bar.close()
     return report
+
+
+def _threshold_row(scores: list[BlockScores], target: Threshold, baseline_curve: list[dict],
+                   elastic_fixed_curve: list[dict], m: int) -> dict:
+    """One threshold's line of the report: the elastic model's point and the fixed-length tokens it saves."""
+    elastic_fraction, elastic_share = token_share(scores, m), share_meeting(scores, target)
+    curve = [(point["tokens_fraction"], point["share_meeting"][_name(target)]) for point in baseline_curve]
+    same_model = [(point["tokens_fraction"], point["share_meeting"][_name(target)]) for point in elastic_fixed_curve]
+    # With no block meeting the threshold there is nothing to match: the saving is undefined.
+    needed = fraction_at_share(curve, elastic_share) if elastic_share > 0 else None
+    needed_same = fraction_at_share(same_model, elastic_share) if elastic_share > 0 else None
+    return {
+        "elastic_tokens_fraction": elastic_fraction,
+        "elastic_share_meeting": elastic_share,
+        "baseline_tokens_fraction_at_equal_share": needed,
+        "token_saving": None if needed is None else needed / elastic_fraction,
+        "baseline_max_share_meeting": max(s for _, s in curve),
+        "elastic_fixed_tokens_fraction_at_equal_share": needed_same,
+        "token_saving_vs_same_model_fixed": None if needed_same is None else needed_same / elastic_fraction,
+        "elastic_psnr": mean_metric(scores, "psnr"), "elastic_ssim": mean_metric(scores, "ssim"),
+        "elastic_mse": mean_metric(scores, "mse"),
+    }
 
 
 def _best_of(points: list[dict]) -> dict:
@@ -154,8 +158,8 @@ def _best_of(points: list[dict]) -> dict:
     return {**best, "share_meeting": shares}
 
 
-def _name(target: Target) -> str:
-    return f"{target.metric}:{target.threshold:g}"
+def _name(target: Threshold) -> str:
+    return f"{target.metric}:{target.value:g}"
 
 
 def summary_table(report: dict) -> str:

@@ -12,11 +12,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from ..media.io import VideoWriter, from_model, is_video, to_model, write_image  # noqa: E402
 from ..errors import ElasticTokError  # noqa: E402
-from ..metrics.quality import mse_per_block, psnr_from_mse  # noqa: E402
+from ..media.io import VideoWriter, is_video, write_image  # noqa: E402
+from ..media.transforms import from_model  # noqa: E402
+from ..metrics.quality import psnr_from_mse  # noqa: E402
+from ..tokenization.options import TokenizeOptions  # noqa: E402
 from ..tokenization.targets import Target  # noqa: E402
-from ..tokenization.tokenizer import TokenizedVideo, decoded_with_sources  # noqa: E402
+from ..tokenization.tokenfile import TokenizedVideo  # noqa: E402
+from ..tokenization.tokenizer import decoded_with_sources, score_block  # noqa: E402
+from ..utils.blocks import trim_padding  # noqa: E402
 
 
 def label_frames(frames: torch.Tensor, text: str, scale: int) -> torch.Tensor:
@@ -56,13 +60,13 @@ def plot_tokens(encodings: dict[str, TokenizedVideo], path: str | Path, title: s
     plt.close(fig)
 
 
-def reconstruct_side_by_side(model, source: str, output: str | Path, target: Target, search: str = "binary",
-                             window: int | None | str = "model", fps: float | None = None, fit: str = "crop",
-                             progress: bool = True) -> str:
+def reconstruct_side_by_side(model, source: str, output: str | Path, target: Target,
+                             options: TokenizeOptions | None = None, **overrides) -> str:
     """Tokenize ``source``; write original | reconstruction with per-block counts, and a token plot."""
     _check_output(source, Path(output))
-    encoded = model.tokenize(source, target, search=search, window=window, fps=fps, fit=fit, progress=progress)
-    return write_side_by_side(model, encoded, source, output, window, fps, fit)
+    options = TokenizeOptions.build(options, **overrides)
+    encoded = model.tokenize(source, target, options)
+    return write_side_by_side(model, encoded, source, output, options)
 
 
 def _check_output(source: str, output: Path) -> None:
@@ -73,7 +77,7 @@ def _check_output(source: str, output: Path) -> None:
 
 
 def write_side_by_side(model, encoded: TokenizedVideo, source: str, output: str | Path,
-                       window: int | None | str = "model", fps: float | None = None, fit: str = "crop") -> str:
+                       options: TokenizeOptions | None = None) -> str:
     """Write original | reconstruction of tokens already made from ``source``, and a token plot."""
     output = Path(output)
     _check_output(source, output)
@@ -81,21 +85,16 @@ def write_side_by_side(model, encoded: TokenizedVideo, source: str, output: str 
     scale = max(1, -(-256 // min(c.resolution)))
     plot_path = output.with_name(output.stem + "_tokens.png")
     errors = []
-    frames_left = encoded.info.frames
 
-    def pairs():
-        nonlocal frames_left
-        for k, (recon, block) in enumerate(decoded_with_sources(model, encoded, source, window, fps, fit)):
-            recon_u8 = from_model(recon)
-            errors.append(mse_per_block(recon[None].cpu(), to_model(block)[None], len(block)).item())
+    def side_by_side():
+        for k, (recon, block) in enumerate(decoded_with_sources(model, encoded, source, options)):
+            errors.append(score_block(recon, block, "mse"))
             n = int(encoded.counts[k])
             left = label_frames(block, "original", scale)
-            right = label_frames(recon_u8, f"block {k}: {n}/{c.tokens_per_block} tokens", scale)
-            both = torch.cat([left, right], dim=2)
-            take = min(len(both), frames_left) if not encoded.info.is_image else 1
-            frames_left -= take
-            yield both[:take]
+            right = label_frames(from_model(recon), f"block {k}: {n}/{c.tokens_per_block} tokens", scale)
+            yield torch.cat([left, right], dim=2)
 
+    pairs = lambda: trim_padding(side_by_side(), 1 if encoded.info.is_image else encoded.info.frames)  # noqa: E731
     if encoded.info.is_image:
         write_image(output, next(pairs())[0])
     else:

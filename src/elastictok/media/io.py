@@ -1,15 +1,14 @@
-"""Reading and writing real media, and the training datasets built on it.
+"""Reading and writing images and videos (PyAV, Pillow), and finding media files.
 
-Frames are handled as uint8 tensors (T, H, W, 3) until they reach a model; ``to_model`` turns
-them into (T, 3, H, W) floats in [-1, 1] and ``from_model`` back.
+Frames are handled as uint8 tensors (T, H, W, 3) until they reach a model; see
+``elastictok.media.transforms`` for fitting them and converting to the model's [-1, 1] range.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
@@ -129,50 +128,6 @@ class VideoReader:
         return torch.stack(list(self))
 
 
-# ---- geometry and value range -------------------------------------------------------------------
-def resize_short_side(frames: torch.Tensor, short: int) -> torch.Tensor:
-    """(T, H, W, 3) uint8 -> the same with min(H, W) == short, antialiased."""
-    t, h, w, _ = frames.shape
-    scale = short / min(h, w)
-    size = (max(short, round(h * scale)), max(short, round(w * scale)))
-    if size == (h, w):
-        return frames
-    x = frames.permute(0, 3, 1, 2).float()
-    x = F.interpolate(x, size=size, mode="bilinear", antialias=scale < 1, align_corners=False)
-    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-
-
-def fit_to_resolution(frames: torch.Tensor, resolution: tuple[int, int], mode: str = "crop") -> torch.Tensor:
-    """Resize (T, H, W, 3) uint8 so it covers (crop) or fits inside (pad) ``resolution``, then centre it."""
-    th, tw = resolution
-    t, h, w, _ = frames.shape
-    scale = max(th / h, tw / w) if mode == "crop" else min(th / h, tw / w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    if mode == "crop":
-        nh, nw = max(nh, th), max(nw, tw)
-    if (nh, nw) != (h, w):
-        x = F.interpolate(frames.permute(0, 3, 1, 2).float(), size=(nh, nw), mode="bilinear",
-                          antialias=scale < 1, align_corners=False)
-        frames = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-    if mode == "crop":
-        top, left = (nh - th) // 2, (nw - tw) // 2
-        return frames[:, top:top + th, left:left + tw]
-    out = torch.zeros((t, th, tw, 3), dtype=torch.uint8)
-    top, left = (th - nh) // 2, (tw - nw) // 2
-    out[:, top:top + nh, left:left + nw] = frames
-    return out
-
-
-def to_model(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [-1, 1]."""
-    return frames.movedim(-1, -3).float() / 127.5 - 1.0
-
-
-def from_model(x: torch.Tensor) -> torch.Tensor:
-    """float (..., 3, H, W) in [-1, 1] -> uint8 (..., H, W, 3), rounded."""
-    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(-3, -1).cpu()
-
-
 # ---- writing --------------------------------------------------------------------------------------
 def write_image(path: str | os.PathLike, frame: torch.Tensor) -> None:
     """Write uint8 (H, W, 3) as png/jpg/webp, atomically."""
@@ -236,68 +191,7 @@ def write_video(path: str | os.PathLike, frames: torch.Tensor, fps: float, crf: 
         writer.write(frames)
 
 
-# ---- whole files as model-ready blocks -------------------------------------------------------------
-@dataclass
-class MediaInfo:
-    """What is needed to turn a model's output back into the user's media."""
-
-    source: str
-    fps: float | None  # None for images
-    size: tuple[int, int]  # original (H, W)
-    frames: int = 0  # real frames read (images: 1); the last block may hold padding past this
-    is_image: bool = False
-    expected_frames: int | None = field(default=None, compare=False)  # the container's count, for progress bars
-
-
-def iter_media_blocks(path: str | os.PathLike, resolution: tuple[int, int], frames_per_block: int,
-                      fps: float | None = None, fit: str = "crop", min_size: int = 1
-                      ) -> tuple[MediaInfo, Iterator[torch.Tensor]]:
-    """Open an image or video and stream it as uint8 blocks (frames_per_block, H, W, 3).
-
-    A video is never held whole: frames are read, fitted to ``resolution`` and grouped one block at a
-    time. A final partial block repeats its last frame; ``info.frames`` counts the real frames once
-    the iterator is exhausted. An image is one block of the image repeated. Media smaller than
-    ``min_size`` pixels on a side (a model's patch) are refused.
-    """
-    path = Path(path)
-    if fit not in ("crop", "pad"):
-        raise ElasticTokError(f"fit must be 'crop' or 'pad', got {fit!r}")
-
-    def check_size(h: int, w: int) -> None:
-        if min(h, w) < min_size:
-            raise ElasticTokError(f"{path}: {h}x{w} pixels is smaller than one {min_size}x{min_size} patch")
-
-    if not is_video(path):
-        if path.suffix.lower() not in IMAGE_SUFFIXES and path.exists():
-            raise ElasticTokError(f"{path}: not an image or video file (unknown suffix {path.suffix!r})")
-        image = read_image(path)
-        check_size(*image.shape[:2])
-        info = MediaInfo(str(path), None, tuple(image.shape[:2]), 1, True)
-        block = fit_to_resolution(image[None], resolution, fit).expand(frames_per_block, -1, -1, -1)
-        return info, iter([block.contiguous()])
-    reader = VideoReader(path, fps=fps)
-    check_size(reader.info.height, reader.info.width)
-    expected = reader.info.frames
-    if expected and fps:
-        expected = round(expected * fps / reader.info.fps)
-    info = MediaInfo(str(path), reader.fps, (reader.info.height, reader.info.width), expected_frames=expected)
-
-    def blocks() -> Iterator[torch.Tensor]:
-        pending: list[torch.Tensor] = []
-        for frame in reader:
-            pending.append(fit_to_resolution(frame[None], resolution, fit)[0])
-            info.frames += 1
-            if len(pending) == frames_per_block:
-                yield torch.stack(pending)
-                pending = []
-        if pending:
-            pending += [pending[-1]] * (frames_per_block - len(pending))
-            yield torch.stack(pending)
-
-    return info, blocks()
-
-
-# ---- training data --------------------------------------------------------------------------------
+# ---- finding media --------------------------------------------------------------------------------
 def list_media(paths: list[str | os.PathLike]) -> list[Path]:
     """Media files under the given files and folders (recursively), sorted for reproducibility."""
     found: list[Path] = []
@@ -310,120 +204,3 @@ def list_media(paths: list[str | os.PathLike]) -> list[Path]:
         else:
             raise ElasticTokError(f"{entry}: no such file or folder")
     return found
-
-
-def stable_seed(*parts: object) -> int:
-    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little")
-
-
-@dataclass
-class MediaCollection:
-    """A folder of images and videos decoded once into memory at a reduced size.
-
-    Items are uint8 (T, H, W, 3) with short side ``short_side`` (images have T = 1). Files that
-    cannot be read are skipped with one warning line each and counted in ``skipped``.
-    """
-
-    items: list[torch.Tensor] = field(default_factory=list)
-    names: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-
-    @classmethod
-    def load(cls, paths: list[str | os.PathLike], short_side: int, max_frames: int | None = None,
-             fps: float | None = None) -> "MediaCollection":
-        collection = cls()
-        for path in list_media(paths):
-            try:
-                if is_video(path):
-                    frames = []
-                    for frame in VideoReader(path, fps=fps):
-                        frames.append(resize_short_side(frame[None], short_side)[0])
-                        if max_frames and len(frames) >= max_frames:
-                            break
-                    item = torch.stack(frames)
-                else:
-                    item = resize_short_side(read_image(path)[None], short_side)
-            except ElasticTokError as exc:
-                log.warning("skipping %s", exc)
-                collection.skipped.append(str(path))
-                continue
-            collection.items.append(item)
-            collection.names.append(str(path))
-        return collection
-
-    @property
-    def videos(self) -> list[int]:
-        return [i for i, item in enumerate(self.items) if item.shape[0] > 1]
-
-    @property
-    def images(self) -> list[int]:
-        return [i for i, item in enumerate(self.items) if item.shape[0] == 1]
-
-
-def random_crop(clip: torch.Tensor, resolution: tuple[int, int], rng: np.random.Generator) -> torch.Tensor:
-    """A random crop (between the resolution's aspect-fitted size and the whole frame) and flip, resized."""
-    h, w = clip.shape[1:3]
-    th, tw = resolution
-    scale = rng.uniform(min(1.0, max(th / h, tw / w)), 1.0)
-    ch, cw = min(h, max(1, round(h * scale))), min(w, max(1, round(w * scale)))
-    top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-    clip = clip[:, top:top + ch, left:left + cw]
-    if rng.random() < 0.5:
-        clip = clip.flip(2)
-    return fit_to_resolution(clip, resolution)
-
-
-class TrainBatches(torch.utils.data.Dataset):
-    """Batch k of training, generated from k alone, so a resumed run sees exactly the same data.
-
-    A batch is either ``batch_size`` video clips of ``n_blocks`` blocks, or ``batch_size * n_blocks``
-    single-block images (the same number of tokens), chosen with probability ``image_fraction``.
-    Crops (``random_crop``) take a random size between the resolution and the whole frame, and random flips.
-    """
-
-    def __init__(self, media: MediaCollection, resolution: tuple[int, int], frames_per_block: int,
-                 n_blocks: int, batch_size: int, image_fraction: float, seed: int, length: int):
-        if not media.items:
-            raise ElasticTokError("no readable training media")
-        self.media, self.resolution, self.fpb = media, resolution, frames_per_block
-        self.n_blocks, self.batch_size, self.seed, self.length = n_blocks, batch_size, seed, length
-        clip_frames = n_blocks * frames_per_block
-        self.videos = [i for i in media.videos if media.items[i].shape[0] >= clip_frames]
-        self.images = media.images
-        self.image_fraction = image_fraction if self.videos else 1.0
-        if not self.images:
-            self.image_fraction = 0.0
-        if not self.videos and not self.images:
-            raise ElasticTokError(f"no training video has {clip_frames} frames and there are no images")
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, k: int) -> torch.Tensor:
-        rng = np.random.default_rng(stable_seed(self.seed, k))
-        if rng.random() < self.image_fraction:
-            picks = rng.choice(self.images, size=self.batch_size * self.n_blocks)
-            clips = [random_crop(self.media.items[i][:1], self.resolution, rng).expand(self.fpb, -1, -1, -1)
-                     for i in picks]
-        else:
-            length = self.n_blocks * self.fpb
-            clips = []
-            for i in rng.choice(self.videos, size=self.batch_size):
-                start = rng.integers(0, self.media.items[i].shape[0] - length + 1)
-                clips.append(random_crop(self.media.items[i][start:start + length], self.resolution, rng))
-        return to_model(torch.stack(clips))  # (B, T, 3, H, W)
-
-
-def eval_clips(media: MediaCollection, resolution: tuple[int, int], frames_per_block: int,
-               clips_per_video: int = 4) -> list[torch.Tensor]:
-    """Deterministic held-out samples: centre crops of every image and of evenly spaced one-block clips."""
-    samples = []
-    for item in media.items:
-        if item.shape[0] == 1:
-            samples.append(to_model(fit_to_resolution(item, resolution).expand(frames_per_block, -1, -1, -1)))
-            continue
-        last = item.shape[0] - frames_per_block
-        for start in np.linspace(0, max(last, 0), clips_per_video).round().astype(int):
-            if start + frames_per_block <= item.shape[0]:
-                samples.append(to_model(fit_to_resolution(item[start:start + frames_per_block], resolution)))
-    return samples

@@ -1,90 +1,112 @@
-"""What adaptive tokenization aims for: a per-block quality threshold, a fixed count, or a total budget."""
+"""What adaptive tokenization aims for, one type per kind of target.
+
+- ``Threshold(metric, value)``: per block, the fewest tokens whose reconstruction meets ``value``
+  on ``metric`` (a name in ``elastictok.metrics.quality.METRICS`` or a callable).
+- ``TokenCount(tokens)``: exactly ``tokens`` per block (no search).
+- ``Budget(tokens)``: at most ``tokens`` for the whole input, spent where they buy the most quality.
+
+``parse_target("psnr:30")`` reads the text form (``mse:0.003``, ``psnr:30``, ``ssim:0.95``,
+``tokens:64``, ``budget:5000``) the CLI and ``model.tokenize`` accept.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Union
 
-from einops import rearrange
 from torch import Tensor
 
 from ..errors import ElasticTokError
-from ..metrics.quality import mse_per_block, psnr_from_mse
-
-# (recon, original) -> (B,) score per block; both are (B, frames_per_block, 3, H, W) in [-1, 1].
-BlockMetric = Callable[[Tensor, Tensor], Tensor]
-
-
-def block_mse(recon: Tensor, original: Tensor) -> Tensor:
-    return mse_per_block(recon, original, recon.shape[1])[:, 0]
-
-
-def block_psnr(recon: Tensor, original: Tensor) -> Tensor:
-    return psnr_from_mse(block_mse(recon, original))
-
-
-def block_ssim(recon: Tensor, original: Tensor) -> Tensor:
-    """Mean SSIM over the frames of each block (Gaussian window 11, sigma 1.5), via torchmetrics."""
-    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
-
-    frames = recon.shape[1]
-    a = rearrange(recon.float().clamp(-1, 1), "b t c h w -> (b t) c h w")
-    b = rearrange(original.float(), "b t c h w -> (b t) c h w")
-    kernel = min(11, a.shape[-1] - (1 - a.shape[-1] % 2), a.shape[-2] - (1 - a.shape[-2] % 2))
-    per_frame = ssim(a, b, data_range=2.0, reduction="none", kernel_size=kernel)
-    return per_frame.view(-1, frames).mean(1)
-
-
-METRICS: dict[str, tuple[BlockMetric, bool]] = {  # name -> (metric, higher is better)
-    "mse": (block_mse, False),
-    "psnr": (block_psnr, True),
-    "ssim": (block_ssim, True),
-}
+from ..metrics.quality import METRICS, BlockMetric
 
 
 @dataclass(frozen=True)
-class Target:
-    """One of: ``threshold`` on ``metric``; ``tokens`` per block; a total ``budget`` for the video."""
+class Threshold:
+    """Meet ``value`` on ``metric`` in every block; a callable metric needs ``higher_is_better``."""
 
-    metric: str | BlockMetric = "mse"
-    threshold: float | None = None
-    higher_is_better: bool | None = None  # required for a callable metric
-    tokens: int | None = None
-    budget: int | None = None
+    metric: str | BlockMetric
+    value: float
+    higher_is_better: bool | None = None  # None for a named metric: taken from METRICS
 
     def __post_init__(self) -> None:
-        chosen = [self.threshold is not None, self.tokens is not None, self.budget is not None]
-        if sum(chosen) != 1:
-            raise ElasticTokError("give exactly one of a threshold, a number of tokens per block, or a budget")
-        if isinstance(self.metric, str) and self.metric not in METRICS:
-            raise ElasticTokError(f"unknown metric {self.metric!r}; use mse, psnr, ssim or a callable")
-        if callable(self.metric) and self.threshold is not None and self.higher_is_better is None:
+        if isinstance(self.metric, str):
+            if self.metric not in METRICS:
+                raise ElasticTokError(f"unknown metric {self.metric!r}; use {', '.join(METRICS)} or a callable")
+            object.__setattr__(self, "higher_is_better", METRICS[self.metric][1])
+        elif not callable(self.metric):
+            raise ElasticTokError(f"a metric is a name or a callable, got {type(self.metric).__name__}")
+        elif self.higher_is_better is None:
             raise ElasticTokError("a callable metric needs higher_is_better=True or False")
-        if self.tokens is not None and self.tokens < 1 or self.budget is not None and self.budget < 1:
-            raise ElasticTokError("token counts and budgets must be positive")
-
-    @classmethod
-    def parse(cls, text: str) -> "Target":
-        """``mse:0.003``, ``psnr:30``, ``ssim:0.95``, ``tokens:64`` or ``budget:5000``."""
-        name, sep, value = text.partition(":")
-        try:
-            number = (int if name in ("tokens", "budget") else float)(value)
-        except ValueError:
-            number = None
-        if not sep or number is None:
-            raise ElasticTokError(f"bad target {text!r}: expected mse:0.003, psnr:30, ssim:0.95, tokens:N or budget:N")
-        if name in ("tokens", "budget"):
-            return cls(**{name: number})
-        return cls(metric=name, threshold=number)
 
     @property
     def name(self) -> str:
         return self.metric if isinstance(self.metric, str) else getattr(self.metric, "__name__", "custom")
 
+    def __str__(self) -> str:
+        return f"{self.name}:{self.value}"
+
     def score(self, recon: Tensor, original: Tensor) -> Tensor:
+        """(B,) scores of blocks (B, fpb, 3, H, W)."""
         metric = METRICS[self.metric][0] if isinstance(self.metric, str) else self.metric
         return metric(recon, original).float()
 
     def meets(self, scores: Tensor) -> Tensor:
-        higher = METRICS[self.metric][1] if isinstance(self.metric, str) else self.higher_is_better
-        return scores >= self.threshold if higher else scores <= self.threshold
+        return scores >= self.value if self.higher_is_better else scores <= self.value
+
+
+@dataclass(frozen=True)
+class TokenCount:
+    """Exactly ``tokens`` per block (clamped to the model's [Mmin, Mmax] by the model's checks)."""
+
+    tokens: int
+
+    def __post_init__(self) -> None:
+        if self.tokens < 1:
+            raise ElasticTokError("token counts and budgets must be positive")
+
+    def __str__(self) -> str:
+        return f"tokens:{self.tokens}"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """At most ``tokens`` over the whole input."""
+
+    tokens: int
+
+    def __post_init__(self) -> None:
+        if self.tokens < 1:
+            raise ElasticTokError("token counts and budgets must be positive")
+
+    def __str__(self) -> str:
+        return f"budget:{self.tokens}"
+
+
+Target = Union[Threshold, TokenCount, Budget]
+MSE_SCORE = Threshold("mse", 0.0)  # how blocks are scored when the target is not a threshold
+
+
+def parse_target(text: str) -> Target:
+    """``mse:0.003``, ``psnr:30``, ``ssim:0.95``, ``tokens:64`` or ``budget:5000``."""
+    name, sep, value = text.partition(":")
+    try:
+        number = (int if name in ("tokens", "budget") else float)(value)
+    except ValueError:
+        number = None
+    if not sep or number is None:
+        raise ElasticTokError(f"bad target {text!r}: expected mse:0.003, psnr:30, ssim:0.95, tokens:N or budget:N")
+    if name == "tokens":
+        return TokenCount(number)
+    if name == "budget":
+        return Budget(number)
+    return Threshold(name, number)
+
+
+def as_target(target: Target | str) -> Target:
+    """A target object from a target or its text form."""
+    if isinstance(target, str):
+        return parse_target(target)
+    if not isinstance(target, (Threshold, TokenCount, Budget)):
+        raise ElasticTokError(f"a target is Threshold, TokenCount, Budget or text such as 'mse:0.003', "
+                              f"got {type(target).__name__}")
+    return target

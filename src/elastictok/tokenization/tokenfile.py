@@ -19,18 +19,43 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 from safetensors.torch import load, save
 
-from ..media.io import MediaInfo
 from ..errors import ElasticTokError
+from ..media.blocks import MediaInfo
 from ..utils.fileio import atomic_path
-from .tokenizer import TokenizedVideo
 
 FORMAT, VERSION = "elastictok-tokens", "1"
 MAX_FILE_BYTES = 2**31
+
+
+@dataclass
+class TokenizedVideo:
+    """The tokens of one video or image, block by block, and what is needed to restore it (an .etok file in memory)."""
+
+    counts: Tensor  # (n_blocks,) long: tokens kept per block
+    tokens: Tensor  # FSQ: (sum(counts),) long code indices; VAE: (sum(counts), C) float latents
+    scores: Tensor  # (n_blocks,) float: the target metric per block (MSE for a fixed count or budget)
+    metric: str
+    info: MediaInfo
+    model_name: str
+    config_hash: str
+    max_tokens: int
+    passes: int = 0  # encoder+decoder forward passes over the batch this input was tokenized in
+    evaluations: int = 0  # candidate counts scored (block encodes+decodes) for this input
+    seconds: float = 0.0
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.counts)
+
+    def block_tokens(self) -> list[Tensor]:
+        return list(torch.split(self.tokens, self.counts.tolist()))
 
 
 def index_dtype(codebook_size: int) -> torch.dtype:

@@ -24,6 +24,7 @@ from ..media.io import list_media
 from ..errors import ElasticTokError
 from ..utils.fileio import atomic_path
 from ..tokenization.targets import Target
+from ..utils.runtime import distributed_ready, rank_and_world_size
 from ..tokenization.tokenfile import etok_bytes
 
 log = logging.getLogger(__name__)
@@ -70,10 +71,9 @@ def tokenize_corpus(model, sources: list, destination: str | Path, target: Targe
     files = list_media(sources)
     if not files:
         raise ElasticTokError(f"no images or videos under {', '.join(map(str, sources))}")
-    distributed = dist.is_available() and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    distributed = distributed_ready()
+    rank, world = rank_and_world_size()
     root = Path(sources[0]) if len(sources) == 1 and Path(sources[0]).is_dir() else None
-    codebook = model.quantizer.codebook_size if model.config.bottleneck == "fsq" else 0
     n_shards = -(-len(files) // shard_size)
     mine = [s for s in range(n_shards) if s % world == rank]
     local = CorpusSummary()
@@ -101,7 +101,7 @@ def tokenize_corpus(model, sources: list, destination: str | Path, target: Targe
                     bar.update(1)
                     continue
                 counts = encoded.counts.tolist()
-                _add_bytes(tar, f"{key}.etok", etok_bytes(encoded, codebook))
+                _add_bytes(tar, f"{key}.etok", etok_bytes(encoded, model.codebook_size))
                 _add_bytes(tar, f"{key}.json", json.dumps({"source": str(path), "tokens_per_block": counts}).encode())
                 record["blocks"] += len(counts)
                 record["tokens"] += sum(counts)

@@ -1,12 +1,15 @@
 """Training: Algorithm 1 of the paper (random tail-token masking), resumable bit for bit.
 
 ``elastictok train --config configs/tiny.yaml`` runs ``train(TrainConfig.from_yaml(...))``. A run
-directory holds ``checkpoints/last.pt`` (model, optimiser, scheduler, EMA, step, RNG and data
-position), ``model/`` (the final weights as ``save_pretrained``), ``log.csv`` and ``tb/``.
+directory holds ``checkpoints/last.pt`` (or ``checkpoints/last/`` under torchrun; see
+``checkpoint.py``), ``model/`` (the final weights as ``save_pretrained``), ``log.csv`` and ``tb/``.
+``train`` is a sequence of small steps: build the state, resume it, make the data, then per step
+``_train_step``, ``_report``, ``_maybe_evaluate`` and a checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -15,22 +18,24 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
 import yaml
 from tqdm import tqdm
 
-from ..models.elastictok.config import ElasticTokConfig
-from ..media.io import MediaCollection, TrainBatches, stable_seed, eval_clips
 from ..errors import ElasticTokError
+from ..metrics.quality import psnr, psnr_from_mse
+from ..models.elastictok.config import ElasticTokConfig
+from ..models.elastictok.model import ElasticTok
 from ..utils.fileio import atomic_path
+from ..utils.seeds import stable_seed
+from .checkpoint import Checkpoint, FileCheckpoint, TrainState, checkpoint_for
+from .datasets import MediaCollection, TrainBatches, eval_clips
+from .distributed import World, full_state_dict, setup, wrap
 from .masks import KeepSampler
 from .shards import ShardBatches, list_shards
-from .distributed import DistributedCheckpoint, full_state_dict, setup, wrap
-from ..metrics.quality import psnr, psnr_from_mse
-from ..models.elastictok.model import ElasticTok
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +124,9 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
 def load_init_weights(model: ElasticTok, source: str) -> None:
     """Progressive training: start from another run's checkpoint or a ``save_pretrained`` directory."""
     path = Path(source)
-    checkpoint = path / "checkpoints" / "last.pt"
-    if checkpoint.is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    checkpoint = FileCheckpoint(path / "checkpoints" / "last.pt")
+    if checkpoint.exists():
+        state = checkpoint.read()
         model.load_state_dict(state["ema"] or state["model"])
     else:
         model.load_state_dict(ElasticTok.from_pretrained(path).state_dict())
@@ -131,9 +136,27 @@ def load_init_weights(model: ElasticTok, source: str) -> None:
 def evaluate(model: ElasticTok, samples: list[torch.Tensor], fractions: list[float], device: torch.device,
              bf16: bool, batch_size: int = 16) -> dict[float, float]:
     """Mean PSNR over held-out samples at each keep fraction of Mmax (clamped to [Mmin, Mmax])."""
-    c = getattr(model, "module", model).config  # a DDP wrapper keeps the model in .module
+    bare = getattr(model, "module", model)  # a DDP wrapper keeps the model in .module
+    c = bare.config
     was_training = model.training
     model.eval()
+    with _whole_sequences(bare):
+        results = _psnr_at_fractions(model, samples, fractions, device, bf16, batch_size, c)
+    model.train(was_training)
+    return results
+
+
+@contextlib.contextmanager
+def _whole_sequences(model) -> Iterator[None]:
+    """Run a sequence-parallel model on whole samples on every rank for a while."""
+    saved, model.sequence_group = model.sequence_group, None
+    try:
+        yield
+    finally:
+        model.sequence_group = saved
+
+
+def _psnr_at_fractions(model, samples, fractions, device, bf16, batch_size, c) -> dict[float, float]:
     results = {}
     for fraction in fractions:
         keep = min(c.tokens_per_block, max(c.min_tokens, round(fraction * c.tokens_per_block)))
@@ -144,7 +167,6 @@ def evaluate(model: ElasticTok, samples: list[torch.Tensor], fractions: list[flo
                 out = model(batch, keep)
             scores.append(psnr(out.recon, batch))
         results[fraction] = torch.cat(scores).mean().item()
-    model.train(was_training)
     return results
 
 
@@ -174,28 +196,175 @@ class RunLog:
         self.tb.close()
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, ema, step: int, cfg: TrainConfig) -> None:
-    """Single-process checkpoint: one file, loaded with ``weights_only=True``."""
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "ema": ema.module.state_dict() if ema is not None else None,
-        "ema_n_averaged": ema.n_averaged if ema is not None else None,
-        "step": step,
-        "data_position": step * cfg.grad_accum,  # batches consumed; batch k is a pure function of k
-        "train_config": json.dumps(dataclasses.asdict(cfg)),
-        "model_config": json.dumps(model.config.to_dict()),
-    }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+# ---- the run, step by step --------------------------------------------------------------------------------------
+@dataclass
+class TrainingData:
+    """Training batches and what the loop needs to know about where they come from."""
+
+    batches: Iterator
+    from_shards: bool  # batches are (video, undecodable samples so far) pairs, one rank's share each
+    data_ranks: int  # ranks that split the data (1 under sequence parallelism: one batch, split by tokens)
+    skipped_by_worker: dict[int, int]  # undecodable samples, as each worker last reported
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ElasticTokError(f"{path}: not a readable training checkpoint ({exc})") from None
+def _check_layout(cfg: TrainConfig, world: World) -> None:
+    if cfg.batch_size % world.size:
+        raise ElasticTokError(f"batch_size {cfg.batch_size} does not split over {world.size} processes")
+    if world.distributed and cfg.ema_decay:
+        raise ElasticTokError("ema_decay is not supported with multi-process training yet")
+    if cfg.sequence_parallel and (not world.distributed or cfg.distributed != "ddp"):
+        raise ElasticTokError("sequence_parallel needs torchrun and distributed: ddp")
+
+
+def _build_state(cfg: TrainConfig, world: World, device: torch.device, init_from: str | None) -> TrainState:
+    """Model (the same initial weights on every rank), its distributed form, optimiser, schedule and EMA."""
+    torch.manual_seed(cfg.seed)
+    model = ElasticTok(cfg.model_config()).to(device)
+    if init_from:
+        load_init_weights(model, init_from)
+    net = wrap(model, cfg.distributed, cfg.bf16, device) if world.distributed else model
+    if cfg.sequence_parallel:
+        model.sequence_group = dist.group.WORLD
+    optimizer = build_optimizer(net, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    ema = None
+    if cfg.ema_decay:
+        ema = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay))
+    return TrainState(model=model, net=net, optimizer=optimizer, scheduler=scheduler, ema=ema, world=world, cfg=cfg)
+
+
+def _training_data(cfg: TrainConfig, c: ElasticTokConfig, world: World, start_step: int) -> TrainingData:
+    """WebDataset shards (every rank streams its own slice) or a folder of media in memory (every rank
+    makes the global batch and takes its rows); both resume at batch ``start_step * grad_accum``."""
+    shards = list_shards(cfg.data)
+    data_ranks = 1 if cfg.sequence_parallel else world.size
+    if shards:
+        batches = ShardBatches(shards, c.resolution, c.frames_per_block, cfg.n_blocks, cfg.batch_size // data_ranks,
+                               cfg.image_fraction, cfg.seed, start_batch=start_step * cfg.grad_accum,
+                               rank=world.rank if data_ranks > 1 else 0, world_size=data_ranks)
+        loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=cfg.num_workers)
+        return TrainingData(iter(loader), True, data_ranks, {})
+    media = MediaCollection.load(cfg.data, short_side=2 * min(c.resolution), fps=cfg.fps)
+    batches = TrainBatches(media, c.resolution, c.frames_per_block, cfg.n_blocks, cfg.batch_size,
+                           cfg.image_fraction, cfg.seed, length=cfg.steps * cfg.grad_accum)
+    loader = torch.utils.data.DataLoader(
+        batches, batch_size=None, sampler=range(start_step * cfg.grad_accum, len(batches)),
+        num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
+    return TrainingData(iter(loader), False, data_ranks, {0: len(media.skipped)})
+
+
+def _micro_batch(state: TrainState, data: TrainingData, sampler: KeepSampler, index: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global micro-batch ``index``: this rank's video (B, T, 3, H, W) and keep counts (B, n_blocks)."""
+    cfg, world, c = state.cfg, state.world, state.model.config
+    video = next(data.batches)
+    if data.from_shards:  # (batch, undecodable samples so far) from the worker that made batch `index`
+        video, data.skipped_by_worker[index % max(1, cfg.num_workers)] = video
+    keep = sampler(video.shape[0], video.shape[1] // c.frames_per_block,
+                   torch.Generator().manual_seed(stable_seed(cfg.seed, "keep", index)))
+    if not data.from_shards and data.data_ranks > 1:  # this rank's contiguous share of the global batch
+        share = video.shape[0] // world.size
+        video, keep = (t[world.rank * share:(world.rank + 1) * share] for t in (video, keep))
+    return video, keep
+
+
+def _train_step(state: TrainState, data: TrainingData, sampler: KeepSampler, lpips, device: torch.device
+                ) -> tuple[dict[str, float], int]:
+    """One optimiser step over ``grad_accum`` micro-batches; returns the mean losses and frames seen."""
+    cfg = state.cfg
+    totals = {"loss": 0.0, "mse": 0.0, "kl": 0.0, "lpips": 0.0, "psnr": 0.0}
+    frames = 0
+    for micro in range(cfg.grad_accum):
+        index = state.step * cfg.grad_accum + micro
+        video, keep = _micro_batch(state, data, sampler, index)
+        video = video.to(device, non_blocking=True)
+        # Sampling noise (VAE) depends on (seed, batch, rank) only: resumable without RNG state.
+        torch.manual_seed(stable_seed(cfg.seed, "noise", index, state.world.rank) % 2**63)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            out = state.net(video, keep.to(device))
+            loss = out.loss
+            if lpips is not None:
+                frame = torch.randint(video.shape[1], (), generator=torch.Generator().manual_seed(
+                    stable_seed(cfg.seed, "lpips", index))).item()
+                perceptual = lpips(out.recon[:, frame].float(), video[:, frame].float())
+                loss = loss + cfg.lpips_weight * perceptual
+                totals["lpips"] += perceptual.item() / cfg.grad_accum
+        (loss / cfg.grad_accum).backward()
+        for key, value in (("loss", loss), ("mse", out.mse), ("kl", out.kl), ("psnr", psnr_from_mse(out.mse.detach()))):
+            totals[key] += value.item() / cfg.grad_accum
+        frames += video.shape[0] * video.shape[1] * data.data_ranks
+    _optimizer_step(state)
+    return totals, frames
+
+
+def _optimizer_step(state: TrainState) -> None:
+    torch.nn.utils.clip_grad_norm_(state.net.parameters(), state.cfg.grad_clip)
+    state.optimizer.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scheduler.step()
+    if state.ema is not None:
+        state.ema.update_parameters(state.model)
+    state.step += 1
+
+
+def _mean_over_ranks(totals: dict[str, float], world: World) -> dict[str, float]:
+    if not world.distributed:
+        return totals
+    keys = ("loss", "mse", "kl", "lpips", "psnr")
+    packed = torch.tensor([totals[k] for k in keys])
+    dist.all_reduce(packed)
+    return {**totals, **dict(zip(keys, (packed / world.size).tolist()))}
+
+
+def _any_rank(flag: bool, world: World) -> bool:
+    """True on every rank when ``flag`` is true on any (so that every rank stops together)."""
+    if not world.distributed:
+        return flag
+    packed = torch.tensor([float(flag)])
+    dist.all_reduce(packed, op=dist.ReduceOp.MAX)
+    return bool(packed.item())
+
+
+def _maybe_evaluate(state: TrainState, samples: list, device, run_log: RunLog | None, bar, out_dir: Path,
+                    last: bool) -> None:
+    """Held-out PSNR at each keep fraction, every ``eval_every`` steps and at the end."""
+    cfg, step = state.cfg, state.step
+    if not samples or not (step % cfg.eval_every == 0 or step == cfg.steps or last):
+        return
+    scores = evaluate(state.ema.module if state.ema is not None else state.net, samples, cfg.eval_keep_fractions,
+                      device, cfg.bf16)
+    if run_log:
+        for fraction, value in scores.items():
+            run_log.tb.add_scalar(f"eval/psnr_keep_{fraction:.4g}", value, step)
+        line = "  ".join(f"keep {f:.4g}: {v:.2f} dB" for f, v in scores.items())
+        bar.write(f"step {step} held-out PSNR  {line}")
+        with (out_dir / "eval.jsonl").open("a") as f:
+            f.write(json.dumps({"step": step, "psnr": {str(k): v for k, v in scores.items()}}) + "\n")
+
+
+def _resume(state: TrainState, checkpoint: Checkpoint, out_dir: Path) -> None:
+    if checkpoint.exists():
+        checkpoint.load(state)
+    log.info("resuming from step %d" if state.step else "no checkpoint in %s: starting from scratch",
+             state.step or out_dir)
+
+
+def _save_final(state: TrainState, out_dir: Path, run_log: RunLog | None) -> None:
+    """The trained (EMA, if any) weights as ``out_dir/model``, written by rank 0."""
+    final = full_state_dict(state.ema.module if state.ema is not None else state.net)
+    if run_log:
+        run_log.close()
+        trained = ElasticTok(state.model.config)
+        trained.load_state_dict(final)
+        trained.save_pretrained(out_dir / "model")
+
+
+def _lpips(cfg: TrainConfig, device: torch.device):
+    if not cfg.lpips_weights:
+        return None
+    from ..metrics.perceptual import LPIPS
+    return LPIPS.from_file(cfg.lpips_weights).to(device)
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
@@ -206,173 +375,52 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     """
     out_dir = Path(cfg.out_dir)
     world, device = setup(cfg.device)
-    distributed = world.distributed
-    ckpt_path = out_dir / "checkpoints" / "last.pt"
-    dist_ckpt = DistributedCheckpoint(out_dir / "checkpoints" / "last")
-    has_checkpoint = dist_ckpt.exists() if distributed else ckpt_path.exists()
-    if cfg.batch_size % world.size:
-        raise ElasticTokError(f"batch_size {cfg.batch_size} does not split over {world.size} processes")
-    if distributed and cfg.ema_decay:
-        raise ElasticTokError("ema_decay is not supported with multi-process training yet")
-    if cfg.sequence_parallel and (not distributed or cfg.distributed != "ddp"):
-        raise ElasticTokError("sequence_parallel needs torchrun and distributed: ddp")
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model_config = cfg.model_config()
-    model = ElasticTok(model_config).to(device)
-    if cfg.init_from and not (resume and has_checkpoint):
-        load_init_weights(model, cfg.init_from)
-    net = wrap(model, cfg.distributed, cfg.bf16, device) if distributed else model
-    if cfg.sequence_parallel:
-        model.sequence_group = dist.group.WORLD
-    optimizer = build_optimizer(net, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
-    ema = None
-    if cfg.ema_decay:
-        ema = torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay))
-    lpips = None
-    if cfg.lpips_weights:
-        from ..metrics.perceptual import LPIPS
-        lpips = LPIPS.from_file(cfg.lpips_weights).to(device)
-
-    start_step = 0
-    if resume and has_checkpoint and distributed:
-        trainer_state = dist_ckpt.load(net, optimizer)
-        if ElasticTokConfig.from_dict(trainer_state["model_config"]) != model_config:
-            raise ElasticTokError(f"{dist_ckpt.directory} was written for a different model config; not resuming")
-        scheduler.load_state_dict(trainer_state["scheduler"])
-        start_step = trainer_state["step"]
-    elif resume and has_checkpoint:
-        state = load_checkpoint(ckpt_path)
-        if ElasticTokConfig.from_dict(json.loads(state["model_config"])) != model_config:
-            raise ElasticTokError(f"{ckpt_path} was written for a different model config; not resuming")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if ema is not None and state["ema"] is not None:
-            ema.module.load_state_dict(state["ema"])
-            ema.n_averaged.copy_(state["ema_n_averaged"])
-        start_step = state["step"]
+    _check_layout(cfg, world)
+    checkpoint = checkpoint_for(out_dir, world.distributed)
+    resuming = resume and checkpoint.exists()
+    state = _build_state(cfg, world, device, None if resuming else cfg.init_from)
+    lpips = _lpips(cfg, device)
     if resume:
-        log.info("resuming from step %d" if start_step else "no checkpoint in %s: starting from scratch",
-                 start_step or out_dir)
-
-    def save(step: int) -> None:
-        if distributed:
-            dist_ckpt.save(net, optimizer, {"step": step, "data_position": step * cfg.grad_accum,
-                                            "scheduler": scheduler.state_dict(),
-                                            "model_config": model_config.to_dict()}, world)
-        else:
-            save_checkpoint(ckpt_path, model, optimizer, scheduler, ema, step, cfg)
-
-    c = model_config
-    shards = list_shards(cfg.data)
-    data_ranks = 1 if cfg.sequence_parallel else world.size  # sequence parallelism: one batch, split by tokens
-    per_rank = cfg.batch_size // data_ranks
-    if shards:  # WebDataset shards: every rank streams its own slice, resumable from the batch position
-        batches = ShardBatches(shards, c.resolution, c.frames_per_block, cfg.n_blocks, per_rank,
-                               cfg.image_fraction, cfg.seed, start_batch=start_step * cfg.grad_accum,
-                               rank=world.rank if data_ranks > 1 else 0, world_size=data_ranks)
-        rows = slice(None)
-        skipped_by_worker: dict[int, int] = {}  # undecodable samples, as each worker last reported
-        loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=cfg.num_workers)
-    else:  # a folder of media in memory: every rank makes the global batch and takes its rows
-        media = MediaCollection.load(cfg.data, short_side=2 * min(c.resolution), fps=cfg.fps)
-        batches = TrainBatches(media, c.resolution, c.frames_per_block, cfg.n_blocks, cfg.batch_size,
-                               cfg.image_fraction, cfg.seed, length=cfg.steps * cfg.grad_accum)
-        rows = None  # decided per batch: image batches hold n_blocks times more rows
-        skipped_by_worker = {0: len(media.skipped)}
-        loader = torch.utils.data.DataLoader(
-            batches, batch_size=None, sampler=range(start_step * cfg.grad_accum, len(batches)),
-            num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
+        _resume(state, checkpoint, out_dir)
+    c = state.model.config
+    data = _training_data(cfg, c, world, state.step)
     held_out = MediaCollection.load(cfg.eval_data, short_side=min(c.resolution)) if cfg.eval_data else None
     eval_samples = eval_clips(held_out, c.resolution, c.frames_per_block) if held_out else []
-    sampler = KeepSampler(cfg.mask, c.min_tokens, c.tokens_per_block)
-    run_log = RunLog(out_dir, start_step) if world.main else None
+    run_log = RunLog(out_dir, state.step) if world.main else None
     if world.main:
         (out_dir / "train_config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    _run(state, data, KeepSampler(cfg.mask, c.min_tokens, c.tokens_per_block), lpips, device, eval_samples,
+         run_log, out_dir, checkpoint)
+    _save_final(state, out_dir, run_log)
+    return out_dir
 
-    net.train()
-    started, frames_seen, step = time.monotonic(), 0, start_step
-    bar = tqdm(total=cfg.steps, initial=start_step, desc="train", disable=not (cfg.progress and world.main),
+
+def _run(state: TrainState, data: TrainingData, sampler: KeepSampler, lpips, device, eval_samples: list,
+         run_log: RunLog | None, out_dir: Path, checkpoint: Checkpoint) -> None:
+    """Steps until ``cfg.steps``, ``stop_at`` or ``max_minutes``: log, evaluate and checkpoint as configured."""
+    cfg, world = state.cfg, state.world
+    state.net.train()
+    started, frames_seen = time.monotonic(), 0
+    bar = tqdm(total=cfg.steps, initial=state.step, desc="train", disable=not (cfg.progress and world.main),
                dynamic_ncols=True)
-    batch_iter = iter(loader)
-    while step < cfg.steps:
-        totals = {"loss": 0.0, "mse": 0.0, "kl": 0.0, "lpips": 0.0, "psnr": 0.0}
-        for micro in range(cfg.grad_accum):
-            index = step * cfg.grad_accum + micro
-            video = next(batch_iter)
-            if shards:  # (batch, undecodable samples so far) from the worker that made batch `index`
-                video, skipped_by_worker[index % max(1, cfg.num_workers)] = video
-            keep = sampler(video.shape[0], video.shape[1] // c.frames_per_block,
-                           torch.Generator().manual_seed(stable_seed(cfg.seed, "keep", index)))
-            if rows is None and data_ranks > 1:  # this rank's contiguous share of the global batch
-                share = video.shape[0] // world.size
-                video, keep = (t[world.rank * share:(world.rank + 1) * share] for t in (video, keep))
-            video = video.to(device, non_blocking=True)
-            # Sampling noise (VAE) depends on (seed, batch, rank) only: resumable without RNG state.
-            torch.manual_seed(stable_seed(cfg.seed, "noise", index, world.rank) % 2**63)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                out = net(video, keep.to(device))
-                loss = out.loss
-                if lpips is not None:
-                    frame = torch.randint(video.shape[1], (), generator=torch.Generator().manual_seed(
-                        stable_seed(cfg.seed, "lpips", index))).item()
-                    perceptual = lpips(out.recon[:, frame].float(), video[:, frame].float())
-                    loss = loss + cfg.lpips_weight * perceptual
-                    totals["lpips"] += perceptual.item() / cfg.grad_accum
-            (loss / cfg.grad_accum).backward()
-            totals["loss"] += loss.item() / cfg.grad_accum
-            totals["mse"] += out.mse.item() / cfg.grad_accum
-            totals["kl"] += out.kl.item() / cfg.grad_accum
-            totals["psnr"] += psnr_from_mse(out.mse.detach()).item() / cfg.grad_accum
-            frames_seen += video.shape[0] * video.shape[1] * data_ranks
-        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        if ema is not None:
-            ema.update_parameters(model)
-        step += 1
-        if distributed:  # report the mean over ranks
-            packed = torch.tensor([totals[k] for k in ("loss", "mse", "kl", "lpips", "psnr")])
-            dist.all_reduce(packed)
-            totals.update(zip(("loss", "mse", "kl", "lpips", "psnr"), (packed / world.size).tolist()))
+    while state.step < cfg.steps:
+        totals, frames = _train_step(state, data, sampler, lpips, device)
+        frames_seen += frames
+        totals = _mean_over_ranks(totals, world)
         elapsed = time.monotonic() - started
-        totals.update(lr=scheduler.get_last_lr()[0], frames_per_s=frames_seen / max(elapsed, 1e-9),
-                      skipped_files=sum(skipped_by_worker.values()))
+        totals.update(lr=state.scheduler.get_last_lr()[0], frames_per_s=frames_seen / max(elapsed, 1e-9),
+                      skipped_files=sum(data.skipped_by_worker.values()))
         bar.update(1)
         bar.set_postfix(loss=f"{totals['loss']:.4f}", psnr=f"{totals['psnr']:.2f}", fps=f"{totals['frames_per_s']:.0f}")
+        step = state.step
         if run_log and (step % cfg.log_every == 0 or step == cfg.steps):
             run_log.write(step, totals)
-        out_of_time = (cfg.max_minutes is not None and elapsed > 60 * cfg.max_minutes
-                       or cfg.stop_at is not None and step >= cfg.stop_at)
-        if distributed:  # every rank must agree to stop
-            flag = torch.tensor([float(out_of_time)])
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            out_of_time = bool(flag.item())
-        if eval_samples and (step % cfg.eval_every == 0 or step == cfg.steps or out_of_time):
-            model.sequence_group = None  # evaluate whole samples on every rank
-            scores = evaluate(ema.module if ema is not None else net, eval_samples, cfg.eval_keep_fractions,
-                              device, cfg.bf16)
-            model.sequence_group = dist.group.WORLD if cfg.sequence_parallel else None
-            if run_log:
-                for fraction, value in scores.items():
-                    run_log.tb.add_scalar(f"eval/psnr_keep_{fraction:.4g}", value, step)
-                line = "  ".join(f"keep {f:.4g}: {v:.2f} dB" for f, v in scores.items())
-                bar.write(f"step {step} held-out PSNR  {line}")
-                with (out_dir / "eval.jsonl").open("a") as f:
-                    f.write(json.dumps({"step": step, "psnr": {str(k): v for k, v in scores.items()}}) + "\n")
+        out_of_time = _any_rank(cfg.max_minutes is not None and elapsed > 60 * cfg.max_minutes
+                                or cfg.stop_at is not None and step >= cfg.stop_at, world)
+        _maybe_evaluate(state, eval_samples, device, run_log, bar, out_dir, out_of_time)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
-            save(step)
+            checkpoint.save(state)
         if out_of_time:
             bar.write(f"stopping at step {step} (max_minutes {cfg.max_minutes}, stop_at {cfg.stop_at})")
             break
     bar.close()
-    final = full_state_dict(ema.module if ema is not None else net)
-    if run_log:
-        run_log.close()
-        trained = ElasticTok(model_config)
-        trained.load_state_dict(final)
-        trained.save_pretrained(out_dir / "model")
-    return out_dir

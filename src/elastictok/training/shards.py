@@ -25,8 +25,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ..media.io import (VideoReader, VideoWriter, stable_seed, is_video, list_media, random_crop, read_image,
-                   resize_short_side, to_model)
+from ..media.io import VideoReader, VideoWriter, is_video, list_media, read_image
+from ..media.transforms import resize_short_side, to_model
+from ..utils.blocks import image_as_block
+from ..utils.runtime import rank_and_world_size
+from ..utils.seeds import stable_seed
+from .datasets import random_crop
 from ..errors import ElasticTokError
 
 log = logging.getLogger(__name__)
@@ -45,6 +49,37 @@ def _encode_image(image: torch.Tensor) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image.numpy()).save(buffer, format="JPEG", quality=95)
     return buffer.getvalue()
+
+
+def _write_clips(writer, path: Path, stem: str, clip_frames: int, short_side: int, fps: float | None) -> int:
+    """Cut a video into clips of ``clip_frames`` (a tail of at least a quarter kept); returns the clips written."""
+    reader = VideoReader(path, fps=fps)
+    pending: list[torch.Tensor] = []
+    index = 0
+
+    def flush() -> None:
+        nonlocal index, pending
+        clip = torch.stack(pending)
+        meta = {"source": str(path), "frames": len(clip), "fps": reader.fps, "start": index * clip_frames}
+        writer.write({"__key__": f"{stem}-{index:05d}", "mp4": _encode_clip(clip, reader.fps),
+                      "json": json.dumps(meta).encode()})
+        index += 1
+        pending = []
+
+    for frame in reader:
+        pending.append(frame if min(frame.shape[:2]) <= short_side else resize_short_side(frame[None], short_side)[0])
+        if len(pending) == clip_frames:
+            flush()
+    if len(pending) >= max(1, clip_frames // 4):
+        flush()
+    return index
+
+
+def _write_image(writer, path: Path, stem: str, short_side: int) -> None:
+    image = read_image(path)
+    if min(image.shape[:2]) > short_side:
+        image = resize_short_side(image[None], short_side)[0]
+    writer.write({"__key__": stem, "jpg": _encode_image(image), "json": json.dumps({"source": str(path)}).encode()})
 
 
 @dataclass
@@ -85,33 +120,9 @@ def build_shards(sources: list[str | os.PathLike], destination: str | os.PathLik
             stem = path.stem.replace(".", "_")
             try:
                 if is_video(path):
-                    reader = VideoReader(path, fps=fps)
-                    pending: list[torch.Tensor] = []
-                    index = 0
-
-                    def flush() -> None:
-                        nonlocal index, pending
-                        clip = torch.stack(pending)
-                        meta = {"source": str(path), "frames": len(clip), "fps": reader.fps, "start": index * clip_frames}
-                        writer.write({"__key__": f"{stem}-{index:05d}", "mp4": _encode_clip(clip, reader.fps),
-                                      "json": json.dumps(meta).encode()})
-                        summary.clips += 1
-                        index += 1
-                        pending = []
-
-                    for frame in reader:
-                        pending.append(frame if min(frame.shape[:2]) <= short_side
-                                       else resize_short_side(frame[None], short_side)[0])
-                        if len(pending) == clip_frames:
-                            flush()
-                    if len(pending) >= max(1, clip_frames // 4):
-                        flush()
+                    summary.clips += _write_clips(writer, path, stem, clip_frames, short_side, fps)
                 else:
-                    image = read_image(path)
-                    if min(image.shape[:2]) > short_side:
-                        image = resize_short_side(image[None], short_side)[0]
-                    writer.write({"__key__": stem, "jpg": _encode_image(image),
-                                  "json": json.dumps({"source": str(path)}).encode()})
+                    _write_image(writer, path, stem, short_side)
                     summary.images += 1
             except ElasticTokError as exc:
                 log.warning("skipping %s", exc)
@@ -181,10 +192,9 @@ class ShardBatches(torch.utils.data.IterableDataset):
         self.shards, self.resolution, self.fpb, self.n_blocks = shards, resolution, frames_per_block, n_blocks
         self.batch_size, self.image_fraction, self.seed = batch_size, image_fraction, seed
         self.start_batch, self.buffer_size = start_batch, buffer_size
-        dist = torch.distributed
-        self.rank = rank if rank is not None else (dist.get_rank() if dist.is_available() and dist.is_initialized() else 0)
-        self.world_size = world_size if world_size is not None else (
-            dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1)
+        group_rank, group_size = rank_and_world_size()
+        self.rank = group_rank if rank is None else rank
+        self.world_size = group_size if world_size is None else world_size
         self.skipped = 0
 
     def _stream(self, slot: int, slots: int) -> Iterator[tuple[str, bytes]]:
@@ -243,7 +253,7 @@ class ShardBatches(torch.utils.data.IterableDataset):
                 self.skipped += 1
                 continue
             if kind == "image":
-                clip = media.expand(self.fpb, -1, -1, -1)
+                clip = image_as_block(media, self.fpb)
             elif len(media) >= length:
                 start = rng.integers(0, len(media) - length + 1)
                 clip = media[start:start + length]

@@ -157,3 +157,18 @@ def config_from_official(official: dict[str, Any], resolution: int | tuple[int, 
     if config.tokens_per_block != official["max_toks"]:
         raise ElasticTokError(f"config gives {config.tokens_per_block} tokens per block, the original says {official['max_toks']}")
     return config
+
+
+def config_from_official_file(path: str | os.PathLike, name: str = "official") -> ElasticTokConfig:
+    """An ElasticTokConfig from the original release's JSON config (its ``elastic_config`` and ``resolution``)."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ElasticTokError(f"{path}: not a readable JSON config ({exc})") from None
+    official = data.get("elastic_config", data)
+    resolution = data.get("resolution") or official.get("resolution")
+    if resolution is None:
+        raise ElasticTokError(f"{path}: says no resolution")
+    return config_from_official(official, resolution, name=name)
