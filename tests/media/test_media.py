@@ -11,7 +11,6 @@ from PIL import Image
 from elastictok import ElasticTokError
 from elastictok.media.io import VideoReader, read_image, write_image, write_video
 from elastictok.media.transforms import fit_to_resolution, from_model, to_model
-from elastictok.training.datasets import MediaCollection, TrainBatches
 
 
 def test_images_of_every_mode_become_rgb(tmp_path):
@@ -82,19 +81,6 @@ def test_bad_files_give_one_line_errors(tmp_path, photo_folder):
             else:
                 VideoReader(tmp_path / name).read_all()
         assert "\n" not in str(info.value), name
-
-
-def test_bad_files_are_skipped_in_training_data(tmp_path, photo_folder):
-    (tmp_path / "broken.mp4").write_text("garbage")
-    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "ok.png")
-    media = MediaCollection.load([tmp_path, photo_folder / "pan.mp4"], short_side=32)
-    assert media.skipped == [str(tmp_path / "broken.mp4")]
-    assert len(media.images) == 1 and len(media.videos) == 1
-    batches = TrainBatches(media, (32, 32), 2, 2, 3, 0.5, seed=0, length=10)
-    for k in range(4):
-        batch = batches[k]
-        assert batch.shape in {(3, 4, 3, 32, 32), (6, 2, 3, 32, 32)} and batch.abs().max() <= 1
-        assert torch.equal(batch, batches[k])  # batch k depends on k alone
 
 
 def test_image_writer_is_atomic_and_checks_suffix(tmp_path):
