@@ -52,7 +52,7 @@ class TrainConfig:
     n_blocks: int = 1  # context length in blocks for video clips
     image_fraction: float = 0.5  # share of batches made of images
     fps: float | None = None  # resample training videos to this rate (None: as recorded)
-    mask: str = "elastic"  # elastic | elastic+full | full | fixed:<fraction>
+    mask: str = "elastic"  # elastic (FlexTok: its nested_dropout) | elastic+full | full | fixed:<fraction>
     mask_lengths: int = 1  # kept lengths decoded per sample and step (one encoder pass when it is unconditioned)
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
@@ -96,7 +96,16 @@ class TrainConfig:
 
     def model_config(self) -> ElasticTokConfig:
         """The preset with overrides; unless overridden, its inference window is the context trained on."""
-        return ElasticTokConfig.from_preset(self.model, **{"window": max(1, self.n_blocks - 1), **self.model_overrides})
+        config_class, _ = model_family(self.model)
+        return config_class.from_preset(self.model, **{"window": max(1, self.n_blocks - 1), **self.model_overrides})
+
+
+def model_family(preset: str) -> tuple[type, type]:
+    """(config class, model class) of the model family that owns a preset name: the one place the
+    trainer dispatches on families (ElasticTok, FlexTok). The families' presets have distinct names."""
+    from .models.flextok import PRESETS as FLEXTOK_PRESETS, FlexTok, FlexTokConfig
+
+    return (FlexTokConfig, FlexTok) if preset in FLEXTOK_PRESETS else (ElasticTokConfig, ElasticTok)
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -125,7 +134,7 @@ def load_init_weights(model: ElasticTok, source: str) -> None:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         model.load_state_dict(state["ema"] or state["model"])
     else:
-        model.load_state_dict(ElasticTok.from_pretrained(path).state_dict())
+        model.load_state_dict(type(model).from_pretrained(path).state_dict())
 
 
 @torch.no_grad()
@@ -219,7 +228,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         raise ElasticTokError("sequence_parallel needs torchrun and distributed: ddp")
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model_config = cfg.model_config()
-    model = ElasticTok(model_config).to(device)
+    model = model_family(cfg.model)[1](model_config).to(device)
     if cfg.init_from and not (resume and has_checkpoint):
         load_init_weights(model, cfg.init_from)
     net = wrap(model, cfg.distributed, cfg.bf16, device) if distributed else model
@@ -239,13 +248,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     start_step = 0
     if resume and has_checkpoint and distributed:
         trainer_state = dist_ckpt.load(net, optimizer)
-        if ElasticTokConfig.from_dict(trainer_state["model_config"]) != model_config:
+        if type(model_config).from_dict(trainer_state["model_config"]) != model_config:
             raise ElasticTokError(f"{dist_ckpt.directory} was written for a different model config; not resuming")
         scheduler.load_state_dict(trainer_state["scheduler"])
         start_step = trainer_state["step"]
     elif resume and has_checkpoint:
         state = load_checkpoint(ckpt_path)
-        if ElasticTokConfig.from_dict(json.loads(state["model_config"])) != model_config:
+        if type(model_config).from_dict(json.loads(state["model_config"])) != model_config:
             raise ElasticTokError(f"{ckpt_path} was written for a different model config; not resuming")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -289,6 +298,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     held_out = MediaCollection.load(cfg.eval_data, short_side=min(c.resolution)) if cfg.eval_data else None
     eval_samples = eval_clips(held_out, c.resolution, c.frames_per_block) if held_out else []
     sampler = KeepSampler(cfg.mask, c.min_tokens, c.tokens_per_block, cfg.mask_lengths)
+    if hasattr(model, "nested_dropout"):  # FlexTok: one kept length per sample, drawn by its nested dropout
+        if cfg.mask_lengths != 1:
+            raise ElasticTokError("mask_lengths > 1 is an ElasticTok option; FlexTok keeps one length per sample")
+        sampler = model.nested_dropout if cfg.mask == "elastic" else sampler
     run_log = RunLog(out_dir, start_step) if world.main else None
     if world.main:
         (out_dir / "train_config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
@@ -374,7 +387,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     final = full_state_dict(ema.module if ema is not None else net)
     if run_log:
         run_log.close()
-        trained = ElasticTok(model_config)
+        trained = type(model)(model_config)
         trained.load_state_dict(final)
         trained.save_pretrained(out_dir / "model")
     return out_dir

@@ -207,3 +207,23 @@ def test_config_validation():
     for name in ("flextok-tiny", "flextok-small"):
         c = FlexTokConfig.from_preset(name)
         assert c.tokens_per_block == c.registers and c.codebook_size <= 2**18
+
+
+def test_trains_and_resumes_with_the_shared_trainer(photo_folder, tmp_path):
+    from safetensors.torch import load_file
+
+    from elastictok.train import TrainConfig, train
+
+    def config(out, **overrides):
+        return TrainConfig(model="flextok-micro", data=[str(photo_folder)], eval_data=[str(photo_folder / "photo0.jpg")],
+                           out_dir=str(out), steps=6, batch_size=2, n_blocks=2, warmup_steps=2, lr=3e-3, eval_every=3,
+                           checkpoint_every=3, log_every=1, progress=False, bf16=False, seed=3, **overrides)
+
+    straight = train(config(tmp_path / "a"))
+    train(config(tmp_path / "b", max_minutes=0.0))  # stops after its first step, with a checkpoint
+    resumed = train(config(tmp_path / "b"), resume=True)
+    a, b = (load_file(str(run / "model" / "model.safetensors")) for run in (straight, resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    model = FlexTok.from_pretrained(straight / "model")
+    assert model.config.window == 1 and json.loads((straight / "model" / "config.json").read_text())["family"] == "flextok"
+    assert (straight / "eval.jsonl").read_text().count("psnr") == 2

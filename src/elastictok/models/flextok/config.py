@@ -46,7 +46,9 @@ class FlexTokConfig:
     min_tokens: int = 1  # the fewest tokens the search may keep per block
     cfg_dropout: float = 0.1  # share of (sample, block) pairs trained with the null condition
     prediction: Literal["x0", "v"] = "x0"  # what the decoder outputs; the loss is on velocity either way
-    time_mean: float = 0.0  # training t = sigmoid(N(time_mean, time_std^2)), t = 1 is pure noise
+    # Training t = sigmoid(N(time_mean, time_std^2)), t = 1 pure noise. Leaning to high noise, as pixel-space
+    # flows do (JiT, Li & He 2025, use the mirror of this, P_mean = -0.8), also trains the one-step estimate.
+    time_mean: float = 0.8
     time_std: float = 1.0
     t_min: float = 0.05  # x0 prediction: the velocity error's 1/t weight is capped at 1/t_min
     context_noise: float = 0.05  # training noises the previous blocks' clean frames by up to this t
