@@ -227,3 +227,16 @@ def test_trains_and_resumes_with_the_shared_trainer(photo_folder, tmp_path):
     model = FlexTok.from_pretrained(straight / "model")
     assert model.config.window == 1 and json.loads((straight / "model" / "config.json").read_text())["family"] == "flextok"
     assert (straight / "eval.jsonl").read_text().count("psnr") == 2
+
+
+def test_token_mask_drops_any_token(flex, real_video):
+    latents = flex.encode(real_video)
+    prefix = flex.keep_mask(torch.tensor([[3, 3, 3]]))
+    torch.testing.assert_close(flex.decode(latents, steps=2, generator=seeded(), token_mask=prefix),
+                               flex.decode(latents, 3, steps=2, generator=seeded()), rtol=0, atol=0)
+    holed = flex.keep_mask(torch.tensor([[8, 8, 8]])).clone()
+    holed[:, 1] = False  # token 1 of block 0 dropped; a changed code there is ignored
+    other = latents.z.clone()
+    other[:, 1] = -other[:, 1] + 0.5
+    torch.testing.assert_close(flex.decode(latents, steps=2, generator=seeded(), token_mask=holed),
+                               flex.decode(other, steps=2, generator=seeded(), token_mask=holed), rtol=0, atol=0)

@@ -190,11 +190,14 @@ class FlexTok(nn.Module):
 
     # ---- decoder -----------------------------------------------------------------------------------
     def register_tokens(self, z: Tensor, keep: Tensor) -> Tensor:
-        """Decoder inputs (B, n, R, D) for codes z (B, n*R, C): tokens past keep (B, n) become the mask token."""
-        b, n = keep.shape
+        """Decoder inputs (B, n, R, D) for codes z (B, n*R, C): tokens past keep (B, n) become the mask token.
+
+        ``keep`` may instead be a bool mask (B, n, R) of the tokens to use (to drop any token, not only a tail).
+        """
+        kept = keep if keep.dtype == torch.bool else torch.arange(self.r, device=z.device) < keep[..., None]
+        b, n, _ = kept.shape
         h = self.post_quant(z.to(self.post_quant.weight.dtype)).view(b, n, self.r, -1)  # (B, n, R, D)
-        kept = (torch.arange(self.r, device=z.device) < keep[..., None])[..., None]  # (B, n, R, 1)
-        return torch.where(kept, h, self.mask_token.to(h.dtype)) + self.dec_register_pos
+        return torch.where(kept[..., None], h, self.mask_token.to(h.dtype)) + self.dec_register_pos
 
     def decode_segments(self, x: Tensor, registers: Tensor, t: Tensor, blocks: Tensor, clean: Tensor,
                         past: KVCache | None = None) -> tuple[Tensor, KVCache]:
@@ -298,10 +301,11 @@ class FlexTok(nn.Module):
     @torch.no_grad()
     def decode(self, latents: FlexLatents | Tensor, keep: Tensor | int | None = None, *, steps: int | None = None,
                guidance: float | None = None, generator: torch.Generator | None = None,
-               window: int | None | str = "model", image: bool = False) -> Tensor:
+               window: int | None | str = "model", image: bool = False, token_mask: Tensor | None = None) -> Tensor:
         """Sample a video from tokens: per block, ``steps`` Euler steps from t = 1 (seeded noise from
         ``generator``) to 0 with guidance ``guidance`` (1: none), then the decoded block is cached as
-        context for the next. ``steps=1`` is the one-step estimate. Tokens beyond ``keep`` are ignored.
+        context for the next. ``steps=1`` is the one-step estimate. Tokens beyond ``keep`` are ignored;
+        ``token_mask`` (B, n_blocks*R) bool, if given, says instead which tokens are used.
         """
         z = latents.z if isinstance(latents, FlexLatents) else latents
         if keep is None and isinstance(latents, FlexLatents):
@@ -315,9 +319,13 @@ class FlexTok(nn.Module):
         guidance = self.config.guidance if guidance is None else guidance
         if steps < 1:
             raise ElasticTokError(f"steps must be at least 1, got {steps}")
+        used = self.keep_mask(keep) if token_mask is None else token_mask.to(device=z.device, dtype=torch.bool)
+        if used.shape != (b, n * self.r):
+            raise ElasticTokError(f"token_mask must be (B, n_blocks*R) = ({b}, {n * self.r}), got {tuple(used.shape)}")
         cache, blocks = None, []
         for block in range(n):
-            regs = self.register_tokens(z[:, block * self.r:(block + 1) * self.r], keep[:, block:block + 1])
+            part = slice(block * self.r, (block + 1) * self.r)
+            regs = self.register_tokens(z[:, part], used[:, None, part])
             x = self.sample_block(regs, block, cache, steps, guidance, generator)  # (B, 1, P, patch_dim)
             _, present = self.decode_segments(x, regs, x.new_zeros(b, 1), self._index(block, z.device),
                                               torch.ones(1, dtype=torch.bool, device=z.device), cache)
