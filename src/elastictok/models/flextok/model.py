@@ -327,10 +327,11 @@ class FlexTok(nn.Module):
             part = slice(block * self.r, (block + 1) * self.r)
             regs = self.register_tokens(z[:, part], used[:, None, part])
             x = self.sample_block(regs, block, cache, steps, guidance, generator)  # (B, 1, P, patch_dim)
-            _, present = self.decode_segments(x, regs, x.new_zeros(b, 1), self._index(block, z.device),
-                                              torch.ones(1, dtype=torch.bool, device=z.device), cache)
-            cache = self._trim(present, window)
             blocks.append(x)
+            if block + 1 < n:  # the decoded block, clean (t = 0), becomes context for the next
+                _, present = self.decode_segments(x, regs, x.new_zeros(b, 1), self._index(block, z.device),
+                                                  torch.ones(1, dtype=torch.bool, device=z.device), cache)
+                cache = self._trim(present, window)
         video = self.unpatchify(torch.cat(blocks, dim=1).flatten(1, 2)).float()
         return video.mean(1) if image else video
 
