@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from elastictok.data import MediaCollection, eval_clips
+from elastictok.training.datasets import MediaCollection, eval_clips
 from elastictok.models.flextok import FlexTok
-from elastictok.targets import block_psnr, block_ssim
+from elastictok.metrics.quality import block_psnr, block_ssim
 
 BANDS = {"low": (0.0, 0.125), "mid": (0.125, 0.375), "high": (0.375, 1.0)}  # radius / Nyquist
 

@@ -51,7 +51,7 @@ SEQUENCE_FPS = 25  # ViSP's PGM sequences carry no frame rate
 
 def split_vtest(path: Path, train: Path, heldout: Path) -> None:
     """vtest.avi's head to train/vtest_head.mp4 and its tail to heldout/vtest_tail.mp4 (H.264, crf 12)."""
-    from elastictok.data import VideoReader, write_video
+    from elastictok.media.io import VideoReader, write_video
 
     frames = VideoReader(path).read_all()
     cut = len(frames) - VTEST_HELDOUT_FRAMES
@@ -374,7 +374,7 @@ def main() -> int:
     write_sources(args.dst, rows)
     print(f"{args.dst / 'SOURCES.md'}: {len(rows)} files ({time.perf_counter() - started:.0f} s in all)")
     if args.shards:
-        from elastictok.shards import build_shards
+        from elastictok.training.shards import build_shards
         summary = build_shards([train], args.dst / "shards", shard_size=50, clip_frames=32, short_side=256)
         print(f"{args.dst / 'shards'}: {summary.shards} shards, {summary.clips} clips, {summary.images} images")
     return 0

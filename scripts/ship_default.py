@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from elastictok import ElasticTok
-from elastictok.train import TrainConfig
+from elastictok.training.loop import TrainConfig
 
 ROOT = Path(__file__).parents[1]
 DESTINATIONS = {

@@ -212,7 +212,7 @@ def test_config_validation():
 def test_trains_and_resumes_with_the_shared_trainer(photo_folder, tmp_path):
     from safetensors.torch import load_file
 
-    from elastictok.train import TrainConfig, train
+    from elastictok.training.loop import TrainConfig, train
 
     def config(out, **overrides):
         return TrainConfig(model="flextok-micro", data=[str(photo_folder)], eval_data=[str(photo_folder / "photo0.jpg")],
@@ -240,3 +240,15 @@ def test_token_mask_drops_any_token(flex, real_video):
     other[:, 1] = -other[:, 1] + 0.5
     torch.testing.assert_close(flex.decode(latents, steps=2, generator=seeded(), token_mask=holed),
                                flex.decode(other, steps=2, generator=seeded(), token_mask=holed), rtol=0, atol=0)
+
+
+def test_registry_picks_the_family_by_preset_and_by_saved_config(tmp_path):
+    from elastictok.models.registry import config_from_preset, from_pretrained, model_class_for
+    from elastictok.training.loop import TrainConfig
+
+    config = TrainConfig.from_yaml("configs/flextok-tiny.yaml").model_config()
+    assert isinstance(config, FlexTokConfig) and model_class_for(config) is FlexTok
+    FlexTok(config_from_preset("flextok-micro")).save_pretrained(tmp_path / "m")
+    assert isinstance(from_pretrained(tmp_path / "m"), FlexTok)
+    with pytest.raises(ElasticTokError, match="unknown preset"):
+        config_from_preset("nope")

@@ -1,53 +1,22 @@
-"""Building blocks of FlexTok that ElasticTok does not have: timestep embedding, adaLN-zero
-transformer blocks, the swappable input stage and the two attention masks.
+"""Building blocks of FlexTok only: adaLN-zero transformer blocks (patch/register modulation), the
+swappable input stage and the two attention masks (timestep embedding and modulation are generic:
+``elastictok.layers.conditioning``).
 
 Shapes: B batch, S segments (a block's tokens in one stream), P patches and R registers per
-block, U = P + R, N tokens, D width. Generic pieces (timestep embedding, adaLN block) are meant
-to move to ``elastictok.layers`` once the package layout settles.
+block, U = P + R, N tokens, D width.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...layers import Attention, SwiGLU
-
-
-# ---- timestep conditioning --------------------------------------------------------------------------
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
-    """Sinusoidal features (..., dim) of flow times t (...) in [0, 1], scaled by 1000 as in DiT."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    angles = 1000.0 * t.float()[..., None] * freqs  # (..., dim/2)
-    return torch.cat((angles.cos(), angles.sin()), dim=-1)
-
-
-class TimestepEmbedder(nn.Module):
-    """t (...) -> conditioning vector (..., D): sinusoidal features through a two-layer MLP."""
-
-    def __init__(self, width: int, frequency_dim: int = 256):
-        super().__init__()
-        self.frequency_dim = frequency_dim
-        self.mlp = nn.Sequential(nn.Linear(frequency_dim, width), nn.SiLU(), nn.Linear(width, width))
-
-    def forward(self, t: Tensor) -> Tensor:
-        return self.mlp(timestep_embedding(t, self.frequency_dim).to(self.mlp[0].weight.dtype))
+from ...layers.conditioning import modulate, rms_norm
+from ...layers.transformer import Attention, SwiGLU
 
 
 # ---- adaLN-zero ------------------------------------------------------------------------------------
-def rms_norm(x: Tensor, eps: float) -> Tensor:
-    """RMSNorm without a learned scale (the modulation supplies it), computed in float32."""
-    return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).type_as(x)
-
-
-def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    return x * (1 + scale) + shift
-
-
 class SegmentModulation(nn.Module):
     """Per-token shift/scale/gate vectors from per-segment conditioning, separate for patches and registers.
 
@@ -75,7 +44,7 @@ class AdaLNBlock(nn.Module):
     """Pre-norm transformer block with adaLN-zero (DiT, Peebles & Xie 2023, sec. 3.2).
 
     The timestep sets a shift, scale and gate for each sub-layer; the gates start at zero so the
-    block starts as the identity. Attention is ``elastictok.layers.Attention`` (RoPE, SDPA, KV cache).
+    block starts as the identity. Attention is ``elastictok.layers.transformer.Attention`` (RoPE, SDPA, KV cache).
     """
 
     def __init__(self, *, width: int, num_heads: int, mlp_width: int, eps: float, patches: int, registers: int):

@@ -21,17 +21,21 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from einops import rearrange
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from ...bottleneck import FSQ
 from ...errors import ElasticTokError
-from ...fileio import atomic_path
-from ...layers import KVCache, RMSNorm, TransformerBlock, rope_angles
-from .blocks import INPUT_STAGE_CLASSES, AdaLNBlock, TimestepEmbedder, decoder_mask, encoder_mask, modulate, rms_norm
+from ...layers.bottlenecks import FSQ
+from ...layers.conditioning import TimestepEmbedder, modulate, rms_norm
+from ...layers.transformer import KVCache, RMSNorm, TransformerBlock, rope_angles
+from ...utils.fileio import atomic_path
+from ..base import Tokenizable
+from ..pretrained import resolve_model_path
+from .blocks import INPUT_STAGE_CLASSES, AdaLNBlock, decoder_mask, encoder_mask
 from .config import FAMILY, FlexTokConfig
 
 WEIGHTS_NAME = "model.safetensors"
@@ -80,8 +84,10 @@ class NestedDropout:
         return torch.where(torch.rand(shape, generator=generator) < 0.5, pow2, uniform)
 
 
-class FlexTok(nn.Module):
+class FlexTok(Tokenizable, nn.Module):
     """Encoder, FSQ bottleneck and rectified-flow decoder; the public API mirrors ``ElasticTok``."""
+
+    family: ClassVar[str] = FAMILY
 
     def __init__(self, config: FlexTokConfig, input_stage: nn.Module | None = None):
         super().__init__()
@@ -144,6 +150,10 @@ class FlexTok(nn.Module):
     @property
     def min_tokens(self) -> int:
         return self.config.min_tokens
+
+    @property
+    def codebook_size(self) -> int:
+        return self.quantizer.codebook_size
 
     # ---- shapes ------------------------------------------------------------------------------------
     def patchify(self, video: Tensor) -> Tensor:
@@ -240,7 +250,7 @@ class FlexTok(nn.Module):
         context is the ground truth of the earlier blocks (noised by up to ``context_noise`` in training).
         """
         c = self.config
-        video, is_image = self._as_video(video)
+        video, is_image = self.as_video(video)
         x0 = self.patchify(video).float()
         b, n = x0.shape[0], x0.shape[1] // self.p
         if keep is None and self.training:
@@ -286,7 +296,7 @@ class FlexTok(nn.Module):
                ) -> FlexLatents:
         """Tokens of a video (B, T, 3, H, W) or image (B, 3, H, W) in [-1, 1], block by block with a KV
         cache of ``window`` blocks ("model": ``config.window``; None: all); ``keep`` defaults to all R."""
-        video, _ = self._as_video(video)
+        video, _ = self.as_video(video)
         patches = self.patchify(video)
         b, n = patches.shape[0], patches.shape[1] // self.p
         keep = self._check_keep(keep, b, n, video.device)
@@ -378,7 +388,7 @@ class FlexTok(nn.Module):
         keep = window * self.u
         return [(k[:, :, -keep:], v[:, :, -keep:]) for k, v in cache]
 
-    def _as_video(self, x: Tensor) -> tuple[Tensor, bool]:
+    def as_video(self, x: Tensor) -> tuple[Tensor, bool]:
         """Check a video or image batch; images become one block of repeated frames."""
         c = self.config
         if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() not in (4, 5):
@@ -424,8 +434,6 @@ class FlexTok(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "FlexTok":
         """Load from a ``save_pretrained`` directory or a bundled model name; never downloads."""
-        from ...pretrained import resolve_model_path
-
         directory = resolve_model_path(name_or_path)
         try:
             data = json.loads((directory / CONFIG_NAME).read_text())
