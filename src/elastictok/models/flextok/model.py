@@ -155,6 +155,10 @@ class FlexTok(Tokenizable, nn.Module):
     def codebook_size(self) -> int:
         return self.quantizer.codebook_size
 
+    def tokens_to_latents(self, tokens: Tensor) -> Tensor:
+        """Stored code indices (n,) -> FSQ codes (n, C)."""
+        return self.quantizer.indices_to_codes(tokens)
+
     # ---- shapes ------------------------------------------------------------------------------------
     def patchify(self, video: Tensor) -> Tensor:
         """(B, T, 3, H, W) -> input stage -> (B, n_blocks*P, patch_dim), patches of a block contiguous."""
@@ -351,11 +355,13 @@ class FlexTok(Tokenizable, nn.Module):
         return self.decode(latents, keep, steps=1, guidance=guidance, generator=generator, image=image)
 
     def sample_block(self, registers: Tensor, block: int, past: KVCache | None, steps: int, guidance: float,
-                     generator: torch.Generator | None) -> Tensor:
-        """Euler-integrate one block (B, 1, P, patch_dim) from noise to t = 0 given its registers (B, 1, R, D)."""
+                     generator: torch.Generator | None, noise: Tensor | None = None) -> Tensor:
+        """Euler-integrate one block (B, 1, P, patch_dim) from noise (drawn from ``generator`` unless
+        given) to t = 0 given its registers (B, 1, R, D)."""
         b, device = registers.shape[0], registers.device
         shape = (b, 1, self.p, self.patch_dim)
-        x = torch.randn(shape, generator=generator, device=generator.device if generator else device).to(device)
+        x = noise if noise is not None else \
+            torch.randn(shape, generator=generator, device=generator.device if generator else device).to(device)
         guided = guidance != 1.0
         if guided:  # one pass over [conditional | null] rows; the null rows see the same context
             null = self.register_tokens(registers.new_zeros(b, self.r, self.config.latent_dim),
