@@ -70,3 +70,19 @@ def test_cli_picks_the_family_from_the_model_directory(flex, photo_folder, tmp_p
     result = cli("decode", str(tmp_path / "tok" / "pan.etok"), "-o", str(tmp_path / "pan.mp4"), "--model",
                  str(tmp_path / "model"))
     assert result.returncode == 0, result.stderr
+
+
+def test_eval_compares_the_families_either_way(micro, photo_folder, tmp_path):
+    torch.manual_seed(0)
+    flex = FlexTok(FlexTokConfig.from_preset("flextok-micro", registers=micro.config.tokens_per_block, steps=2))
+    flex.save_pretrained(tmp_path / "flex")
+    micro.save_pretrained(tmp_path / "elastic")
+    for model, baseline, label in (("flex", "elastic", "FlexTok"), ("elastic", "flex", "ElasticTok")):
+        result = cli("eval", str(photo_folder / "photo1.jpg"), "--model", str(tmp_path / model), "--baseline",
+                     str(tmp_path / baseline), "--thresholds", "mse:0.1", "--fractions", "0.5,1", "--out",
+                     str(tmp_path / f"eval-{model}"), "--no-progress")
+        assert result.returncode == 0, result.stderr
+        assert f"| {label} tokens |" in result.stdout
+        report = json.loads((tmp_path / f"eval-{model}" / "report.json").read_text())
+        assert report["model_family"] == ("flextok" if model == "flex" else "elastictok")
+        assert [p["tokens_per_block"] for p in report["baseline_fixed"]] == [16, 32]
