@@ -236,6 +236,25 @@ def _eval(args: argparse.Namespace) -> None:
     print("wrote " + ", ".join(str(f) for f in files))
 
 
+def _report(args: argparse.Namespace) -> None:
+    from .model import ElasticTok
+    from .report import build_report, parse_fractions, parse_targets, summary_line, write_report_html
+
+    if Path(args.output).suffix.lower() not in (".html", ".htm"):
+        raise ElasticTokError(f"{args.output}: the report is an HTML page; name it .html")
+    fractions = parse_fractions(args.fractions)
+    model = _load_model(args).eval()
+    targets = parse_targets(args.thresholds, model.config.tokens_per_block)
+    device = next(model.parameters()).device
+    baselines = [ElasticTok.from_pretrained(b).to(device).eval() for b in args.baseline]
+    with _autocast(args, model):
+        report = build_report(model, args.inputs, targets, baselines, baseline_names=args.baseline,
+                              fractions=fractions, search=args.search, window=args.window,
+                              progress=not args.no_progress)
+    output = write_report_html(report, args.output)
+    print(summary_line(report, output))
+
+
 def _window(text: str) -> int | str:
     if text == "model":
         return text
@@ -259,6 +278,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 DEFAULT_THRESHOLD = "mse:0.03"  # what the bundled default model meets on most held-out video blocks
+DEFAULT_REPORT_TARGETS = "mse:0.02,mse:0.03,mse:0.05,tokens:all"
 
 
 def _add_target_args(p: argparse.ArgumentParser) -> None:
@@ -337,6 +357,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="eval", metavar="DIR", help="output folder (default: %(default)s)")
     _add_model_args(p)
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("report", help="one self-contained HTML page to look at a tokenization",
+                       description="Tokenize each INPUT at every target and write one HTML file (media embedded, "
+                                   "no network needed) with the original and reconstruction playing in sync, a "
+                                   "switch between targets, tokens and PSNR per block over time (click to seek) and "
+                                   "a per-block table. With --baseline, also each baseline at the same tokens and "
+                                   "the eval measurement (Fig. 4, rate-distortion, summary table).")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="images and videos")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.html", help="the page to write")
+    p.add_argument("--baseline", nargs="+", default=[], metavar="B", help="fixed-length baseline model directories")
+    p.add_argument("--thresholds", default=DEFAULT_REPORT_TARGETS, metavar="T,T,...",
+                   help="targets to switch between: mse:0.03, psnr:25, ssim:0.9, tokens:N, tokens:all, budget:N "
+                        "(default: %(default)s)")
+    p.add_argument("--fractions", default="0.0625,0.125,0.25,0.375,0.5,0.75,1",
+                   help="with --baseline: fixed token shares measured for the eval plots (default: %(default)s)")
+    p.add_argument("--search", choices=["binary", "full", "batched"], default="binary")
+    _add_model_args(p)
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("data", help="dataset tools", description="Dataset tools.")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
