@@ -239,6 +239,7 @@ def _eval(args: argparse.Namespace) -> None:
 def _report(args: argparse.Namespace) -> None:
     from .model import ElasticTok
     from .report import build_report, parse_fractions, parse_targets, summary_line, write_report_html
+    from .targets import Target
 
     if Path(args.output).suffix.lower() not in (".html", ".htm"):
         raise ElasticTokError(f"{args.output}: the report is an HTML page; name it .html")
@@ -247,10 +248,11 @@ def _report(args: argparse.Namespace) -> None:
     targets = parse_targets(args.thresholds, model.config.tokens_per_block)
     device = next(model.parameters()).device
     baselines = [ElasticTok.from_pretrained(b).to(device).eval() for b in args.baseline]
+    default = Target.parse(DEFAULT_THRESHOLD)
     with _autocast(args, model):
-        report = build_report(model, args.inputs, targets, baselines, baseline_names=args.baseline,
+        report = build_report(model, args.inputs, targets, baselines, baseline_names=[Path(b).name for b in args.baseline],
                               fractions=fractions, search=args.search, window=args.window,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, selected=default if default in targets else None)
     output = write_report_html(report, args.output)
     print(summary_line(report, output))
 

@@ -175,9 +175,11 @@ def _setting(decoded: Decoded, encoded: TokenizedVideo, target: Target | None, m
 # ---- the report ---------------------------------------------------------------------------------------------
 def build_report(model, inputs: list[str], targets: list[Target], baselines: list | None = None,
                  baseline_names: list[str] | None = None, fractions: list[float] | None = None,
-                 search: str = "binary", window: int | None | str = "model", progress: bool = False) -> dict:
+                 search: str = "binary", window: int | None | str = "model", progress: bool = False,
+                 selected: Target | None = None) -> dict:
     """Everything the page shows, as JSON-ready data (media as data URIs).
 
+    The page opens on ``selected`` (default: the first threshold, else the first target).
     With baselines, each is shown per target at the elastic model's mean tokens per block
     (rounded), and the eval measurement of the threshold targets is included.
     """
@@ -191,6 +193,8 @@ def build_report(model, inputs: list[str], targets: list[Target], baselines: lis
             raise ElasticTokError(f"{path}: no such file")
     if not targets:
         raise ElasticTokError("no targets to report")
+    if selected is not None and target_name(selected) not in {target_name(t) for t in targets}:
+        raise ElasticTokError(f"the page cannot open on {target_name(selected)}: it is not one of the targets")
     started = time.perf_counter()
     thresholds = [t for t in targets if t.threshold is not None]
     evaluation, reused = None, {}
@@ -248,6 +252,7 @@ def build_report(model, inputs: list[str], targets: list[Target], baselines: lis
                   "bottleneck": c.bottleneck, "scale": scale},
         "targets": [{"key": target_name(t), "label": target_label(t, c.tokens_per_block), "threshold": t.threshold is not None}
                     for t in targets],
+        "selected": target_name(selected or (thresholds or targets)[0]),
         "models": models,
         "inputs": pages,
         "eval": None,

@@ -97,7 +97,7 @@
     this.entry = entry;
     this.fps = entry.fps || 1;
     this.fpb = mdl.frames_per_block;
-    this.target = data.targets[Math.min(1, data.targets.length - 1)].key;
+    this.target = data.selected;
     this.model = "elastic";
     this.frame = 0;
     var image = entry.is_image;
