@@ -26,7 +26,7 @@ import torch
 
 from elastictok import ElasticTok
 from elastictok.cli import main
-from elastictok.data import VideoReader, fit_to_resolution, from_model, write_video
+from elastictok.data import VideoReader, fit_to_resolution, from_model, write_image, write_video
 from elastictok.evaluation import evaluate_models, score_blocks, summary_table
 from elastictok.pretrained import sample_video
 from elastictok.report import build_report, parse_targets, write_report_html
@@ -51,10 +51,18 @@ def clip(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def page(clip, tmp_path_factory) -> Path:
-    """The report, written by the command line as a user would."""
+def photo(tmp_path_factory) -> Path:
+    """A still from the clip, at its own 128x128."""
+    path = tmp_path_factory.mktemp("photo") / "still.png"
+    write_image(path, VideoReader(sample_video()).read_all()[40])
+    return path
+
+
+@pytest.fixture(scope="module")
+def page(clip, photo, tmp_path_factory) -> Path:
+    """The report of a video and an image, written by the command line as a user would."""
     out = tmp_path_factory.mktemp("report") / "report.html"
-    result = subprocess.run([sys.executable, "-m", "elastictok.cli", "report", str(clip), "-o", str(out),
+    result = subprocess.run([sys.executable, "-m", "elastictok.cli", "report", str(clip), str(photo), "-o", str(out),
                              "--thresholds", TARGETS, "--no-progress"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert str(out) in result.stdout
@@ -98,6 +106,15 @@ def test_numbers_are_those_of_tokenize_and_eval_scoring(page, clip, model):
         if target.threshold is not None:
             assert setting["meets"] == [bool(m <= target.threshold) for m in scores.metrics["mse"]]
     assert entry["settings"]["tokens:16|elastic"]["psnr_mean"] < entry["settings"]["tokens:128|elastic"]["psnr_mean"]
+
+
+def test_an_image_is_one_block_shown_as_png(page, photo, model):
+    entry = embedded(page)["inputs"][1]
+    assert entry["is_image"] and entry["blocks"] == 1 and entry["original"].startswith("data:image/png;base64,")
+    encoded = model.tokenize(str(photo), "mse:0.03")
+    setting = entry["settings"]["mse:0.03|elastic"]
+    assert setting["counts"] == encoded.counts.tolist()
+    assert setting["psnr"][0] == pytest.approx(score_blocks(model, encoded, str(photo)).metrics["psnr"][0], abs=1e-3)
 
 
 def test_embedded_videos_are_the_frames_enlarged(page, clip, model):
@@ -227,8 +244,14 @@ def test_page_loads_without_errors_or_network(browser, page):
     assert problems(browser) == []
     resources = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert all(name.startswith("data:") for name in resources), resources
-    assert len(browser.find_elements("css selector", "button.target")) == 3
-    assert len(browser.find_elements("css selector", "table.blocks tbody tr")) == FRAMES // 4
+    video, image = browser.find_elements("css selector", "section.input")
+    assert len(video.find_elements("css selector", "button.target")) == 3
+    assert len(video.find_elements("css selector", "table.blocks tbody tr")) == FRAMES // 4
+    assert len(image.find_elements("css selector", "table.blocks tbody tr")) == 1
+    assert image.find_elements("css selector", "img.media") and not image.find_elements("css selector", "svg.plot")
+    before = image.find_element("css selector", "figure.recon img").get_attribute("src")
+    image.find_element("css selector", 'button.target[data-key="tokens:16"]').click()
+    assert image.find_element("css selector", "figure.recon img").get_attribute("src") != before
 
 
 def test_both_videos_play_within_a_frame_of_each_other(browser, page):

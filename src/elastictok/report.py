@@ -22,6 +22,7 @@ import re
 import tempfile
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -112,7 +113,7 @@ def video_data_uri(frames: torch.Tensor, fps: float, scale: int) -> str:
     if "libvpx-vp9" in av.codecs_available:
         buffer = io.BytesIO()
         with av.open(buffer, mode="w", format="webm") as container:
-            stream = container.add_stream("libvpx-vp9", rate=round(fps * 1000) / 1000 if fps % 1 else int(fps))
+            stream = container.add_stream("libvpx-vp9", rate=Fraction(fps).limit_denominator(1001))
             stream.width, stream.height, stream.pix_fmt = big.shape[2], big.shape[1], "yuv420p"
             # Constant quality, about 41 dB against its input (the model errs at ~20 dB): the page shows the
             # model's errors, not the codec's. The realtime preset encodes a 256x256 frame in ~5 ms.
@@ -188,6 +189,12 @@ def build_report(model, inputs: list[str], targets: list[Target], baselines: lis
     names = list(baseline_names or [f"baseline{i}" for i in range(len(baselines))])
     if len(names) != len(baselines):
         raise ElasticTokError("one name per baseline")
+    for name, baseline in zip(names, baselines):
+        b = baseline.config
+        if (b.tokens_per_block, tuple(b.resolution), b.frames_per_block) != (c.tokens_per_block, tuple(c.resolution),
+                                                                             c.frames_per_block):
+            raise ElasticTokError(f"baseline {name} has another token grid than the model (tokens per block, "
+                                  "resolution, frames per block must match)")
     for path in inputs:
         if not Path(path).is_file():
             raise ElasticTokError(f"{path}: no such file")
