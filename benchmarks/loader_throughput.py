@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from train_throughput import step_seconds  # noqa: E402
 
 from elastictok import ElasticTok, ElasticTokConfig  # noqa: E402
-from elastictok.data import MediaCollection, TrainBatches  # noqa: E402
-from elastictok.shards import ShardBatches, list_shards  # noqa: E402
+from elastictok.training.datasets import MediaCollection, TrainBatches  # noqa: E402
+from elastictok.training.shards import ShardBatches, list_shards  # noqa: E402
 
 
 def loader_fps(dataset, workers: int, batches: int, sampler=None) -> float:

@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 
 from elastictok import ElasticTok
-from elastictok.data import iter_media_blocks, to_model
-from elastictok.length_head import LengthHead
-from elastictok.targets import Target
-from elastictok.tokenizer import Tokenizer
+from elastictok.media.blocks import iter_media_blocks
+from elastictok.media.transforms import to_model
+from elastictok.tokenization.length_head import LengthHead
+from elastictok.tokenization.targets import TokenCount, parse_target
+from elastictok.tokenization.tokenizer import Tokenizer
 
 
 def load_blocks(model, path: str) -> tuple[list[torch.Tensor], object]:
@@ -64,13 +65,13 @@ def main() -> None:
     torch.manual_seed(0)
     model = ElasticTok.from_pretrained(args.model)
     c = model.config
-    target = Target.parse(args.threshold)
+    target = parse_target(args.threshold)
     blocks, info = load_blocks(model, args.input)
     print(f"model {args.model} ({c.name}, Mmax {c.tokens_per_block}, Mmin {c.min_tokens}), {len(blocks)} blocks of "
           f"{args.input}, target {args.threshold}, {torch.get_num_threads()} threads")
 
     with torch.no_grad():
-        fixed, fixed_s = run(model, blocks, info, Target(tokens=c.tokens_per_block), window=args.window)
+        fixed, fixed_s = run(model, blocks, info, TokenCount(c.tokens_per_block), window=args.window)
         full, full_s = run(model, blocks, info, target, search="full", window=args.window)
         variants = {
             "fixed length": (fixed, fixed_s),

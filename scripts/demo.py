@@ -20,24 +20,24 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from elastictok import ElasticTok  # noqa: E402
-from elastictok.metrics import psnr_from_mse  # noqa: E402
-from elastictok.pretrained import DEFAULT_MODEL, sample_video  # noqa: E402
-from elastictok.report import DEFAULT_TARGETS, build_report, parse_targets, write_report_html  # noqa: E402
-from elastictok.targets import Target  # noqa: E402
-from elastictok.tokenizer import TokenizedVideo  # noqa: E402
-from elastictok.visualize import write_side_by_side  # noqa: E402
+from elastictok import ElasticTok, from_pretrained  # noqa: E402
+from elastictok.metrics.quality import psnr_from_mse  # noqa: E402
+from elastictok.models.pretrained import DEFAULT_MODEL, sample_video  # noqa: E402
+from elastictok.tokenization.targets import Threshold, TokenCount, parse_target  # noqa: E402
+from elastictok.tokenization.tokenfile import TokenizedVideo  # noqa: E402
+from elastictok.evaluation.plots import write_side_by_side  # noqa: E402
+from elastictok.evaluation.report import DEFAULT_TARGETS, build_report, parse_targets, write_report_html  # noqa: E402
 
 
-def threshold_psnr(target: Target) -> float:
-    return float(psnr_from_mse(torch.tensor(target.threshold)))
+def threshold_psnr(target: Threshold) -> float:
+    return float(psnr_from_mse(torch.tensor(target.value)))
 
 
-def plot_blocks(adaptive: TokenizedVideo, full: TokenizedVideo, target: Target, path: Path) -> None:
+def plot_blocks(adaptive: TokenizedVideo, full: TokenizedVideo, target: Threshold, path: Path) -> None:
     """Tokens per block, and PSNR per block with the kept tokens and with all of them."""
     seconds = np.arange(adaptive.n_blocks) * adaptive.info.frames / adaptive.n_blocks / adaptive.info.fps
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 5.5), dpi=120, sharex=True)
-    top.step(seconds, adaptive.counts.numpy(), where="post", label=f"adaptive (mse {target.threshold:g})")
+    top.step(seconds, adaptive.counts.numpy(), where="post", label=f"adaptive (mse {target.value:g})")
     top.axhline(adaptive.max_tokens, color="grey", linestyle=":", label="all tokens")
     top.set_ylabel("tokens per block")
     top.set_ylim(0, adaptive.max_tokens * 1.05)
@@ -63,8 +63,8 @@ def main() -> int:
     parser.add_argument("--baseline", nargs="*", default=[], metavar="B",
                         help="fixed-length baseline model directories for the report, e.g. baselines/default-fixed-0.5")
     args = parser.parse_args()
-    target = Target.parse(args.threshold)
-    if target.metric != "mse":
+    target = parse_target(args.threshold)
+    if not isinstance(target, Threshold) or target.metric != "mse":
         parser.error("the demo reports PSNR, so its threshold is an MSE (mse:VALUE)")
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -72,7 +72,7 @@ def main() -> int:
     model = ElasticTok.from_pretrained(args.model)
     c = model.config
     adaptive = model.tokenize(args.video, target)
-    full = model.tokenize(args.video, tokens=c.tokens_per_block)
+    full = model.tokenize(args.video, TokenCount(c.tokens_per_block))
     print(f"{args.video}: {adaptive.info.frames} frames, {adaptive.n_blocks} blocks of {c.frames_per_block} frames "
           f"at {c.resolution[1]}x{c.resolution[0]}; model {args.model!r}, target {args.threshold} "
           f"(PSNR {threshold_psnr(target):.1f} dB)\n")
@@ -92,7 +92,7 @@ def main() -> int:
     targets = parse_targets(DEFAULT_TARGETS, c.tokens_per_block)
     if target not in targets:
         targets.insert(0, target)
-    baselines = [ElasticTok.from_pretrained(b).eval() for b in args.baseline]
+    baselines = [from_pretrained(b).eval() for b in args.baseline]
     report = build_report(model, [args.video], targets, baselines, [Path(b).name for b in args.baseline],
                           selected=target)
     page = write_report_html(report, args.out / "report.html")

@@ -16,7 +16,8 @@ import tempfile
 from pathlib import Path
 
 from build_corpus import VTEST_HELDOUT_FRAMES, opencv_examples
-from elastictok.data import VideoReader, fit_to_resolution, write_video
+from elastictok.media.io import VideoReader, write_video
+from elastictok.media.transforms import fit_to_resolution
 
 FRAMES = 80
 WINDOW = (100, 300, 384)  # top, left, side of the square window, in vtest.avi's 768x576 frames

@@ -2,9 +2,9 @@
 
     python scripts/ship_default.py [--runs runs]
 
-Reads RUNS/default/model, RUNS/default-fixed-0.25/model and RUNS/default-fixed-0.5/model (written
-by `elastictok train --config configs/default*.yaml`) and writes src/elastictok/weights/default and
-baselines/default-fixed-*/ (config.json + model.safetensors, float16 weights; loading casts them
+Reads RUNS/default/model and the fixed-length baselines RUNS/default-fixed-0.25, -fixed-0.5 and
+-full (written by `elastictok train --config configs/default*.yaml`) and writes
+src/elastictok/weights/default and baselines/default-*/ (config.json + model.safetensors, float16 weights; loading casts them
 back to float32).
 """
 
@@ -17,13 +17,14 @@ from pathlib import Path
 import torch
 
 from elastictok import ElasticTok
-from elastictok.train import TrainConfig
+from elastictok.training.loop import TrainConfig
 
 ROOT = Path(__file__).parents[1]
 DESTINATIONS = {
     "default": ROOT / "src/elastictok/weights/default",
     "default-fixed-0.25": ROOT / "baselines/default-fixed-0.25",
     "default-fixed-0.5": ROOT / "baselines/default-fixed-0.5",
+    "default-full": ROOT / "baselines/default-full",
 }
 
 

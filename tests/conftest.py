@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from elastictok import ElasticTok, ElasticTokConfig
-from elastictok.data import fit_to_resolution, to_model, write_video
+from elastictok.media.io import write_video
+from elastictok.media.transforms import fit_to_resolution, to_model
 
 
 @pytest.fixture
@@ -63,7 +64,7 @@ def real_video(micro) -> torch.Tensor:
 @pytest.fixture(scope="session")
 def trained_micro(photo_folder, tmp_path_factory) -> ElasticTok:
     """The micro preset trained for a few seconds on real photos: quality rises with the token count."""
-    from elastictok.train import TrainConfig, train
+    from elastictok.training.loop import TrainConfig, train
 
     out = tmp_path_factory.mktemp("trained-micro")
     cfg = TrainConfig(model="micro", data=[str(photo_folder)], out_dir=str(out), steps=150, batch_size=4, n_blocks=2,

@@ -1,0 +1,246 @@
+"""The ``elastictok`` command line: parse arguments, call the library, print. Every user error ends
+in one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from ..errors import ElasticTokError
+from .parsers import add_subcommands
+
+
+# ---- commands: each reads its arguments, calls one library function and prints ---------------------------------
+def _train(args: argparse.Namespace) -> None:
+    from ..training.loop import TrainConfig, train
+
+    cfg = TrainConfig.from_yaml(args.config, steps=args.steps, out_dir=args.out_dir, max_minutes=args.max_minutes,
+                                device=args.device, num_workers=args.num_workers)
+    if args.no_progress:
+        cfg.progress = False
+    out = train(cfg, resume=args.resume)
+    print(f"model written to {out / 'model'}")
+
+
+def _convert_official(args: argparse.Namespace) -> None:
+    from ..models.elastictok.config import ElasticTokConfig
+    from ..models.elastictok.convert import config_from_official_file, convert_official
+
+    if args.official_config:
+        config = config_from_official_file(args.official_config, name=Path(args.output).name)
+    else:
+        config = ElasticTokConfig.from_preset(args.preset)
+    model = convert_official(args.params, config, progress=not args.no_progress)
+    model.save_pretrained(args.output)
+    print(f"converted {sum(p.numel() for p in model.parameters()):,} parameters to {args.output}")
+
+
+def _load_model(args: argparse.Namespace, name: str | None = None):
+    import torch
+
+    from ..models.registry import from_pretrained
+
+    name = name or args.model
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return from_pretrained(name).to(device)
+    except RuntimeError as exc:  # e.g. an unavailable device
+        raise ElasticTokError(f"cannot load model {name!r} on {device}: {str(exc).splitlines()[0]}") from None
+
+
+def _target(args: argparse.Namespace):
+    from ..tokenization.targets import Budget, TokenCount, parse_target
+
+    if args.tokens is not None:
+        return TokenCount(args.tokens)
+    if args.budget is not None:
+        return Budget(args.budget)
+    return parse_target(args.threshold)
+
+
+def _options(args: argparse.Namespace, model, progress: bool = True):
+    """The TokenizeOptions the target arguments describe."""
+    from ..tokenization.options import TokenizeOptions
+
+    length_head = None
+    if args.search == "regression":
+        if not args.length_head:
+            raise ElasticTokError("--search regression needs --length-head FILE (made by elastictok train-length-head)")
+        from ..tokenization.length_head import LengthHead
+        length_head = LengthHead.load(args.length_head, model)
+    return TokenizeOptions(search=args.search, window=args.window, fps=args.fps, fit=args.fit,
+                           length_head=length_head, progress=progress and not args.no_progress)
+
+
+def _autocast(args: argparse.Namespace, model):
+    import contextlib
+
+    import torch
+
+    if args.dtype == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16)
+
+
+def _encode(args: argparse.Namespace) -> None:
+    import json
+
+    from ..tokenization.files import encode_file
+
+    model = _load_model(args)
+    target, options = _target(args), _options(args, model, progress=not args.json)
+    Path(args.output).mkdir(parents=True, exist_ok=True)
+    for source in args.inputs:
+        with _autocast(args, model):
+            summary = encode_file(model, source, args.output, target, options)
+        if args.json:
+            print(json.dumps(summary), flush=True)
+        else:
+            print(f"{source}: {summary['blocks']} blocks, {summary['mean_tokens_per_block']:.1f}/"
+                  f"{summary['max_tokens_per_block']} tokens per block, PSNR {summary['psnr']:.2f} dB -> "
+                  f"{summary['output']}")
+
+
+def _train_length_head(args: argparse.Namespace) -> None:
+    from ..tokenization.targets import Threshold, parse_target
+    from ..training.length_head import train_length_head
+
+    model = _load_model(args)
+    target = parse_target(args.threshold)
+    if not isinstance(target, Threshold):
+        raise ElasticTokError("a length head learns a quality threshold such as mse:0.003")
+    head, report = train_length_head(model, args.inputs, target, search=args.label_search, steps=args.steps,
+                                     eval_inputs=args.eval, window=args.window, progress=not args.no_progress)
+    head.save(args.output)
+    line = f"trained on {report.blocks} blocks (loss {report.train_loss:.4f}) -> {args.output}"
+    if report.disagreement is not None:
+        line += (f"; held out: differs from full search on {100 * report.disagreement:.1f}% of blocks, "
+                 f"mean |error| {report.mean_abs_error:.1f} tokens")
+    print(line)
+
+
+def _decode(args: argparse.Namespace) -> None:
+    from ..tokenization.files import decode_file
+    from ..tokenization.tokenfile import read_etok
+
+    encoded = read_etok(args.tokens_file)
+    model = _load_model(args)
+    with _autocast(args, model):
+        output = decode_file(model, encoded, args.output, args.window)
+    print(f"wrote {output}")
+
+
+def _reconstruct(args: argparse.Namespace) -> None:
+    from ..evaluation.plots import reconstruct_side_by_side
+
+    model = _load_model(args)
+    with _autocast(args, model):
+        print(reconstruct_side_by_side(model, args.input, args.output, _target(args), _options(args, model)))
+
+
+def _data_shard(args: argparse.Namespace) -> None:
+    from ..training.shards import build_shards
+
+    summary = build_shards(args.sources, args.destination, shard_size=args.shard_size, clip_frames=args.clip_frames,
+                           short_side=args.short_side, fps=args.fps, progress=not args.no_progress)
+    print(f"wrote {summary.shards} shards to {args.destination}: {summary.clips} video clips, {summary.images} images"
+          f", {summary.skipped} unreadable files skipped")
+
+
+def _tokenize_corpus(args: argparse.Namespace) -> None:
+    from ..training.corpus import tokenize_corpus
+    from ..training.distributed import setup
+
+    world, _ = setup(args.device or "auto")
+    model = _load_model(args).eval()
+    summary = tokenize_corpus(model, args.sources, args.destination, _target(args), search=args.search,
+                              shard_size=args.shard_size, window=args.window, progress=not args.no_progress)
+    if world.main:
+        print(summary.line())
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from ..evaluation.measurement import evaluate_models, summary_table, write_report
+    from ..tokenization.targets import parse_target
+
+    model = _load_model(args).eval()
+    baselines = [_load_model(args, b).eval() for b in args.baseline]
+    thresholds = [parse_target(t) for t in args.thresholds.split(",")]
+    try:
+        fractions = [float(f) for f in args.fractions.split(",")]
+    except ValueError:
+        raise ElasticTokError(f"--fractions must be comma-separated numbers, got {args.fractions!r}") from None
+    with _autocast(args, model):
+        report = evaluate_models(model, baselines, args.inputs, thresholds, fractions, search=args.search,
+                                 window=args.window, progress=not args.no_progress, baseline_names=args.baseline)
+    files = write_report(report, args.out)
+    print(summary_table(report))
+    print("wrote " + ", ".join(str(f) for f in files))
+
+
+def _report(args: argparse.Namespace) -> None:
+    from ..evaluation.report import make_report
+    from .parsers import DEFAULT_THRESHOLD
+
+    model = _load_model(args).eval()
+    baselines = [_load_model(args, b).eval() for b in args.baseline]
+    with _autocast(args, model):
+        print(make_report(model, args.inputs, args.output, args.thresholds, baselines,
+                          baseline_names=[Path(b).name for b in args.baseline], fractions=args.fractions,
+                          search=args.search, window=args.window, progress=not args.no_progress,
+                          selected=DEFAULT_THRESHOLD))
+
+
+COMMANDS = {
+    "encode": _encode, "decode": _decode, "reconstruct": _reconstruct, "tokenize-corpus": _tokenize_corpus,
+    "eval": _eval, "report": _report, "data shard": _data_shard, "train-length-head": _train_length_head, "train": _train,
+    "convert-official": _convert_official,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="elastictok",
+        description="Adaptive-length tokenization of images and video (ElasticTok).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    add_subcommands(parser, COMMANDS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
+    try:
+        args.func(args)
+        code = 0
+    except ElasticTokError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    if "torch" in sys.modules and _leave_process_group():
+        # gloo's teardown can abort at interpreter exit; leave now that the group is destroyed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _leave_process_group() -> bool:
+    from ..utils.runtime import distributed_ready
+
+    if not distributed_ready():
+        return False
+    from ..training.distributed import teardown
+    teardown()
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""The command line's arguments, one function per command; ``main.py`` holds what each command does."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..tokenization.options import SEARCHES
+
+
+def _window(text: str) -> int | str:
+    if text == "model":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of blocks >= 1 or 'model', got {text!r}")
+    return value
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="default", help="a save_pretrained directory or a bundled model name "
+                                                      "(default: %(default)s)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="compute precision (default: %(default)s)")
+    p.add_argument("--window", type=_window, default="model", help="context blocks kept in the cache, or 'model' for "
+                   "the model's own config.window, the context it was trained for (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+DEFAULT_THRESHOLD = "mse:0.03"  # what the bundled default model meets on most held-out video blocks
+DEFAULT_REPORT_TARGETS = "mse:0.02,mse:0.03,mse:0.05,tokens:all"
+
+
+def _add_target_args(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--threshold", default=DEFAULT_THRESHOLD, metavar="METRIC:VALUE",
+                       help="per-block quality to meet: mse:0.03, psnr:30 or ssim:0.95 (default: %(default)s, about "
+                            "21 dB, suited to the bundled 64x64 model; the paper used mse:0.001 to 0.007 at 256x256)")
+    group.add_argument("--tokens", type=int, metavar="N", help="exactly N tokens per block (no search)")
+    group.add_argument("--budget", type=int, metavar="N", help="at most N tokens for the whole input")
+    p.add_argument("--search", choices=list(SEARCHES), default="binary",
+                   help="how to find the fewest tokens per block (default: %(default)s)")
+    p.add_argument("--length-head", metavar="FILE", help="for --search regression: a trained length head")
+    p.add_argument("--fps", type=float, help="resample videos to this frame rate first")
+    p.add_argument("--fit", choices=["crop", "pad"], default="crop",
+                   help="fit frames to the model's resolution by centre crop or padding (default: %(default)s)")
+
+
+def _add_encode(sub, commands: dict) -> None:
+    p = sub.add_parser("encode", help="tokenize images and videos into .etok files",
+                       description="Tokenize each input with the fewest tokens per block that meet the target; "
+                                   "writes DIR/<name>.etok per input.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
+    _add_model_args(p)
+    _add_target_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object per input on stdout")
+    p.set_defaults(func=commands["encode"])
+
+
+def _add_decode(sub, commands: dict) -> None:
+    p = sub.add_parser("decode", help="decode an .etok file to a video or image",
+                       description="Decode tokens back to a video (.mp4) or image (.png/.jpg).")
+    p.add_argument("tokens_file", metavar="FILE.etok")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.mp4 for videos, OUT.png for images")
+    _add_model_args(p)
+    p.set_defaults(func=commands["decode"])
+
+
+def _add_reconstruct(sub, commands: dict) -> None:
+    p = sub.add_parser("reconstruct", help="side-by-side original and reconstruction, with token counts",
+                       description="Tokenize INPUT and write OUT with the original and the reconstruction side by "
+                                   "side (tokens per block drawn on each frame), plus OUT's name with "
+                                   "_tokens.png: a plot of tokens per block over time.")
+    p.add_argument("input", metavar="INPUT")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.mp4 (or OUT.png for an image)")
+    _add_model_args(p)
+    _add_target_args(p)
+    p.set_defaults(func=commands["reconstruct"])
+
+
+def _add_tokenize_corpus(sub, commands: dict) -> None:
+    p = sub.add_parser("tokenize-corpus", help="tokenize a corpus into WebDataset shards of .etok files",
+                       description="Tokenize every image and video under SRC into DST/tokens-NNNNNN.tar. Runs under "
+                                   "plain python or torchrun (each rank takes its shards); finished shards are "
+                                   "skipped when rerun after a crash.")
+    p.add_argument("sources", nargs="+", metavar="SRC", help="folders or files")
+    p.add_argument("destination", metavar="DST", help="output folder")
+    p.add_argument("--shard-size", type=int, default=100, help="inputs per shard (default: %(default)s)")
+    _add_model_args(p)
+    _add_target_args(p)
+    p.set_defaults(func=commands["tokenize-corpus"])
+
+
+def _add_eval(sub, commands: dict) -> None:
+    p = sub.add_parser("eval", help="fewer tokens at equal quality? elastic model vs fixed-length baseline",
+                       description="Compare an ElasticTok model (adaptive) with a fixed-length baseline of the same "
+                                   "architecture on the same inputs: the paper's Fig. 4, the token saving, "
+                                   "rate-distortion and tokens over time. Writes OUT/report.json and plots.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="held-out images and videos")
+    p.add_argument("--baseline", required=True, nargs="+", metavar="B",
+                   help="fixed-length baseline model directories (several: the best at each length counts)")
+    p.add_argument("--thresholds", default="mse:0.001,mse:0.003,mse:0.007", help="comma-separated "
+                   "(default: %(default)s)")
+    p.add_argument("--fractions", default="0.0625,0.125,0.25,0.375,0.5,0.75,1",
+                   help="fixed token shares at which both models are measured (default: %(default)s)")
+    p.add_argument("--search", choices=["binary", "full", "batched"], default="binary")
+    p.add_argument("--out", default="eval", metavar="DIR", help="output folder (default: %(default)s)")
+    _add_model_args(p)
+    p.set_defaults(func=commands["eval"])
+
+
+def _add_report(sub, commands: dict) -> None:
+    p = sub.add_parser("report", help="one self-contained HTML page to look at a tokenization",
+                       description="Tokenize each INPUT at every target and write one HTML file (media embedded, "
+                                   "no network needed) with the original and reconstruction playing in sync, a "
+                                   "switch between targets, tokens and PSNR per block over time (click to seek) and "
+                                   "a per-block table. With --baseline, also each baseline at the same tokens and "
+                                   "the eval measurement (Fig. 4, rate-distortion, summary table).")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="images and videos")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.html", help="the page to write")
+    p.add_argument("--baseline", nargs="+", default=[], metavar="B", help="fixed-length baseline model directories")
+    p.add_argument("--thresholds", default=DEFAULT_REPORT_TARGETS, metavar="T,T,...",
+                   help="targets to switch between: mse:0.03, psnr:25, ssim:0.9, tokens:N, tokens:all, budget:N "
+                        "(default: %(default)s)")
+    p.add_argument("--fractions", default="0.0625,0.125,0.25,0.375,0.5,0.75,1",
+                   help="with --baseline: fixed token shares measured for the eval plots (default: %(default)s)")
+    p.add_argument("--search", choices=["binary", "full", "batched"], default="binary")
+    _add_model_args(p)
+    p.set_defaults(func=commands["report"])
+
+
+def _add_data(sub, commands: dict) -> None:
+    p = sub.add_parser("data", help="dataset tools", description="Dataset tools.")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    p = data_sub.add_parser("shard", help="pack a folder of images and videos into WebDataset tar shards",
+                            description="Pack images and videos under SRC into DST/shard-NNNNNN.tar (WebDataset "
+                                        "layout): videos cut into clips, everything resized to a short side.")
+    p.add_argument("sources", nargs="+", metavar="SRC", help="folders or files")
+    p.add_argument("destination", metavar="DST", help="output folder")
+    p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default: %(default)s)")
+    p.add_argument("--clip-frames", type=int, default=32, help="frames per video clip (default: %(default)s)")
+    p.add_argument("--short-side", type=int, default=256, help="resize so the short side is at most this "
+                                                               "(default: %(default)s)")
+    p.add_argument("--fps", type=float, help="resample videos to this frame rate")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=commands["data shard"])
+
+
+def _add_train_length_head(sub, commands: dict) -> None:
+    p = sub.add_parser("train-length-head", help="train the one-pass length predictor for --search regression",
+                       description="Search token counts on INPUT files, then fit a small head that predicts them "
+                                   "from the encoder's features in one pass.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files to learn from")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write the head (.safetensors)")
+    p.add_argument("--threshold", default=DEFAULT_THRESHOLD, metavar="METRIC:VALUE", help="the target it learns "
+                                                                                     "(default: %(default)s)")
+    p.add_argument("--label-search", choices=["binary", "full"], default="binary", help="labels from this search")
+    p.add_argument("--eval", nargs="+", metavar="INPUT", help="held-out files: report disagreement with full search")
+    p.add_argument("--steps", type=int, default=2000, help="optimiser steps (default: %(default)s)")
+    _add_model_args(p)
+    p.set_defaults(func=commands["train-length-head"])
+
+
+def _add_train(sub, commands: dict) -> None:
+    p = sub.add_parser("train", help="train a model from a YAML config",
+                       description="Train an ElasticTok model (or its fixed-length baseline) from a YAML config.")
+    p.add_argument("--config", required=True, help="training config, e.g. configs/tiny.yaml")
+    p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoints/last.pt")
+    p.add_argument("--steps", type=int, help="override the number of optimiser steps")
+    p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this much wall time")
+    p.add_argument("--out-dir", help="override the run directory")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the config's, auto)")
+    p.add_argument("--num-workers", type=int, help="DataLoader worker processes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=commands["train"])
+
+
+def _add_convert_official(sub, commands: dict) -> None:
+    p = sub.add_parser("convert-official", help="convert an original-release checkpoint",
+                       description="Convert a checkpoint of the original JAX release (its `params` file) "
+                                   "into a save_pretrained directory. Needs no JAX.")
+    p.add_argument("params", help="the original checkpoint (streaming msgpack `params` file)")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--preset", choices=["official-fsq-200m", "official-vae-200m"], help="the model it holds")
+    group.add_argument("--official-config", help="JSON of the original's config fields (for other sizes)")
+    p.add_argument("-o", "--output", required=True, help="output directory")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=commands["convert-official"])
+
+
+def add_subcommands(parser: argparse.ArgumentParser, commands: dict) -> None:
+    """Every command's subparser; ``commands`` maps a command name to the function that runs it."""
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_encode(sub, commands)
+    _add_decode(sub, commands)
+    _add_reconstruct(sub, commands)
+    _add_tokenize_corpus(sub, commands)
+    _add_eval(sub, commands)
+    _add_report(sub, commands)
+    _add_data(sub, commands)
+    _add_train_length_head(sub, commands)
+    _add_train(sub, commands)
+    _add_convert_official(sub, commands)

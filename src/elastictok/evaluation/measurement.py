@@ -1,0 +1,253 @@
+"""The paper's measurement: at equal quality, how many fewer tokens than a fixed-length tokenizer?
+
+For each threshold, the elastic model tokenizes every block adaptively; the fixed-length baseline
+(same architecture, trained with ``fixed:<fraction>`` masks) encodes every block with each of a
+grid of fixed lengths. Fig. 4 of the paper plots the share of blocks that meet the threshold
+against the share of tokens used; the token saving is the baseline's token share needed to reach
+the elastic model's share of blocks meeting the threshold (interpolated on its grid), divided by
+the elastic model's token share.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from ..errors import ElasticTokError  # noqa: E402
+from ..metrics.quality import METRICS  # noqa: E402
+from ..tokenization.options import TokenizeOptions  # noqa: E402
+from ..tokenization.targets import Threshold, TokenCount  # noqa: E402
+from ..tokenization.tokenfile import TokenizedVideo  # noqa: E402
+from ..tokenization.tokenizer import source_scores  # noqa: E402
+from ..utils.fileio import atomic_path  # noqa: E402
+from .plots import plot_tokens  # noqa: E402
+
+
+@dataclass
+class BlockScores:
+    """Per-block quality of one tokenization of one input, and the tokens it used."""
+
+    counts: np.ndarray
+    metrics: dict[str, np.ndarray] = field(default_factory=dict)  # mse, psnr, ssim per block
+
+
+@torch.no_grad()
+def score_blocks(model, encoded: TokenizedVideo, source: str, window: int | None | str = "model") -> BlockScores:
+    """Decode ``encoded`` and score each block against ``source`` with every named metric."""
+    values = source_scores(model, encoded, source, TokenizeOptions(window=window), metrics=list(METRICS))
+    return BlockScores(encoded.counts.numpy(), {k: np.array(v) for k, v in values.items()})
+
+
+def share_meeting(scores: list[BlockScores], target: Threshold) -> float:
+    """Share of all blocks (over all inputs) whose score meets the target."""
+    metric = target.metric
+    values = np.concatenate([s.metrics[metric] for s in scores])
+    return float(target.meets(torch.from_numpy(values)).float().mean())
+
+
+def token_share(scores: list[BlockScores], max_tokens: int) -> float:
+    counts = np.concatenate([s.counts for s in scores])
+    return float(counts.sum() / (len(counts) * max_tokens))
+
+
+def fraction_at_share(curve: list[tuple[float, float]], share: float) -> float | None:
+    """Smallest token share at which a (token share, share meeting) curve reaches ``share``, interpolated."""
+    curve = sorted(curve)
+    previous = None
+    for fraction, reached in curve:
+        if reached >= share - 1e-12:
+            if previous is None or reached == previous[1]:
+                return fraction
+            f0, s0 = previous
+            return f0 + (fraction - f0) * (share - s0) / (reached - s0)
+        previous = (fraction, reached)
+    return None
+
+
+def mean_metric(scores: list[BlockScores], name: str) -> float:
+    return float(np.concatenate([s.metrics[name] for s in scores]).mean())
+
+
+def evaluate_models(model, baselines: list, inputs: list[str], thresholds: list[Threshold], fractions: list[float],
+                    search: str = "binary", window: int | None | str = "model", progress: bool = True,
+                    baseline_names: list[str] | None = None) -> dict:
+    """Everything ``report.json`` holds; ``model`` and every baseline must share the token grid.
+
+    Several baselines (say, one trained per fixed length) are each measured at every length; the
+    baseline curve keeps, per length and threshold, the best of them, so the comparison is against
+    the strongest fixed-length tokenizer at each length.
+    """
+    c = model.config
+    if not baselines:
+        raise ElasticTokError("eval needs at least one fixed-length baseline")
+    if any(b.config.tokens_per_block != c.tokens_per_block for b in baselines):
+        raise ElasticTokError("model and baselines must have the same tokens per block")
+    for target in thresholds:
+        if not isinstance(target, Threshold) or not isinstance(target.metric, str):
+            raise ElasticTokError("eval thresholds are metric:value pairs such as mse:0.003")
+    names = baseline_names or [f"baseline{i}" for i in range(len(baselines))]
+    m = c.tokens_per_block
+    lengths = sorted({min(m, max(c.min_tokens, round(f * m))) for f in fractions})
+
+    def measure(tok_model, n: int) -> dict:
+        scores = [score_blocks(tok_model, tok_model.tokenize(path, TokenCount(n), window=window), path, window)
+                  for path in inputs]
+        return {"tokens_per_block": n, "tokens_fraction": n / m, **{name: mean_metric(scores, name) for name in METRICS},
+                "share_meeting": {_name(t): share_meeting(scores, t) for t in thresholds}}
+
+    bar = tqdm(total=len(lengths) * (1 + len(baselines)) + len(thresholds), desc="eval", disable=not progress)
+    per_baseline: dict[str, list[dict]] = {name: [] for name in names}
+    elastic_fixed_curve = []
+    for n in lengths:
+        for name, tok_model in zip(names, baselines):
+            per_baseline[name].append(measure(tok_model, n))
+            bar.update(1)
+        elastic_fixed_curve.append(measure(model, n))
+        bar.update(1)
+    baseline_curve = [_best_of([curve[i] for curve in per_baseline.values()]) for i in range(len(lengths))]
+    report: dict = {"tokens_per_block": m, "min_tokens": c.min_tokens, "inputs": inputs,
+                    "blocks": None, "thresholds": {}, "baseline_fixed": baseline_curve, "baselines": per_baseline,
+                    "elastic_fixed": elastic_fixed_curve, "tokens_over_time": {}}
+    for target in thresholds:
+        encodings = [model.tokenize(path, target, search=search, window=window) for path in inputs]
+        scores = [score_blocks(model, e, p, window) for e, p in zip(encodings, inputs)]
+        report["blocks"] = int(sum(len(s.counts) for s in scores))
+        report["thresholds"][_name(target)] = _threshold_row(scores, target, baseline_curve, elastic_fixed_curve, m)
+        report["tokens_over_time"][_name(target)] = {p: e.counts.tolist() for p, e in zip(inputs, encodings)}
+        report.setdefault("_encodings", {})[_name(target)] = encodings
+        bar.update(1)
+    bar.close()
+    return report
+
+
+def _threshold_row(scores: list[BlockScores], target: Threshold, baseline_curve: list[dict],
+                   elastic_fixed_curve: list[dict], m: int) -> dict:
+    """One threshold's line of the report: the elastic model's point and the fixed-length tokens it saves."""
+    elastic_fraction, elastic_share = token_share(scores, m), share_meeting(scores, target)
+    curve = [(point["tokens_fraction"], point["share_meeting"][_name(target)]) for point in baseline_curve]
+    same_model = [(point["tokens_fraction"], point["share_meeting"][_name(target)]) for point in elastic_fixed_curve]
+    # With no block meeting the threshold there is nothing to match: the saving is undefined.
+    needed = fraction_at_share(curve, elastic_share) if elastic_share > 0 else None
+    needed_same = fraction_at_share(same_model, elastic_share) if elastic_share > 0 else None
+    return {
+        "elastic_tokens_fraction": elastic_fraction,
+        "elastic_share_meeting": elastic_share,
+        "baseline_tokens_fraction_at_equal_share": needed,
+        "token_saving": None if needed is None else needed / elastic_fraction,
+        "baseline_max_share_meeting": max(s for _, s in curve),
+        "elastic_fixed_tokens_fraction_at_equal_share": needed_same,
+        "token_saving_vs_same_model_fixed": None if needed_same is None else needed_same / elastic_fraction,
+        "elastic_psnr": mean_metric(scores, "psnr"), "elastic_ssim": mean_metric(scores, "ssim"),
+        "elastic_mse": mean_metric(scores, "mse"),
+    }
+
+
+def _best_of(points: list[dict]) -> dict:
+    """One length's point for the strongest baseline: best share per threshold, metrics of the best PSNR."""
+    best = max(points, key=lambda p: p["psnr"])
+    shares = {name: max(p["share_meeting"][name] for p in points) for name in best["share_meeting"]}
+    return {**best, "share_meeting": shares}
+
+
+def _name(target: Threshold) -> str:
+    return f"{target.metric}:{target.value:g}"
+
+
+def summary_table(report: dict) -> str:
+    """The per-threshold results as a Markdown table (printed by the CLI, saved as summary.md)."""
+    def pct(value: float | None) -> str:
+        return "never" if value is None else f"{100 * value:.1f}%"
+
+    lines = [f"{report['blocks']} blocks, {report['tokens_per_block']} tokens per block",
+             "",
+             "| threshold | ElasticTok tokens | blocks meeting | baseline tokens at equal share | token saving "
+             "| saving vs ElasticTok at fixed lengths | ElasticTok PSNR / SSIM |",
+             "|---|---|---|---|---|---|---|"]
+    for name, row in report["thresholds"].items():
+        if row["elastic_share_meeting"] == 0:
+            needed = saving = same = "— (no block meets it)"
+        else:
+            needed = pct(row["baseline_tokens_fraction_at_equal_share"])
+            if row["token_saving"] is None:
+                needed += f" (baseline reaches at most {pct(row['baseline_max_share_meeting'])})"
+            saving = "—" if row["token_saving"] is None else f"{row['token_saving']:.2f}x"
+            same = row["token_saving_vs_same_model_fixed"]
+            same = "—" if same is None else f"{same:.2f}x"
+        metric, value = name.split(":")
+        label = f"{name} ({10 * np.log10(4 / float(value)):.1f} dB)" if metric == "mse" else name
+        lines.append(f"| {label} | {pct(row['elastic_tokens_fraction'])} | {pct(row['elastic_share_meeting'])} "
+                     f"| {needed} | {saving} | {same} | {row['elastic_psnr']:.2f} dB / {row['elastic_ssim']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, out: str | Path) -> list[Path]:
+    """``report.json``, ``summary.md`` and the plots; returns the files written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    encodings = report.pop("_encodings", {})
+    with atomic_path(out / "report.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    with atomic_path(out / "summary.md") as tmp:
+        tmp.write_text(summary_table(report))
+    written = [out / "report.json", out / "summary.md", _plot_fig4(report, out / "fig4_share_vs_tokens.png"),
+               _plot_rate_distortion(report, out / "rate_distortion.png")]
+    videos = {p for per_threshold in encodings.values() for e in per_threshold for p in [e.info.source]
+              if not e.info.is_image}
+    for source in sorted(videos):
+        per_threshold = {name: next(e for e in es if e.info.source == source) for name, es in encodings.items()}
+        path = out / f"tokens_over_time_{Path(source).stem}.png"
+        plot_tokens(per_threshold, path, title=f"{Path(source).name}: tokens per block")
+        written.append(path)
+    return written
+
+
+def _plot_fig4(report: dict, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=120)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    baseline = "fixed-length baseline" if len(report["baselines"]) == 1 else "fixed-length baselines (best)"
+    for colour, (name, row) in zip(colours, report["thresholds"].items()):
+        xs = [p["tokens_fraction"] for p in report["baseline_fixed"]]
+        ys = [p["share_meeting"][name] for p in report["baseline_fixed"]]
+        ax.plot(xs, ys, "o--", color=colour, alpha=0.7, label=f"{baseline}, {name}")
+        ax.plot([row["elastic_tokens_fraction"]], [row["elastic_share_meeting"]], "*", color=colour, markersize=14,
+                label=f"ElasticTok adaptive, {name}")
+    ax.set_xlabel("share of tokens used")
+    ax.set_ylabel("share of blocks meeting the threshold")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    ax.set_title("blocks meeting the threshold vs tokens (paper Fig. 4)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _plot_rate_distortion(report: dict, path: Path) -> Path:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    for ax, metric in zip(axes, ("psnr", "ssim")):
+        for key, label, style in (("baseline_fixed", "fixed-length baseline", "o--"),
+                                  ("elastic_fixed", "ElasticTok, fixed length", "s-")):
+            ax.plot([p["tokens_per_block"] for p in report[key]], [p[metric] for p in report[key]], style, label=label)
+        xs = [row["elastic_tokens_fraction"] * report["tokens_per_block"] for row in report["thresholds"].values()]
+        ys = [row[f"elastic_{metric}"] for row in report["thresholds"].values()]
+        ax.plot(xs, ys, "*", markersize=12, label="ElasticTok adaptive (one per threshold)")
+        ax.set_xlabel("tokens per block")
+        ax.set_ylabel(metric.upper())
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("rate-distortion")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,108 @@
+"""Pictures a person would rather look at than read: side-by-side videos and token plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from ..errors import ElasticTokError  # noqa: E402
+from ..media.io import VideoWriter, is_video, write_image  # noqa: E402
+from ..media.transforms import from_model  # noqa: E402
+from ..metrics.quality import psnr_from_mse  # noqa: E402
+from ..tokenization.options import TokenizeOptions  # noqa: E402
+from ..tokenization.targets import Target  # noqa: E402
+from ..tokenization.tokenfile import TokenizedVideo  # noqa: E402
+from ..tokenization.tokenizer import decoded_with_sources, score_block  # noqa: E402
+from ..utils.blocks import trim_padding  # noqa: E402
+
+
+def label_frames(frames: torch.Tensor, text: str, scale: int) -> torch.Tensor:
+    """Upscale uint8 (T, H, W, 3) by an integer factor (nearest) and write ``text`` in the top-left corner."""
+    big = frames.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+    out = []
+    for frame in big:
+        image = Image.fromarray(frame.numpy())
+        draw = ImageDraw.Draw(image)
+        box = draw.textbbox((4, 4), text)
+        draw.rectangle((box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2), fill=(0, 0, 0))
+        draw.text((4, 4), text, fill=(255, 255, 255))
+        out.append(torch.from_numpy(np.array(image)))
+    return torch.stack(out)
+
+
+def plot_tokens(encodings: dict[str, TokenizedVideo], path: str | Path, title: str = "") -> None:
+    """Tokens per block over time, one line per labelled encoding, with Mmax for reference."""
+    fig, ax = plt.subplots(figsize=(8, 3.2), dpi=120)
+    for label, encoded in encodings.items():
+        fps, fpb = encoded.info.fps, None
+        x = np.arange(encoded.n_blocks)
+        if fps and encoded.n_blocks > 1 and encoded.info.frames:
+            fpb = encoded.info.frames / encoded.n_blocks
+            x = x * fpb / fps
+        ax.step(x, encoded.counts.numpy(), where="post", label=label)
+        ax.axhline(encoded.max_tokens, color="grey", linestyle=":", linewidth=1)
+    first = next(iter(encodings.values()))
+    ax.set_xlabel("seconds" if first.info.fps and first.n_blocks > 1 else "block")
+    ax.set_ylabel("tokens per block")
+    ax.set_ylim(0, first.max_tokens * 1.05)
+    ax.set_title(title or "tokens per block (dotted: all tokens)")
+    if len(encodings) > 1:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def reconstruct_side_by_side(model, source: str, output: str | Path, target: Target,
+                             options: TokenizeOptions | None = None, **overrides) -> str:
+    """Tokenize ``source``; write original | reconstruction with per-block counts, and a token plot."""
+    _check_output(source, Path(output))
+    options = TokenizeOptions.build(options, **overrides)
+    encoded = model.tokenize(source, target, options)
+    return write_side_by_side(model, encoded, source, output, options)
+
+
+def _check_output(source: str, output: Path) -> None:
+    if is_video(Path(source)) and output.suffix.lower() not in (".mp4", ".mkv", ".mov"):
+        raise ElasticTokError(f"{output}: the input is a video; write .mp4")
+    if not is_video(Path(source)) and output.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise ElasticTokError(f"{output}: the input is an image; write .png or .jpg")
+
+
+def write_side_by_side(model, encoded: TokenizedVideo, source: str, output: str | Path,
+                       options: TokenizeOptions | None = None) -> str:
+    """Write original | reconstruction of tokens already made from ``source``, and a token plot."""
+    output = Path(output)
+    _check_output(source, output)
+    c = model.config
+    scale = max(1, -(-256 // min(c.resolution)))
+    plot_path = output.with_name(output.stem + "_tokens.png")
+    errors = []
+
+    def side_by_side():
+        for k, (recon, block) in enumerate(decoded_with_sources(model, encoded, source, options)):
+            errors.append(score_block(recon, block, "mse"))
+            n = int(encoded.counts[k])
+            left = label_frames(block, "original", scale)
+            right = label_frames(from_model(recon), f"block {k}: {n}/{c.tokens_per_block} tokens", scale)
+            yield torch.cat([left, right], dim=2)
+
+    pairs = lambda: trim_padding(side_by_side(), 1 if encoded.info.is_image else encoded.info.frames)  # noqa: E731
+    if encoded.info.is_image:
+        write_image(output, next(pairs())[0])
+    else:
+        with VideoWriter(output, encoded.info.fps or 24) as writer:
+            for frames in pairs():
+                writer.write(frames)
+    plot_tokens({Path(source).name: encoded}, plot_path)
+    mean = encoded.counts.float().mean().item()
+    psnr = psnr_from_mse(torch.tensor(errors).mean()).item()
+    return (f"{source}: {encoded.n_blocks} blocks, {mean:.1f}/{c.tokens_per_block} tokens per block "
+            f"({100 * mean / c.tokens_per_block:.0f}%), PSNR {psnr:.2f} dB -> {output}, {plot_path}")

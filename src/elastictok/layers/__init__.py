@@ -1,0 +1,1 @@
+"""Shared neural building blocks: transformer, RoPE, block-causal masks, KV cache, bottlenecks, ring attention."""

@@ -1,0 +1,1 @@
+"""Reading and writing images and video, fitting frames to a model, streaming them as blocks."""

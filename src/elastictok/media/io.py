@@ -1,0 +1,206 @@
+"""Reading and writing images and videos (PyAV, Pillow), and finding media files.
+
+Frames are handled as uint8 tensors (T, H, W, 3) until they reach a model; see
+``elastictok.media.transforms`` for fitting them and converting to the model's [-1, 1] range.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import ElasticTokError
+from ..utils.fileio import atomic_path
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg"}
+
+
+# ---- reading ------------------------------------------------------------------------------------
+def is_media(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
+
+
+def is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def read_image(path: str | os.PathLike) -> torch.Tensor:
+    """Any PIL-readable image (grey, RGBA, 16-bit, palette) as uint8 RGB (H, W, 3)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                array = np.asarray(image, dtype=np.float64)
+                scale = 65535.0 if array.max() > 255 else 255.0
+                array = np.clip(array / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
+                image = Image.fromarray(array, mode="L")
+            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+                # Composite transparency on white rather than keeping arbitrary hidden colours.
+                rgba = image.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                image = Image.alpha_composite(background, rgba)
+            rgb = np.asarray(image.convert("RGB"))
+    except FileNotFoundError:
+        raise ElasticTokError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ElasticTokError(f"{path}: not a readable image ({exc})") from None
+    if min(rgb.shape[:2]) == 0:
+        raise ElasticTokError(f"{path}: image has no pixels")
+    return torch.from_numpy(rgb.copy())
+
+
+@dataclass
+class VideoInfo:
+    fps: float
+    width: int
+    height: int
+    frames: int | None  # from the container; None when it does not say
+
+
+class VideoReader:
+    """Decodes a video file frame by frame with PyAV, optionally resampled to ``fps``.
+
+    Never holds more than one decoded frame; use as an iterator of uint8 (H, W, 3) tensors.
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float | None = None):
+        self.path = Path(path)
+        self.target_fps = fps
+        if not self.path.exists():
+            raise ElasticTokError(f"{self.path}: no such file")
+        try:
+            with av.open(str(self.path)) as container:
+                if not container.streams.video:
+                    raise ElasticTokError(f"{self.path}: has no video stream")
+                stream = container.streams.video[0]
+                rate = stream.average_rate or stream.guessed_rate or Fraction(24)
+                self.info = VideoInfo(float(rate), stream.codec_context.width, stream.codec_context.height,
+                                      stream.frames or None)
+        except av.error.FFmpegError as exc:
+            raise ElasticTokError(f"{self.path}: not a readable video ({exc.strerror or exc})") from None
+        if self.info.width == 0 or self.info.height == 0:
+            raise ElasticTokError(f"{self.path}: video stream has no frame size")
+
+    @property
+    def fps(self) -> float:
+        return self.target_fps or self.info.fps
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        """Frames as uint8 (H, W, 3); with a target fps, each output tick takes the latest source frame."""
+        produced = decoded = 0
+        try:
+            with av.open(str(self.path)) as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                for frame in container.decode(stream):
+                    decoded += 1
+                    image = torch.from_numpy(frame.to_ndarray(format="rgb24"))
+                    # Source frame i covers [i, i+1) / source fps; emit it for every output tick inside.
+                    until = decoded / self.info.fps
+                    while produced == 0 or not self.target_fps or produced / self.target_fps < until - 1e-9:
+                        produced += 1
+                        yield image
+                        if not self.target_fps:
+                            break
+        except av.error.FFmpegError as exc:
+            if decoded == 0:
+                raise ElasticTokError(f"{self.path}: not a readable video ({exc.strerror or exc})") from None
+            log.warning("%s: decoding stopped after %d frames (%s)", self.path, decoded, exc)
+        if decoded == 0:
+            raise ElasticTokError(f"{self.path}: video has no decodable frames")
+
+    def read_all(self) -> torch.Tensor:
+        """Every frame as (T, H, W, 3) uint8: only for clips known to be short."""
+        return torch.stack(list(self))
+
+
+# ---- writing --------------------------------------------------------------------------------------
+def write_image(path: str | os.PathLike, frame: torch.Tensor) -> None:
+    """Write uint8 (H, W, 3) as png/jpg/webp, atomically."""
+    path = Path(path)
+    fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower())
+    if fmt is None:
+        raise ElasticTokError(f"{path}: image output must end in .png, .jpg or .webp")
+    with atomic_path(path) as tmp:
+        Image.fromarray(frame.numpy()).save(tmp, format=fmt)
+
+
+class VideoWriter:
+    """Appends uint8 frames (H, W, 3) to an H.264 file that appears, whole, only on ``close``.
+
+    Use as a context manager; on an exception the partial file is removed. Odd sizes are padded
+    by one pixel (yuv420p needs even sizes).
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float, crf: int = 18):
+        self.path = Path(path)
+        if self.path.suffix.lower() not in (".mp4", ".mkv", ".mov"):
+            raise ElasticTokError(f"{self.path}: video output must end in .mp4, .mkv or .mov")
+        self.fps, self.crf = Fraction(fps).limit_denominator(1001), crf
+        self._atomic = atomic_path(self.path)
+        self._container = self._stream = None
+
+    def __enter__(self) -> "VideoWriter":
+        tmp = self._atomic.__enter__()
+        container_format = {".mkv": "matroska", ".mov": "mov"}.get(self.path.suffix.lower(), "mp4")
+        self._container = av.open(str(tmp), mode="w", format=container_format)
+        return self
+
+    def write(self, frames: torch.Tensor) -> None:
+        """Append (T, H, W, 3) or (H, W, 3) uint8 frames."""
+        frames = frames[None] if frames.dim() == 3 else frames
+        h, w = frames.shape[1:3]
+        if h % 2 or w % 2:
+            frames = F.pad(frames.permute(0, 3, 1, 2), (0, w % 2, 0, h % 2), mode="replicate").permute(0, 2, 3, 1)
+        if self._stream is None:
+            self._stream = self._container.add_stream("libx264", rate=self.fps)
+            self._stream.width, self._stream.height = frames.shape[2], frames.shape[1]
+            self._stream.pix_fmt = "yuv420p"
+            self._stream.options = {"crf": str(self.crf), "preset": "medium"}
+        for frame in frames:
+            self._container.mux(self._stream.encode(av.VideoFrame.from_ndarray(frame.contiguous().numpy(), format="rgb24")))
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                if self._stream is None:
+                    raise ElasticTokError(f"{self.path}: no frames to write")
+                self._container.mux(self._stream.encode())
+        finally:
+            self._container.close()
+            self._atomic.__exit__(exc_type or (ElasticTokError if self._stream is None else None), exc, tb)
+
+
+def write_video(path: str | os.PathLike, frames: torch.Tensor, fps: float, crf: int = 18) -> None:
+    """Write uint8 (T, H, W, 3) as an H.264 video, atomically."""
+    with VideoWriter(path, fps, crf) as writer:
+        writer.write(frames)
+
+
+# ---- finding media --------------------------------------------------------------------------------
+def list_media(paths: list[str | os.PathLike]) -> list[Path]:
+    """Media files under the given files and folders (recursively), sorted for reproducibility."""
+    found: list[Path] = []
+    for entry in paths:
+        entry = Path(entry)
+        if entry.is_dir():
+            found.extend(p for p in sorted(entry.rglob("*")) if p.is_file() and is_media(p))
+        elif entry.is_file():
+            found.append(entry)
+        else:
+            raise ElasticTokError(f"{entry}: no such file or folder")
+    return found

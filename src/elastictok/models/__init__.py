@@ -1,0 +1,1 @@
+"""Model families: the interface each provides, their registry, and bundled weights."""

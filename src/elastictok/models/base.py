@@ -1,0 +1,118 @@
+"""What a model family provides, written down once.
+
+A family (ElasticTok today; a coarse-to-fine 1-D tokenizer next, in ``models/flextok/``) is an
+``nn.Module`` that satisfies ``ModelFamily`` below. With it, a family can be
+
+- tokenized: the block coder (``elastictok.tokenization.coder``) calls ``patchify``,
+  ``encode_patches``, ``decode_latents``, ``unpatchify``, ``encoder_features`` and
+  ``tokens_to_latents``; the tokenizer checks inputs with ``as_video`` and reads ``config``;
+- trained: the loop (``elastictok.training.loop``) calls ``forward(video, keep)`` for a loss;
+- evaluated: through tokenization, plus ``forward`` for fixed-length held-out PSNR;
+- saved: ``save_pretrained`` / ``from_pretrained``, with ``config.json`` naming the family so that
+  ``elastictok.models.registry.from_pretrained`` picks the class.
+
+``model.tokenize`` and ``model.detokenize`` come from ``Tokenizable``: they hand the model to the
+tokenization layer, which registers its functions here when ``elastictok`` is imported, so this
+layer never imports the one above it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from ..errors import ElasticTokError
+from ..layers.transformer import KVCache
+
+
+@runtime_checkable
+class FamilyConfig(Protocol):
+    """The config fields the shared machinery reads (a family's config may hold many more)."""
+
+    name: str
+    resolution: tuple[int, int]  # (H, W) of every frame
+    frames_per_block: int
+    patch_size: tuple[int, int, int]  # (Tp, Hp, Wp)
+    min_tokens: int  # Mmin
+    window: int | None  # context blocks the tokenizer caches by default
+
+    @property
+    def tokens_per_block(self) -> int: ...  # Mmax
+
+    @property
+    def latent_dim(self) -> int: ...  # channels of one latent token
+
+    def fingerprint(self) -> str: ...  # hash of the numerics; token files record it
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class ModelFamily(Protocol):
+    """The interface every model family implements (see the module docstring for who calls what)."""
+
+    family: ClassVar[str]  # the name config.json records, e.g. "elastictok"
+    config: FamilyConfig
+
+    @property
+    def codebook_size(self) -> int: ...  # discrete codes per token; 0 for continuous latents
+
+    # -- input checks and token layout
+    def as_video(self, x: Tensor) -> tuple[Tensor, bool]: ...  # (B, T, 3, H, W) checked, and whether x was images
+    def patchify(self, video: Tensor) -> Tensor: ...  # (B, T, 3, H, W) -> (B, N, D)
+    def unpatchify(self, patches: Tensor) -> Tensor: ...  # (B, N, D) -> (B, T, 3, H, W)
+
+    # -- token-level core with a KV cache (the block coder)
+    def encode_patches(self, patches: Tensor, keep_mask: Tensor, past: KVCache | None = None,
+                       start: int | None = None) -> tuple[Any, KVCache]: ...  # latents with .z and .indices
+    def encoder_features(self, patches: Tensor, keep_mask: Tensor, past: KVCache | None = None,
+                         start: int | None = None) -> tuple[Tensor, KVCache]: ...
+    def decode_latents(self, z: Tensor, past: KVCache | None = None,
+                       start: int | None = None) -> tuple[Tensor, KVCache]: ...
+    def tokens_to_latents(self, tokens: Tensor) -> Tensor: ...  # stored tokens (n,) or (n, C) -> latents (n, C)
+
+    # -- training: an output with .loss, .mse, .kl and .recon
+    def forward(self, video: Tensor, keep: Tensor | int | None = None) -> Any: ...
+
+    # -- files
+    def save_pretrained(self, save_directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None: ...
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any: ...
+
+
+_TOKENIZATION: dict[str, Callable] = {}
+
+
+def provide_tokenization(tokenize: Callable, detokenize: Callable) -> None:
+    """Called by ``elastictok.tokenization.tokenizer`` at import: the functions behind ``model.tokenize``."""
+    _TOKENIZATION.update(tokenize=tokenize, detokenize=detokenize)
+
+
+def _tokenization(name: str) -> Callable:
+    if name not in _TOKENIZATION:  # only when elastictok.models was imported without the package root
+        raise ElasticTokError("tokenization is not loaded: import elastictok first")
+    return _TOKENIZATION[name]
+
+
+class Tokenizable:
+    """``model.tokenize`` and ``model.detokenize`` for any family (mixed into its nn.Module)."""
+
+    def tokenize(self, inputs, target, options=None, **overrides):
+        """The fewest tokens per block that meet ``target``; see ``elastictok.tokenization.tokenizer.tokenize``.
+
+        ``inputs``: a batch tensor (B, T, 3, H, W) or (B, 3, H, W) in [-1, 1], a media file path, or a
+        list of single inputs. ``target``: ``Threshold``, ``TokenCount``, ``Budget`` or text such as
+        ``"mse:0.003"``, ``"psnr:30"``, ``"tokens:64"``, ``"budget:5000"``. ``options``: a
+        ``TokenizeOptions``, or its fields as keywords (``search``, ``window``, ``fps``, ...).
+        Batched in, batched out: a list or a batch tensor gives a list of ``TokenizedVideo``, a
+        single path gives one.
+        """
+        return _tokenization("tokenize")(self, inputs, target, options, **overrides)
+
+    def detokenize(self, encoded, window: int | None | str = "model"):
+        """Decode a ``TokenizedVideo`` or .etok path to (T, 3, H, W), or (3, H, W) for an image; a list
+        of them to a list, decoded together (see ``elastictok.tokenization.tokenizer.detokenize``)."""
+        return _tokenization("detokenize")(self, encoded, window)

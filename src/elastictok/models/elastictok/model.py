@@ -1,0 +1,372 @@
+"""The ElasticTok autoencoder: block-causal transformer encoder and decoder around a bottleneck.
+
+A video (B, T, 3, H, W) in [-1, 1] is cut into blocks of ``frames_per_block`` frames; each block
+becomes ``tokens_per_block`` (Mmax) latent tokens, one per (Tp, Hp, Wp) patch, in (t, h, w) raster
+order. ``keep`` (B, n_blocks) says how many tokens of each block survive: ``keep=n`` keeps exactly
+the first n tokens of the block and zeroes the rest. Attention is full inside a block and causal
+across blocks, so block k never depends on blocks after it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from einops import rearrange
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from ...layers.bottlenecks import FSQ, GaussianBottleneck, GaussianPosterior
+from .config import ElasticTokConfig
+from ...errors import ElasticTokError
+from ...utils.blocks import image_as_block
+from ...utils.fileio import atomic_path
+from ...layers.transformer import KVCache, Transformer
+from ..base import Tokenizable
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+@dataclass
+class Latents:
+    """What ``encode`` returns. Dropped tokens are exact zeros in ``z``."""
+
+    z: Tensor  # (B, N, C) bottleneck output fed to the decoder
+    keep: Tensor  # (B, n_blocks) kept tokens per block
+    indices: Tensor | None = None  # FSQ: (B, N) code indices; dropped tokens hold the all-zero code's index
+    mean: Tensor | None = None  # VAE: (B, N, C) posterior mean
+    logvar: Tensor | None = None  # VAE: (B, N, C) posterior log-variance
+
+
+@dataclass
+class ElasticTokOutput:
+    recon: Tensor | None  # same shape as the input (None from a sequence-parallel shard)
+    loss: Tensor  # mse + kl_weight * kl
+    mse: Tensor
+    kl: Tensor
+    latents: Latents
+
+
+class ConvHead(nn.Module):
+    """Decoder output stage: token features -> per-pixel features -> two 3x3 convolutions per frame.
+
+    A linear head gives each patch its own pixels, so neighbouring patches never agree at their
+    border (the visible grid). Here each token emits ``channels`` features per pixel of its patch
+    and the convolutions mix them across patch borders. Works on any run of whole frames' tokens.
+    """
+
+    def __init__(self, config: ElasticTokConfig):
+        super().__init__()
+        tp, hp, wp = config.patch_size
+        self.config, self.channels = config, config.head_channels
+        self.proj = nn.Linear(config.width, tp * hp * wp * self.channels, bias=False)
+        self.conv1 = nn.Conv2d(self.channels, self.channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(self.channels, 3, 3, padding=1)
+
+    def forward(self, h: Tensor) -> Tensor:
+        """(B, N, width) -> (B, N, Tp*Hp*Wp*3) patches, before the output nonlinearity."""
+        tp, hp, wp = self.config.patch_size
+        gh, gw = (r // p for r, p in zip(self.config.resolution, (hp, wp)))
+        if h.shape[1] % (gh * gw):
+            raise ElasticTokError(f"the conv output head needs whole frames: {h.shape[1]} tokens is not a "
+                                  f"multiple of {gh * gw}")
+        x = rearrange(self.proj(h), "b (t h w) (tp hp wp c) -> (b t tp) c (h hp) (w wp)",
+                      h=gh, w=gw, tp=tp, hp=hp, wp=wp, c=self.channels)
+        x = self.conv2(nn.functional.gelu(self.conv1(nn.functional.gelu(x))))
+        return rearrange(x, "(b t tp) c (h hp) (w wp) -> b (t h w) (tp hp wp c)",
+                         b=h.shape[0], tp=tp, hp=hp, wp=wp)
+
+
+class ElasticTok(Tokenizable, nn.Module):
+    """The ElasticTok autoencoder; implements ``elastictok.models.base.ModelFamily``."""
+
+    family: ClassVar[str] = "elastictok"
+
+    def __init__(self, config: ElasticTokConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        transformer = dict(width=c.width, num_heads=c.num_heads, mlp_width=c.mlp_width, eps=c.norm_eps,
+                           block_size=c.tokens_per_block, rope_theta=c.rope_theta)
+        # encoder
+        self.in_proj = nn.Linear(c.patch_dim, c.width, bias=False)
+        if c.encoder_mask_conditioning:
+            self.is_kept_embed = nn.Parameter(torch.zeros(c.width))
+            self.is_masked_embed = nn.Parameter(torch.zeros(c.width))
+        self.encoder = Transformer(depth=c.encoder_depth, **transformer)
+        self.pre_quant = nn.Linear(c.width, c.pre_quant_dim, bias=False)
+        self.quantizer = FSQ(c.fsq_levels) if c.bottleneck == "fsq" else GaussianBottleneck()
+        # decoder: no bias in post_quant, so a dropped token enters as an exact zero vector
+        self.post_quant = nn.Linear(c.latent_dim, c.width, bias=False)
+        self.decoder = Transformer(depth=c.decoder_depth, **transformer)
+        self.out_proj = nn.Linear(c.width, c.patch_dim, bias=False) if c.output_head == "linear" else ConvHead(c)
+        self.sequence_group = None  # a process group: forward() runs sequence-parallel over it
+        self.apply(self._init_weights)
+        if c.encoder_mask_conditioning:
+            nn.init.normal_(self.is_kept_embed, std=c.init_std)
+            nn.init.normal_(self.is_masked_embed, std=c.init_std)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=self.config.init_std)
+
+    # ---- shapes ---------------------------------------------------------------------------
+    def patchify(self, video: Tensor) -> Tensor:
+        """(B, T, 3, H, W) -> (B, N, Tp*Hp*Wp*3), tokens in (t, h, w) order, features in (tp, hp, wp, c)."""
+        tp, hp, wp = self.config.patch_size
+        return rearrange(video, "b (t tp) c (h hp) (w wp) -> b (t h w) (tp hp wp c)", tp=tp, hp=hp, wp=wp)
+
+    def unpatchify(self, patches: Tensor) -> Tensor:
+        tp, hp, wp = self.config.patch_size
+        h, w = self.config.resolution
+        return rearrange(patches, "b (t h w) (tp hp wp c) -> b (t tp) c (h hp) (w wp)",
+                         h=h // hp, w=w // wp, tp=tp, hp=hp, wp=wp, c=3)
+
+    def keep_mask(self, keep: Tensor) -> Tensor:
+        """(B, n_blocks) counts -> (B, N) bool: True for the first keep[b, k] tokens of each block."""
+        positions = torch.arange(self.config.tokens_per_block, device=keep.device)
+        return (positions < keep[..., None]).flatten(1)
+
+    # ---- token-level core (used by the search and the parity tests) ------------------------
+    def encode_patches(self, patches: Tensor, keep_mask: Tensor, past: KVCache | None = None,
+                       start: int | None = None, sequence_group=None) -> tuple[Latents, KVCache]:
+        """Encode whole blocks of patches (B, N, D) that follow the cached blocks in ``past``.
+
+        ``keep_mask`` (B, N) is any boolean mask; ``Latents.keep`` is left empty here. ``start``
+        is the first token's position (default: right after the cache); with ``sequence_group`` the
+        patches are this rank's shard of a sequence split over the group (ring attention).
+        """
+        kept = keep_mask[..., None]
+        h, present = self.encoder_features(patches, keep_mask, past, start, sequence_group)
+        z_pre = self.pre_quant(h)
+        latents = Latents(z=torch.empty(0), keep=torch.empty(0))
+        if isinstance(self.quantizer, FSQ):
+            z = self.quantizer(z_pre) * kept
+            latents.indices = self.quantizer.codes_to_indices(z)
+        else:
+            z, posterior = self.quantizer(z_pre)
+            z = z * kept
+            latents.mean, latents.logvar = posterior.mean, posterior.logvar
+        latents.z = z
+        return latents, present
+
+    def encoder_features(self, patches: Tensor, keep_mask: Tensor, past: KVCache | None = None,
+                         start: int | None = None, sequence_group=None) -> tuple[Tensor, KVCache]:
+        """The encoder's normalised output (B, N, width), before the bottleneck projection."""
+        h = self.in_proj(patches)
+        if self.config.encoder_mask_conditioning:
+            h = h + torch.where(keep_mask[..., None], self.is_kept_embed, self.is_masked_embed)
+        return self.encoder(h, past, start, sequence_group)
+
+    def decode_latents(self, z: Tensor, past: KVCache | None = None, start: int | None = None,
+                       sequence_group=None) -> tuple[Tensor, KVCache]:
+        """Decode latents (B, N, C) of whole blocks after the cached ones; returns patches in [-1, 1]."""
+        h = self.post_quant(z.to(self.post_quant.weight.dtype))
+        h, present = self.decoder(h, past, start, sequence_group)
+        return torch.tanh(self.out_proj(h)), present
+
+    # ---- public API ---------------------------------------------------------------------------
+    def encode(self, video: Tensor, keep: Tensor | int | None = None) -> Latents:
+        """Encode a video (B, T, 3, H, W) or image (B, 3, H, W) in [-1, 1]; ``keep`` defaults to Mmax."""
+        video, _ = self.as_video(video)
+        keep = self._check_keep(keep, video.shape[0], video.shape[1] // self.config.frames_per_block, video.device)
+        latents, _ = self.encode_patches(self.patchify(video), self.keep_mask(keep))
+        latents.keep = keep
+        return latents
+
+    def decode(self, latents: Latents | Tensor, keep: Tensor | int | None = None, image: bool = False) -> Tensor:
+        """Decode latents (or a raw (B, N, C) tensor) to a video; tokens beyond ``keep`` are ignored.
+
+        With ``image=True`` the single decoded block is averaged over its frames into (B, 3, H, W).
+        """
+        z = latents.z if isinstance(latents, Latents) else latents
+        if keep is None and isinstance(latents, Latents):
+            keep = latents.keep
+        m, c = self.config.tokens_per_block, self.config.latent_dim
+        if z.dim() != 3 or z.shape[1] % m or z.shape[2] != c:
+            raise ElasticTokError(f"latents must be (B, n_blocks*{m}, {c}), got {tuple(z.shape)}")
+        keep = self._check_keep(keep, z.shape[0], z.shape[1] // m, z.device)
+        patches, _ = self.decode_latents(z * self.keep_mask(keep)[..., None])
+        video = self.unpatchify(patches)
+        return video.mean(1) if image else video
+
+    def forward(self, video: Tensor, keep: Tensor | int | None = None) -> ElasticTokOutput:
+        """Encode and decode; the loss is MSE over every pixel (dropped regions included) plus KL for the VAE.
+
+        ``keep`` may also be (L, B, n_blocks): every sample is decoded at L kept lengths and the loss
+        averages them (more prefixes learned per step). Without encoder mask conditioning the
+        encoder runs once for all L; ``recon`` and ``latents`` are those of the first length.
+        When ``self.sequence_group`` is set (sequence-parallel training), this is
+        ``forward_sequence_shard`` over that process group.
+        """
+        if isinstance(keep, Tensor) and keep.dim() == 3:
+            return self._forward_lengths(video, keep)
+        if self.sequence_group is not None:
+            return self.forward_sequence_shard(video, keep, self.sequence_group)
+        video, is_image = self.as_video(video)
+        latents = self.encode(video, keep)
+        patches, _ = self.decode_latents(latents.z)
+        recon = self.unpatchify(patches).float()
+        mse = (recon - video.float()).pow(2).mean()
+        if latents.mean is not None:
+            posterior = GaussianPosterior(latents.mean, latents.logvar)
+            kl = posterior.kl(self.keep_mask(latents.keep), self.config.tokens_per_block)
+        else:
+            kl = torch.zeros((), device=video.device)
+        loss = mse + self.config.kl_weight * kl
+        return ElasticTokOutput(recon=recon.mean(1) if is_image else recon, loss=loss, mse=mse, kl=kl, latents=latents)
+
+    def _forward_lengths(self, video: Tensor, keeps: Tensor) -> ElasticTokOutput:
+        """``forward`` at L kept lengths (L, B, n_blocks) per sample, as one batch of L * B."""
+        lengths = keeps.shape[0]
+        video, is_image = self.as_video(video)
+        if self.config.encoder_mask_conditioning or self.sequence_group is not None:
+            out = self.forward(video.repeat(lengths, 1, 1, 1, 1), keeps.flatten(0, 1))
+            if out.recon is not None:
+                first = out.recon[:video.shape[0]]
+                out.recon = first.mean(1) if is_image else first
+            return out
+        full = self.encode(video)
+        keeps = torch.stack([self._check_keep(k, *full.keep.shape, video.device) for k in keeps])
+        masks = self.keep_mask(keeps.flatten(0, 1))[..., None]  # (L * B, N, 1)
+        patches, _ = self.decode_latents(full.z.repeat(lengths, 1, 1) * masks)
+        recon = self.unpatchify(patches).float()
+        mse = (recon - video.float().repeat(lengths, 1, 1, 1, 1)).pow(2).mean()
+        kl = torch.zeros((), device=video.device)
+        if full.mean is not None:
+            posterior = GaussianPosterior(full.mean.repeat(lengths, 1, 1), full.logvar.repeat(lengths, 1, 1))
+            kl = posterior.kl(masks[..., 0], self.config.tokens_per_block)
+        full.keep = keeps[0]
+        first = recon[:video.shape[0]]
+        return ElasticTokOutput(recon=first.mean(1) if is_image else first, loss=mse + self.config.kl_weight * kl,
+                                mse=mse, kl=kl, latents=full)
+
+    def forward_sequence_shard(self, video: Tensor, keep: Tensor | int | None = None, group=None
+                               ) -> ElasticTokOutput:
+        """Sequence parallelism: this rank's share of ``forward`` on a video every rank of ``group`` holds.
+
+        The tokens are split contiguously over the ranks; attention runs as block-causal ring
+        attention. Losses are this shard's, scaled so that their mean over ranks (what DDP's gradient
+        averaging computes) equals the whole sequence's loss.
+        """
+        import torch.distributed as dist
+
+        group = dist.group.WORLD if group is None else group
+        video, _ = self.as_video(video)
+        keep = self._check_keep(keep, video.shape[0], video.shape[1] // self.config.frames_per_block, video.device)
+        rank, size = dist.get_rank(group), dist.get_world_size(group)
+        patches, mask = self.patchify(video), self.keep_mask(keep)
+        if patches.shape[1] % size:
+            raise ElasticTokError(f"{patches.shape[1]} tokens do not split over {size} sequence-parallel ranks")
+        length = patches.shape[1] // size
+        shard = slice(rank * length, (rank + 1) * length)
+        latents, _ = self.encode_patches(patches[:, shard], mask[:, shard], start=rank * length, sequence_group=group)
+        recon, _ = self.decode_latents(latents.z, start=rank * length, sequence_group=group)
+        latents.keep = keep
+        mse = (recon.float() - patches[:, shard].float()).pow(2).mean()
+        kl = torch.zeros((), device=video.device)
+        if latents.mean is not None:  # summed over kept tokens, averaged over the whole batch's blocks
+            shard_kl = GaussianPosterior(latents.mean, latents.logvar).kl(mask[:, shard], length)
+            kl = shard_kl * self.config.tokens_per_block / length
+        return ElasticTokOutput(recon=None, loss=mse + self.config.kl_weight * kl, mse=mse, kl=kl, latents=latents)
+
+    # ---- tokens -------------------------------------------------------------------------------
+    @property
+    def codebook_size(self) -> int:
+        """Distinct codes per token (FSQ); 0 for the VAE's continuous latents."""
+        return self.quantizer.codebook_size if isinstance(self.quantizer, FSQ) else 0
+
+    def tokens_to_latents(self, tokens: Tensor) -> Tensor:
+        """Stored tokens (FSQ indices (n,) or VAE latents (n, C)) -> latents (n, C) for ``decode_latents``."""
+        return tokens.float() if tokens.is_floating_point() else self.quantizer.indices_to_codes(tokens)
+
+    # ---- validation ---------------------------------------------------------------------------
+    def as_video(self, x: Tensor) -> tuple[Tensor, bool]:
+        """Check a video or image batch; images become one block of repeated frames."""
+        c = self.config
+        if not isinstance(x, Tensor):
+            raise ElasticTokError(f"expected a torch.Tensor, got {type(x).__name__}")
+        if x.dim() not in (4, 5):
+            raise ElasticTokError(f"expected a video (B, T, 3, H, W) or an image (B, 3, H, W), got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ElasticTokError(f"expected a float tensor in [-1, 1], got {x.dtype}")
+        is_image = x.dim() == 4
+        if is_image:
+            x = image_as_block(x[:, None], c.frames_per_block, dim=1)
+        b, t, ch, h, w = x.shape
+        if b == 0 or t == 0:
+            raise ElasticTokError(f"empty input of shape {tuple(x.shape)}")
+        if ch != 3:
+            raise ElasticTokError(f"expected 3 colour channels in dim 2, got {ch} (shape {tuple(x.shape)})")
+        if (h, w) != c.resolution:
+            raise ElasticTokError(f"frames are {h}x{w} but this model takes {c.resolution[0]}x{c.resolution[1]}; "
+                                  "resize or crop first (elastictok.media does this)")
+        if t % c.frames_per_block:
+            raise ElasticTokError(f"{t} frames is not a multiple of frames_per_block={c.frames_per_block}; pad the video")
+        lo, hi = torch.aminmax(x.detach())
+        if not (lo >= -1.001 and hi <= 1.001):  # also false for NaN
+            raise ElasticTokError(f"pixel values must lie in [-1, 1], got [{lo.item():.3g}, {hi.item():.3g}]")
+        return x, is_image
+
+    def _check_keep(self, keep: Tensor | int | None, batch: int, n_blocks: int, device: torch.device) -> Tensor:
+        c = self.config
+        if keep is None:
+            keep = c.tokens_per_block
+        if isinstance(keep, int):
+            keep = torch.full((batch, n_blocks), keep, dtype=torch.long, device=device)
+        if not isinstance(keep, Tensor) or keep.is_floating_point() or keep.is_complex():
+            raise ElasticTokError("keep must be an int or an integer tensor (B, n_blocks)")
+        if keep.shape != (batch, n_blocks):
+            raise ElasticTokError(f"keep must have shape (B, n_blocks) = ({batch}, {n_blocks}), got {tuple(keep.shape)}")
+        if keep.numel() and (keep.min() < c.min_tokens or keep.max() > c.tokens_per_block):
+            raise ElasticTokError(f"keep counts must lie in [Mmin, Mmax] = [{c.min_tokens}, {c.tokens_per_block}], "
+                                  f"got [{int(keep.min())}, {int(keep.max())}]")
+        return keep.to(device=device, dtype=torch.long)
+
+    # ---- files --------------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+        """Write ``config.json`` and ``model.safetensors``; each file appears whole or not at all.
+
+        ``dtype`` (e.g. ``torch.float16``) stores the weights smaller; loading casts them back.
+        """
+        directory = Path(save_directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        cast = (lambda v: v.to(dtype) if v.is_floating_point() else v) if dtype else (lambda v: v)
+        state = {k: cast(v.detach()).contiguous().cpu() for k, v in self.state_dict().items()}
+        metadata = {"format": "pt", "elastictok_config": json.dumps(self.config.to_dict())}
+        with atomic_path(directory / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp), metadata=metadata)
+        with atomic_path(directory / CONFIG_NAME) as tmp:
+            tmp.write_text(json.dumps({"family": self.family, **self.config.to_dict()}, indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "ElasticTok":
+        """Load from a ``save_pretrained`` directory or a bundled model name; never downloads."""
+        from ..pretrained import resolve_model_path
+
+        directory = resolve_model_path(name_or_path)
+        try:
+            data = json.loads((directory / CONFIG_NAME).read_text())
+            if data.pop("family", cls.family) != cls.family:
+                raise ValueError(f"it holds a {data.get('name')!r} model of another family")
+            config = ElasticTokConfig.from_dict(data)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ElasticTokError(f"{directory / CONFIG_NAME}: not a readable ElasticTok config ({exc})") from None
+        model = cls(config)
+        try:
+            state = load_file(str(directory / WEIGHTS_NAME), device=str(map_location))
+        except Exception as exc:  # safetensors raises several types for damaged files
+            raise ElasticTokError(f"{directory / WEIGHTS_NAME}: not a readable safetensors file ({exc})") from None
+        expected = model.state_dict()
+        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        wrong = [k for k in set(expected) & set(state) if expected[k].shape != state[k].shape]
+        if missing or extra or wrong:
+            raise ElasticTokError(f"{directory / WEIGHTS_NAME} does not match its config: missing {missing[:3]}, "
+                                  f"unexpected {extra[:3]}, wrong shape {sorted(wrong)[:3]}")
+        model.load_state_dict(state)
+        return model.eval()

@@ -1,0 +1,128 @@
+"""The block-by-block coder: encode and decode one block at a time against cached context.
+
+Each candidate count is tried by encoding and decoding the block against the cached keys and
+values of the earlier blocks *as they were actually encoded*, so no earlier block is ever
+recomputed; the cache keeps at most ``window`` blocks, so memory is flat however long the video.
+Works with any model family that provides the token-level core of ``elastictok.models.base``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from ..layers.transformer import KVCache
+from ..utils.runtime import module_device
+
+
+@dataclass
+class Trial:
+    """The outcome of encoding and decoding one block with given counts, for a batch of rows."""
+
+    z: Tensor  # (R, M, C)
+    indices: Tensor | None  # (R, M)
+    recon: Tensor  # (R, fpb, 3, H, W)
+    enc_kv: KVCache
+    dec_kv: KVCache
+
+    def rows(self, index: Tensor) -> "Trial":
+        pick = lambda kv: [(k[index], v[index]) for k, v in kv]  # noqa: E731
+        return Trial(self.z[index], None if self.indices is None else self.indices[index], self.recon[index],
+                     pick(self.enc_kv), pick(self.dec_kv))
+
+    def kept_tokens(self, row: int, n: int) -> Tensor:
+        """Row ``row``'s first ``n`` tokens as stored: code indices, or float latents."""
+        return self.indices[row, :n] if self.indices is not None else self.z[row, :n].float()
+
+
+def stack_trials(trials: list[Trial]) -> Trial:
+    """One trial holding the rows of several, in order."""
+    if len(trials) == 1:
+        return trials[0]
+    cat_kv = lambda kvs: [(torch.cat([kv[layer][0] for kv in kvs]), torch.cat([kv[layer][1] for kv in kvs]))  # noqa: E731
+                          for layer in range(len(kvs[0]))]
+    return Trial(torch.cat([t.z for t in trials]),
+                 None if trials[0].indices is None else torch.cat([t.indices for t in trials]),
+                 torch.cat([t.recon for t in trials]), cat_kv([t.enc_kv for t in trials]), cat_kv([t.dec_kv for t in trials]))
+
+
+def trim_cache(cache: KVCache, window: int | None, block_size: int) -> KVCache:
+    """Keep the last ``window`` blocks of a cache (None: all)."""
+    if window is None:
+        return cache
+    keep = window * block_size
+    return [(k[:, :, -keep:], v[:, :, -keep:]) for k, v in cache]
+
+
+class BlockCoder:
+    """Encodes blocks one at a time for a batch of B streams, with cached context.
+
+    ``window`` bounds the cached context in blocks (None: unbounded); positions keep counting
+    when old blocks leave the cache.
+    """
+
+    def __init__(self, model, batch: int, window: int | None):
+        self.model, self.batch, self.window = model, batch, window
+        self.enc_cache: KVCache | None = None
+        self.dec_cache: KVCache | None = None
+        self.blocks_done = 0
+        self.passes = 0  # forward passes (each may score several candidate counts)
+        self.evaluations = 0  # candidate counts scored, summed over streams
+
+    @property
+    def cached_tokens(self) -> int:
+        return 0 if self.enc_cache is None else self.enc_cache[0][0].shape[2]
+
+    @property
+    def start(self) -> int:
+        """The RoPE position of the next block's first token."""
+        return self.blocks_done * self.model.config.tokens_per_block
+
+    def trial(self, patches: Tensor, counts: Tensor, rows: Tensor) -> Trial:
+        """Encode+decode the block's ``patches`` (B, M, D) for stream ``rows[i]`` with ``counts[i]`` tokens."""
+        m = self.model.config.tokens_per_block
+        mask = torch.arange(m, device=counts.device) < counts[:, None]
+        take = lambda kv: None if kv is None else [(k[rows], v[rows]) for k, v in kv]  # noqa: E731
+        latents, enc_kv = self.model.encode_patches(patches[rows], mask, take(self.enc_cache), self.start)
+        recon, dec_kv = self.model.decode_latents(latents.z, take(self.dec_cache), self.start)
+        self.passes += 1
+        self.evaluations += len(rows)
+        return Trial(latents.z, latents.indices, self.model.unpatchify(recon.float()), enc_kv, dec_kv)
+
+    def features(self, patches: Tensor) -> Tensor:
+        """(B, 2*width): mean and standard deviation over tokens of the all-kept encoder output (one pass)."""
+        mask = torch.ones(patches.shape[:2], dtype=torch.bool, device=patches.device)
+        h, _ = self.model.encoder_features(patches, mask, self.enc_cache, self.start)
+        h = h.float()
+        self.passes += 1  # an encoder-only pass
+        return torch.cat([h.mean(1), h.std(1)], dim=-1)
+
+    def commit(self, trial: Trial) -> None:
+        """Make ``trial`` (one row per stream) the context for the next block."""
+        m = self.model.config.tokens_per_block
+        self.enc_cache = trim_cache(trial.enc_kv, self.window, m)
+        self.dec_cache = trim_cache(trial.dec_kv, self.window, m)
+        self.blocks_done += 1
+
+
+@torch.no_grad()
+def decode_blocks(model, block_tokens: Sequence[Sequence[Tensor]], window: int | None) -> Iterator[Tensor]:
+    """Decode B streams of equal block count together, block by block with cached context.
+
+    ``block_tokens[b][k]`` holds stream b's tokens of block k (code indices or float latents);
+    yields (B, fpb, 3, H, W) float blocks in [-1, 1].
+    """
+    c = model.config
+    m, device = c.tokens_per_block, module_device(model)
+    cache, position = None, 0
+    for k in range(len(block_tokens[0])):
+        z = torch.zeros(len(block_tokens), m, c.latent_dim, device=device)
+        for b, stream in enumerate(block_tokens):
+            z[b, :len(stream[k])] = model.tokens_to_latents(stream[k].to(device))
+        patches, cache = model.decode_latents(z, cache, start=position)
+        position += m
+        cache = trim_cache(cache, window, m)
+        yield model.unpatchify(patches.float())

@@ -1,0 +1,112 @@
+"""What adaptive tokenization aims for, one type per kind of target.
+
+- ``Threshold(metric, value)``: per block, the fewest tokens whose reconstruction meets ``value``
+  on ``metric`` (a name in ``elastictok.metrics.quality.METRICS`` or a callable).
+- ``TokenCount(tokens)``: exactly ``tokens`` per block (no search).
+- ``Budget(tokens)``: at most ``tokens`` for the whole input, spent where they buy the most quality.
+
+``parse_target("psnr:30")`` reads the text form (``mse:0.003``, ``psnr:30``, ``ssim:0.95``,
+``tokens:64``, ``budget:5000``) the CLI and ``model.tokenize`` accept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from torch import Tensor
+
+from ..errors import ElasticTokError
+from ..metrics.quality import METRICS, BlockMetric
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """Meet ``value`` on ``metric`` in every block; a callable metric needs ``higher_is_better``."""
+
+    metric: str | BlockMetric
+    value: float
+    higher_is_better: bool | None = None  # None for a named metric: taken from METRICS
+
+    def __post_init__(self) -> None:
+        if isinstance(self.metric, str):
+            if self.metric not in METRICS:
+                raise ElasticTokError(f"unknown metric {self.metric!r}; use {', '.join(METRICS)} or a callable")
+            object.__setattr__(self, "higher_is_better", METRICS[self.metric][1])
+        elif not callable(self.metric):
+            raise ElasticTokError(f"a metric is a name or a callable, got {type(self.metric).__name__}")
+        elif self.higher_is_better is None:
+            raise ElasticTokError("a callable metric needs higher_is_better=True or False")
+
+    @property
+    def name(self) -> str:
+        return self.metric if isinstance(self.metric, str) else getattr(self.metric, "__name__", "custom")
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.value}"
+
+    def score(self, recon: Tensor, original: Tensor) -> Tensor:
+        """(B,) scores of blocks (B, fpb, 3, H, W)."""
+        metric = METRICS[self.metric][0] if isinstance(self.metric, str) else self.metric
+        return metric(recon, original).float()
+
+    def meets(self, scores: Tensor) -> Tensor:
+        return scores >= self.value if self.higher_is_better else scores <= self.value
+
+
+@dataclass(frozen=True)
+class TokenCount:
+    """Exactly ``tokens`` per block (clamped to the model's [Mmin, Mmax] by the model's checks)."""
+
+    tokens: int
+
+    def __post_init__(self) -> None:
+        if self.tokens < 1:
+            raise ElasticTokError("token counts and budgets must be positive")
+
+    def __str__(self) -> str:
+        return f"tokens:{self.tokens}"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """At most ``tokens`` over the whole input."""
+
+    tokens: int
+
+    def __post_init__(self) -> None:
+        if self.tokens < 1:
+            raise ElasticTokError("token counts and budgets must be positive")
+
+    def __str__(self) -> str:
+        return f"budget:{self.tokens}"
+
+
+Target = Union[Threshold, TokenCount, Budget]
+MSE_SCORE = Threshold("mse", 0.0)  # how blocks are scored when the target is not a threshold
+
+
+def parse_target(text: str) -> Target:
+    """``mse:0.003``, ``psnr:30``, ``ssim:0.95``, ``tokens:64`` or ``budget:5000``."""
+    name, sep, value = text.partition(":")
+    try:
+        number = (int if name in ("tokens", "budget") else float)(value)
+    except ValueError:
+        number = None
+    if not sep or number is None:
+        raise ElasticTokError(f"bad target {text!r}: expected mse:0.003, psnr:30, ssim:0.95, tokens:N or budget:N")
+    if name == "tokens":
+        return TokenCount(number)
+    if name == "budget":
+        return Budget(number)
+    return Threshold(name, number)
+
+
+def as_target(target: Target | str) -> Target:
+    """A target object from a target or its text form."""
+    if isinstance(target, str):
+        return parse_target(target)
+    if not isinstance(target, (Threshold, TokenCount, Budget)):
+        raise ElasticTokError(f"a target is Threshold, TokenCount, Budget or text such as 'mse:0.003', "
+                              f"got {type(target).__name__}")
+    return target

@@ -1,0 +1,169 @@
+"""The ``.etok`` token file: safetensors (no pickle) with a header describing the tokens.
+
+Tensors:
+  ``counts`` int32 (n_blocks,): tokens kept per block
+  ``scores`` float32 (n_blocks,): the metric achieved per block (NaN if not scored)
+  ``tokens`` int32 (sum(counts),) FSQ code indices (int64 when the codebook exceeds 2**31 codes),
+             or float32 (sum(counts), C) VAE latents;
+             block k's tokens are the k-th run of ``counts[k]`` entries, in the model's token order.
+Header (safetensors string metadata):
+  ``format`` = "elastictok-tokens", ``version`` = "1", ``model_name``, ``config_hash`` (a hash of the
+  model's config: decoding with another model is refused), ``max_tokens``, ``codebook_size`` (FSQ;
+  0 for VAE), ``metric``, ``fps`` ("" for images), ``height``/``width`` (original size), ``frames``
+  (real frames; the last block may be padding past them), ``is_image``, ``source``, and
+  ``counts``/``scores`` again as JSON lists so that tools can read them without tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from safetensors.torch import load, save
+
+from ..errors import ElasticTokError
+from ..media.blocks import MediaInfo
+from ..utils.fileio import atomic_path
+
+FORMAT, VERSION = "elastictok-tokens", "1"
+MAX_FILE_BYTES = 2**31
+
+
+@dataclass
+class TokenizedVideo:
+    """The tokens of one video or image, block by block, and what is needed to restore it (an .etok file in memory)."""
+
+    counts: Tensor  # (n_blocks,) long: tokens kept per block
+    tokens: Tensor  # FSQ: (sum(counts),) long code indices; VAE: (sum(counts), C) float latents
+    scores: Tensor  # (n_blocks,) float: the target metric per block (MSE for a fixed count or budget)
+    metric: str
+    info: MediaInfo
+    model_name: str
+    config_hash: str
+    max_tokens: int
+    passes: int = 0  # encoder+decoder forward passes over the batch this input was tokenized in
+    evaluations: int = 0  # candidate counts scored (block encodes+decodes) for this input
+    seconds: float = 0.0
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.counts)
+
+    def block_tokens(self) -> list[Tensor]:
+        return list(torch.split(self.tokens, self.counts.tolist()))
+
+
+def index_dtype(codebook_size: int) -> torch.dtype:
+    """FSQ indices are stored as int32 unless the codebook needs more."""
+    return torch.int32 if codebook_size <= 2**31 else torch.int64
+
+
+def write_etok(path: str | os.PathLike, encoded: TokenizedVideo, codebook_size: int) -> None:
+    """Write an .etok file atomically."""
+    blob = etok_bytes(encoded, codebook_size)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(blob)
+
+
+def etok_bytes(encoded: TokenizedVideo, codebook_size: int) -> bytes:
+    """The .etok encoding of ``encoded``, in memory (token shards hold these)."""
+    tokens = encoded.tokens.to(index_dtype(codebook_size)) if not encoded.tokens.is_floating_point() \
+        else encoded.tokens.float()
+    info = encoded.info
+    header = {
+        "format": FORMAT, "version": VERSION, "model_name": encoded.model_name, "config_hash": encoded.config_hash,
+        "max_tokens": str(encoded.max_tokens), "codebook_size": str(codebook_size), "metric": encoded.metric,
+        "fps": "" if info.fps is None else repr(float(info.fps)), "height": str(info.size[0]),
+        "width": str(info.size[1]), "frames": str(info.frames), "is_image": str(int(info.is_image)),
+        "source": info.source, "counts": json.dumps(encoded.counts.tolist()),
+        "scores": json.dumps([None if math.isnan(s) else s for s in encoded.scores.tolist()]),
+    }
+    return save({"counts": encoded.counts.to(torch.int32).contiguous(), "scores": encoded.scores.float().contiguous(),
+                 "tokens": tokens.contiguous()}, metadata=header)
+
+
+def read_etok(path: str | os.PathLike) -> TokenizedVideo:
+    """Read and validate an .etok file; anything malformed raises ElasticTokError with one line."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ElasticTokError(f"{path}: cannot read ({exc.strerror})") from None
+    if size > MAX_FILE_BYTES:
+        raise ElasticTokError(f"{path}: {size} bytes is too large for a token file")
+    return parse_etok(path.read_bytes(), str(path))
+
+
+def parse_etok(data: bytes, name: str = "<bytes>") -> TokenizedVideo:
+    """Validate and decode .etok bytes; ``name`` labels error messages."""
+    path = name
+    try:
+        tensors = load(data)
+        header = _metadata(data)
+    except ElasticTokError:
+        raise
+    except Exception as exc:  # safetensors reports damage with several exception types
+        raise ElasticTokError(f"{path}: not a token file ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+    return _validate(path, header, tensors)
+
+
+def _metadata(data: bytes) -> dict[str, str]:
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + length])
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict):
+        raise ElasticTokError("header metadata is not a mapping")
+    return metadata
+
+
+def _validate(path: Path, header: dict[str, str], tensors: dict[str, torch.Tensor]) -> TokenizedVideo:
+    def fail(why: str):
+        raise ElasticTokError(f"{path}: malformed token file: {why}")
+
+    if header.get("format") != FORMAT:
+        fail("not an elastictok token file (no format header)")
+    if header.get("version") != VERSION:
+        fail(f"format version {header.get('version')!r} is not supported (this reader: {VERSION})")
+    if set(tensors) != {"counts", "scores", "tokens"}:
+        fail(f"expected tensors counts, scores, tokens; found {sorted(tensors)}")
+    try:
+        max_tokens, codebook = int(header["max_tokens"]), int(header["codebook_size"])
+        frames, height, width = int(header["frames"]), int(header["height"]), int(header["width"])
+        fps = float(header["fps"]) if header["fps"] else None
+        is_image = header["is_image"] == "1"
+        listed_counts = json.loads(header["counts"])
+        names = (header["model_name"], header["config_hash"], header["metric"], header["source"])
+    except (KeyError, ValueError, TypeError) as exc:
+        fail(f"bad or missing header field ({exc})")
+    counts, scores, tokens = tensors["counts"], tensors["scores"], tensors["tokens"]
+    if counts.dtype != torch.int32 or counts.dim() != 1 or len(counts) == 0:
+        fail("counts must be a non-empty int32 vector")
+    if scores.shape != counts.shape or scores.dtype != torch.float32:
+        fail("scores must be float32 with one entry per block")
+    if listed_counts != counts.tolist():
+        fail("the header's counts disagree with the counts tensor")
+    if counts.min() < 1 or counts.max() > max_tokens:
+        fail(f"block counts must lie in [1, {max_tokens}]")
+    n = int(counts.sum())
+    if codebook > 0:
+        expected = index_dtype(codebook)
+        if tokens.dtype != expected or tokens.shape != (n,):
+            fail(f"FSQ tokens must be {str(expected).removeprefix('torch.')} of shape ({n},), "
+                 f"got {tokens.dtype} {tuple(tokens.shape)}")
+        if n and (tokens.min() < 0 or tokens.max() >= codebook):
+            fail(f"token indices outside [0, {codebook})")
+    else:
+        if tokens.dtype != torch.float32 or tokens.dim() != 2 or tokens.shape[0] != n:
+            fail(f"VAE tokens must be float32 of shape ({n}, C)")
+        if not torch.isfinite(tokens).all():
+            fail("VAE latents are not finite")
+    if not (frames >= 0 and height > 0 and width > 0) or (fps is not None and not (0 < fps < 10_000)):
+        fail("bad frames, size or fps")
+    info = MediaInfo(names[3], fps, (height, width), frames, is_image)
+    return TokenizedVideo(counts=counts.long(), tokens=tokens.long() if codebook > 0 else tokens, scores=scores,
+                          metric=names[2], info=info, model_name=names[0], config_hash=names[1], max_tokens=max_tokens)

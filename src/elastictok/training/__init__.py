@@ -1,0 +1,1 @@
+"""Training: the loop, checkpoints, masks, datasets, shards, distributed set-up, corpus tokenization."""

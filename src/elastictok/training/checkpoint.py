@@ -1,0 +1,169 @@
+"""Training checkpoints: one interface, a single-process form and a distributed form.
+
+Both restore the same ``TrainState`` (model, optimiser, scheduler, EMA, step) and record the same
+trainer fields: ``step``, ``data_position`` (batches consumed; batch k is a pure function of k, so
+this is where the data resumes), ``scheduler``, ``model_config`` and ``train_config``.
+
+- ``FileCheckpoint``: ``checkpoints/last.pt``, one ``torch.save`` file loaded with ``weights_only=True``.
+- ``DistributedCheckpoint``: ``checkpoints/last/`` holding ``model_optim`` (torch.distributed.checkpoint
+  shards, so a run saved by N processes resumes on M) and ``trainer.json``.
+
+Checkpoints written before this interface load unchanged (the single-file form then stored the model
+config as a JSON string; both are read).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..errors import ElasticTokError
+from ..utils.fileio import atomic_path
+from .distributed import World
+
+
+@dataclass
+class TrainState:
+    """Everything a checkpoint saves and restores."""
+
+    model: nn.Module  # the bare model
+    net: nn.Module  # what trains: the model, or its DDP / FSDP2 form
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # a torch LR scheduler
+    ema: Any  # torch.optim.swa_utils.AveragedModel, or None
+    world: World
+    cfg: Any  # the TrainConfig
+    step: int = 0
+
+    def trainer_fields(self) -> dict[str, Any]:
+        return {"step": self.step, "data_position": self.step * self.cfg.grad_accum,
+                "scheduler": self.scheduler.state_dict(), "model_config": self.model.config.to_dict(),
+                "train_config": dataclasses.asdict(self.cfg)}
+
+    def restore_trainer_fields(self, fields: dict[str, Any], where: Path) -> None:
+        """Check the model config matches, then restore the scheduler and step."""
+        saved = fields["model_config"]
+        saved = json.loads(saved) if isinstance(saved, str) else saved
+        if type(self.model.config).from_dict(saved) != self.model.config:
+            raise ElasticTokError(f"{where} was written for a different model config; not resuming")
+        self.scheduler.load_state_dict(fields["scheduler"])
+        self.step = fields["step"]
+
+
+class Checkpoint(Protocol):
+    """Where a run's latest training state lives."""
+
+    def exists(self) -> bool: ...
+    def save(self, state: TrainState) -> None: ...
+    def load(self, state: TrainState) -> None: ...  # restores into ``state`` (its step included)
+
+
+def checkpoint_for(out_dir: Path, distributed: bool) -> Checkpoint:
+    """The run's checkpoint in the form its process layout needs."""
+    if distributed:
+        return DistributedCheckpoint(out_dir / "checkpoints" / "last")
+    return FileCheckpoint(out_dir / "checkpoints" / "last.pt")
+
+
+class FileCheckpoint:
+    """Single-process checkpoint: one file, loaded with ``weights_only=True``."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def save(self, state: TrainState) -> None:
+        ema = state.ema
+        fields = state.trainer_fields()
+        blob = {
+            **fields,
+            "model": state.model.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "ema": ema.module.state_dict() if ema is not None else None,
+            "ema_n_averaged": ema.n_averaged if ema is not None else None,
+            "train_config": json.dumps(fields["train_config"]),
+            "model_config": json.dumps(fields["model_config"]),
+        }
+        with atomic_path(self.path) as tmp:
+            torch.save(blob, tmp)
+
+    def read(self) -> dict[str, Any]:
+        try:
+            return torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ElasticTokError(f"{self.path}: not a readable training checkpoint ({exc})") from None
+
+    def load(self, state: TrainState) -> None:
+        blob = self.read()
+        state.restore_trainer_fields(blob, self.path)
+        state.model.load_state_dict(blob["model"])
+        state.optimizer.load_state_dict(blob["optimizer"])
+        if state.ema is not None and blob["ema"] is not None:
+            state.ema.module.load_state_dict(blob["ema"])
+            state.ema.n_averaged.copy_(blob["ema_n_averaged"])
+
+
+class DistributedCheckpoint:
+    """``DIR/model_optim`` (torch.distributed.checkpoint shards) plus ``DIR/trainer.json``.
+
+    Written into ``DIR.tmp`` and renamed by rank 0 after every rank has finished, so a crash
+    never leaves half a checkpoint where ``DIR`` was.
+    """
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+
+    def exists(self) -> bool:
+        return (self.directory / "trainer.json").is_file()
+
+    def _write(self, model, optimizer, trainer_state: dict, world: World) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        tmp = self.directory.with_name(self.directory.name + ".tmp")
+        if world.main and tmp.exists():
+            shutil.rmtree(tmp)
+        dist.barrier()
+        model_state, optim_state = get_state_dict(model, optimizer)
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / "model_optim"))
+        dist.barrier()
+        if world.main:
+            (tmp / "trainer.json").write_text(json.dumps({**trainer_state, "world_size": world.size}))
+            old = self.directory.with_name(self.directory.name + ".old")
+            if self.directory.exists():
+                os.replace(self.directory, old)
+            os.replace(tmp, self.directory)
+            shutil.rmtree(old, ignore_errors=True)
+        dist.barrier()
+
+    def _read(self, model, optimizer) -> dict:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        try:
+            trainer_state = json.loads((self.directory / "trainer.json").read_text())
+            model_state, optim_state = get_state_dict(model, optimizer)
+            state = {"model": model_state, "optim": optim_state}
+            dcp.load(state, checkpoint_id=str(self.directory / "model_optim"))
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ElasticTokError(f"{self.directory}: not a readable distributed checkpoint "
+                                  f"({str(exc).splitlines()[0][:160]})") from None
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        return trainer_state
+
+    def save(self, state: TrainState) -> None:
+        self._write(state.net, state.optimizer, state.trainer_fields(), state.world)
+
+    def load(self, state: TrainState) -> None:
+        state.restore_trainer_fields(self._read(state.net, state.optimizer), self.directory)

@@ -1,0 +1,119 @@
+"""Tokenize a whole corpus into WebDataset shards of .etok files, under plain python or torchrun.
+
+Inputs (sorted) are grouped into shards of ``shard_size``; shard s belongs to rank s % world.
+Each finished shard is ``DST/tokens-NNNNNN.tar`` (``KEY.etok`` + ``KEY.json`` per input) with a
+``tokens-NNNNNN.json`` summary beside it, both renamed into place only when complete: after a
+crash, rerunning skips every finished shard. Unreadable inputs are listed, not fatal.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from ..media.io import list_media
+from ..errors import ElasticTokError
+from ..utils.fileio import atomic_path
+from ..tokenization.targets import Target
+from ..utils.runtime import distributed_ready, rank_and_world_size
+from ..tokenization.tokenfile import etok_bytes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CorpusSummary:
+    inputs: int = 0
+    shards_written: int = 0
+    shards_skipped: int = 0
+    failed: int = 0
+    blocks: int = 0
+    tokens: int = 0
+    max_tokens: int = 0  # what fixed-length tokenization would have used
+
+    def add(self, record: dict, written: bool) -> None:
+        """Count one shard's record (``tokens-NNNNNN.json``)."""
+        self.shards_written += int(written)
+        self.shards_skipped += int(not written)
+        self.inputs += record["inputs"]
+        self.failed += len(record["failed"])
+        self.blocks += record["blocks"]
+        self.tokens += record["tokens"]
+        self.max_tokens += record["max_tokens"]
+
+    def line(self) -> str:
+        share = self.tokens / self.max_tokens if self.max_tokens else 0.0
+        return (f"{self.inputs} inputs, {self.blocks} blocks, {self.tokens} tokens ({100 * share:.1f}% of all "
+                f"{self.max_tokens}, {self.tokens / max(1, self.blocks):.1f} per block); shards: "
+                f"{self.shards_written} written, {self.shards_skipped} already done; {self.failed} inputs failed")
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime = len(payload), int(time.time())
+    tar.addfile(info, io.BytesIO(payload))
+
+
+def tokenize_corpus(model, sources: list, destination: str | Path, target: Target, search: str = "binary",
+                    shard_size: int = 100, window: int | None | str = "model", progress: bool = True) -> CorpusSummary:
+    """Tokenize every image and video under ``sources``; returns the summary over all ranks."""
+    destination = Path(destination)
+    destination.mkdir(parents=True, exist_ok=True)
+    files = list_media(sources)
+    if not files:
+        raise ElasticTokError(f"no images or videos under {', '.join(map(str, sources))}")
+    distributed = distributed_ready()
+    rank, world = rank_and_world_size()
+    root = Path(sources[0]) if len(sources) == 1 and Path(sources[0]).is_dir() else None
+    n_shards = -(-len(files) // shard_size)
+    mine = [s for s in range(n_shards) if s % world == rank]
+    local = CorpusSummary()
+    bar = tqdm(total=sum(len(files[s * shard_size:(s + 1) * shard_size]) for s in mine), unit="file",
+               desc=f"rank {rank}", disable=not progress, position=rank)
+    for shard in mine:
+        members = files[shard * shard_size:(shard + 1) * shard_size]
+        tar_path = destination / f"tokens-{shard:06d}.tar"
+        summary_path = destination / f"tokens-{shard:06d}.json"
+        if tar_path.exists() and summary_path.exists():
+            local.add(json.loads(summary_path.read_text()), written=False)
+            bar.update(len(members))
+            continue
+        record = {"inputs": len(members), "failed": [], "blocks": 0, "tokens": 0, "max_tokens": 0}
+        with atomic_path(tar_path) as tmp, tarfile.open(tmp, "w") as tar:
+            for index, path in enumerate(members):
+                key = str(path.relative_to(root).with_suffix("")) if root else f"{shard:06d}-{index:05d}-{path.stem}"
+                key = key.replace("/", "__").replace(".", "_")
+                try:
+                    with torch.no_grad():
+                        encoded = model.tokenize(str(path), target, search=search, window=window)
+                except ElasticTokError as exc:
+                    log.warning("skipping %s", exc)
+                    record["failed"].append(str(path))
+                    bar.update(1)
+                    continue
+                counts = encoded.counts.tolist()
+                _add_bytes(tar, f"{key}.etok", etok_bytes(encoded, model.codebook_size))
+                _add_bytes(tar, f"{key}.json", json.dumps({"source": str(path), "tokens_per_block": counts}).encode())
+                record["blocks"] += len(counts)
+                record["tokens"] += sum(counts)
+                record["max_tokens"] += len(counts) * encoded.max_tokens
+                bar.update(1)
+        with atomic_path(summary_path) as tmp:
+            tmp.write_text(json.dumps(record))
+        local.add(record, written=True)
+    bar.close()
+    fields = ("inputs", "shards_written", "shards_skipped", "failed", "blocks", "tokens", "max_tokens")
+    if distributed:
+        totals = torch.tensor([getattr(local, f) for f in fields], dtype=torch.long)
+        dist.all_reduce(totals)
+        return CorpusSummary(*totals.tolist())
+    return local

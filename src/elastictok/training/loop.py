@@ -1,0 +1,428 @@
+"""Training: Algorithm 1 of the paper (random tail-token masking), resumable bit for bit.
+
+``elastictok train --config configs/tiny.yaml`` runs ``train(TrainConfig.from_yaml(...))``. A run
+directory holds ``checkpoints/last.pt`` (or ``checkpoints/last/`` under torchrun; see
+``checkpoint.py``), ``model/`` (the final weights as ``save_pretrained``), ``log.csv`` and ``tb/``.
+``train`` is a sequence of small steps: build the state, resume it, make the data, then per step
+``_train_step``, ``_report``, ``_maybe_evaluate`` and a checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+import yaml
+from tqdm import tqdm
+
+from ..errors import ElasticTokError
+from ..metrics.quality import psnr, psnr_from_mse
+from ..models.elastictok.config import ElasticTokConfig
+from ..models.elastictok.model import ElasticTok
+from ..utils.fileio import atomic_path
+from ..utils.seeds import stable_seed
+from .checkpoint import Checkpoint, FileCheckpoint, TrainState, checkpoint_for
+from .datasets import MediaCollection, TrainBatches, eval_clips
+from .distributed import World, full_state_dict, setup, wrap
+from .masks import KeepSampler
+from .shards import ShardBatches, list_shards
+
+log = logging.getLogger(__name__)
+
+CSV_FIELDS = ["step", "loss", "mse", "kl", "lpips", "psnr", "lr", "frames_per_s", "skipped_files"]
+
+
+@dataclass
+class TrainConfig:
+    model: str = "tiny"  # preset name
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    data: list[str] = field(default_factory=list)  # folders or files of images and videos
+    eval_data: list[str] = field(default_factory=list)  # held out
+    out_dir: str = "runs/tiny"
+    steps: int = 1000
+    max_minutes: float | None = None  # stop early (with a checkpoint) after this much wall time
+    stop_at: int | None = None  # stop after this step (the schedule still spans `steps`), e.g. to match a run
+    batch_size: int = 8  # video clips per micro-batch; image batches hold batch_size * n_blocks images
+    grad_accum: int = 1
+    n_blocks: int = 1  # context length in blocks for video clips
+    image_fraction: float = 0.5  # share of batches made of images
+    fps: float | None = None  # resample training videos to this rate (None: as recorded)
+    mask: str = "elastic"  # elastic | elastic+full | full | fixed:<fraction>
+    mask_lengths: int = 1  # kept lengths decoded per sample and step (one encoder pass when it is unconditioned)
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    schedule: str = "cosine"  # cosine | constant (after warmup)
+    warmup_steps: int = 100
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    bf16: bool = True
+    ema_decay: float | None = None
+    lpips_weights: str | None = None  # path to LPIPS-VGG weights; the term is off without it
+    lpips_weight: float = 0.1
+    eval_every: int = 200
+    eval_keep_fractions: list[float] = field(default_factory=lambda: [1 / 16, 1 / 4, 1 / 2, 1.0])
+    checkpoint_every: int = 200
+    log_every: int = 10
+    init_from: str | None = None  # progressive training: weights of another run or a model directory
+    seed: int = 0
+    distributed: str = "ddp"  # under torchrun: ddp | fsdp (FSDP2 fully_shard)
+    sequence_parallel: bool = False  # under torchrun (ddp): every rank holds the batch, a shard of its tokens
+    num_workers: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ElasticTokError(f"{path}: cannot read training config ({exc})") from None
+        if not isinstance(data, dict):
+            raise ElasticTokError(f"{path}: a training config is a mapping of fields")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ElasticTokError(f"{path}: unknown training config fields: {', '.join(unknown)}")
+        if "betas" in data:
+            data["betas"] = tuple(data["betas"])
+        return cls(**data)
+
+    def model_config(self) -> ElasticTokConfig:
+        """The preset with overrides; unless overridden, its inference window is the context trained on."""
+        return ElasticTokConfig.from_preset(self.model, **{"window": max(1, self.n_blocks - 1), **self.model_overrides})
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then constant or cosine down to ``min_lr_ratio``."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on weight matrices only (not norms or the kept/masked embeddings)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+
+
+def load_init_weights(model: ElasticTok, source: str) -> None:
+    """Progressive training: start from another run's checkpoint or a ``save_pretrained`` directory."""
+    path = Path(source)
+    checkpoint = FileCheckpoint(path / "checkpoints" / "last.pt")
+    if checkpoint.exists():
+        state = checkpoint.read()
+        model.load_state_dict(state["ema"] or state["model"])
+    else:
+        model.load_state_dict(ElasticTok.from_pretrained(path).state_dict())
+
+
+@torch.no_grad()
+def evaluate(model: ElasticTok, samples: list[torch.Tensor], fractions: list[float], device: torch.device,
+             bf16: bool, batch_size: int = 16) -> dict[float, float]:
+    """Mean PSNR over held-out samples at each keep fraction of Mmax (clamped to [Mmin, Mmax])."""
+    bare = getattr(model, "module", model)  # a DDP wrapper keeps the model in .module
+    c = bare.config
+    was_training = model.training
+    model.eval()
+    with _whole_sequences(bare):
+        results = _psnr_at_fractions(model, samples, fractions, device, bf16, batch_size, c)
+    model.train(was_training)
+    return results
+
+
+@contextlib.contextmanager
+def _whole_sequences(model) -> Iterator[None]:
+    """Run a sequence-parallel model on whole samples on every rank for a while."""
+    saved, model.sequence_group = model.sequence_group, None
+    try:
+        yield
+    finally:
+        model.sequence_group = saved
+
+
+def _psnr_at_fractions(model, samples, fractions, device, bf16, batch_size, c) -> dict[float, float]:
+    results = {}
+    for fraction in fractions:
+        keep = min(c.tokens_per_block, max(c.min_tokens, round(fraction * c.tokens_per_block)))
+        scores = []
+        for i in range(0, len(samples), batch_size):
+            batch = torch.stack(samples[i:i + batch_size]).to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                out = model(batch, keep)
+            scores.append(psnr(out.recon, batch))
+        results[fraction] = torch.cat(scores).mean().item()
+    return results
+
+
+class RunLog:
+    """CSV and TensorBoard logs of one run; resuming drops rows past the checkpoint."""
+
+    def __init__(self, out_dir: Path, start_step: int):
+        self.csv_path = out_dir / "log.csv"
+        rows = []
+        if start_step and self.csv_path.exists():
+            with self.csv_path.open() as f:
+                rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= start_step]
+        with atomic_path(self.csv_path) as tmp, tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        from torch.utils.tensorboard import SummaryWriter
+        self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=start_step or None)
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        with self.csv_path.open("a", newline="") as f:
+            csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore").writerow({"step": step, **values})
+        for key, value in values.items():
+            self.tb.add_scalar(f"train/{key}", value, step)
+
+    def close(self) -> None:
+        self.tb.close()
+
+
+# ---- the run, step by step --------------------------------------------------------------------------------------
+@dataclass
+class TrainingData:
+    """Training batches and what the loop needs to know about where they come from."""
+
+    batches: Iterator
+    from_shards: bool  # batches are (video, undecodable samples so far) pairs, one rank's share each
+    data_ranks: int  # ranks that split the data (1 under sequence parallelism: one batch, split by tokens)
+    skipped_by_worker: dict[int, int]  # undecodable samples, as each worker last reported
+
+
+def _check_layout(cfg: TrainConfig, world: World) -> None:
+    if cfg.batch_size % world.size:
+        raise ElasticTokError(f"batch_size {cfg.batch_size} does not split over {world.size} processes")
+    if world.distributed and cfg.ema_decay:
+        raise ElasticTokError("ema_decay is not supported with multi-process training yet")
+    if cfg.sequence_parallel and (not world.distributed or cfg.distributed != "ddp"):
+        raise ElasticTokError("sequence_parallel needs torchrun and distributed: ddp")
+
+
+def _build_state(cfg: TrainConfig, world: World, device: torch.device, init_from: str | None) -> TrainState:
+    """Model (the same initial weights on every rank), its distributed form, optimiser, schedule and EMA."""
+    torch.manual_seed(cfg.seed)
+    model = ElasticTok(cfg.model_config()).to(device)
+    if init_from:
+        load_init_weights(model, init_from)
+    net = wrap(model, cfg.distributed, cfg.bf16, device) if world.distributed else model
+    if cfg.sequence_parallel:
+        model.sequence_group = dist.group.WORLD
+    optimizer = build_optimizer(net, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    ema = None
+    if cfg.ema_decay:
+        ema = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay))
+    return TrainState(model=model, net=net, optimizer=optimizer, scheduler=scheduler, ema=ema, world=world, cfg=cfg)
+
+
+def _training_data(cfg: TrainConfig, c: ElasticTokConfig, world: World, start_step: int) -> TrainingData:
+    """WebDataset shards (every rank streams its own slice) or a folder of media in memory (every rank
+    makes the global batch and takes its rows); both resume at batch ``start_step * grad_accum``."""
+    shards = list_shards(cfg.data)
+    data_ranks = 1 if cfg.sequence_parallel else world.size
+    if shards:
+        batches = ShardBatches(shards, c.resolution, c.frames_per_block, cfg.n_blocks, cfg.batch_size // data_ranks,
+                               cfg.image_fraction, cfg.seed, start_batch=start_step * cfg.grad_accum,
+                               rank=world.rank if data_ranks > 1 else 0, world_size=data_ranks)
+        loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=cfg.num_workers)
+        return TrainingData(iter(loader), True, data_ranks, {})
+    media = MediaCollection.load(cfg.data, short_side=2 * min(c.resolution), fps=cfg.fps)
+    batches = TrainBatches(media, c.resolution, c.frames_per_block, cfg.n_blocks, cfg.batch_size,
+                           cfg.image_fraction, cfg.seed, length=cfg.steps * cfg.grad_accum)
+    loader = torch.utils.data.DataLoader(
+        batches, batch_size=None, sampler=range(start_step * cfg.grad_accum, len(batches)),
+        num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
+    return TrainingData(iter(loader), False, data_ranks, {0: len(media.skipped)})
+
+
+def _micro_batch(state: TrainState, data: TrainingData, sampler: KeepSampler, index: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global micro-batch ``index``: this rank's video (B, T, 3, H, W) and keep counts (B, n_blocks)."""
+    cfg, world, c = state.cfg, state.world, state.model.config
+    video = next(data.batches)
+    if data.from_shards:  # (batch, undecodable samples so far) from the worker that made batch `index`
+        video, data.skipped_by_worker[index % max(1, cfg.num_workers)] = video
+    keep = sampler(video.shape[0], video.shape[1] // c.frames_per_block,
+                   torch.Generator().manual_seed(stable_seed(cfg.seed, "keep", index)))
+    if not data.from_shards and data.data_ranks > 1:  # this rank's contiguous share of the global batch
+        share = video.shape[0] // world.size
+        video = video[world.rank * share:(world.rank + 1) * share]
+        keep = keep[..., world.rank * share:(world.rank + 1) * share, :]  # (B, n) or (L, B, n)
+    return video, keep
+
+
+def _train_step(state: TrainState, data: TrainingData, sampler: KeepSampler, lpips, device: torch.device
+                ) -> tuple[dict[str, float], int]:
+    """One optimiser step over ``grad_accum`` micro-batches; returns the mean losses and frames seen."""
+    cfg = state.cfg
+    totals = {"loss": 0.0, "mse": 0.0, "kl": 0.0, "lpips": 0.0, "psnr": 0.0}
+    frames = 0
+    for micro in range(cfg.grad_accum):
+        index = state.step * cfg.grad_accum + micro
+        video, keep = _micro_batch(state, data, sampler, index)
+        video = video.to(device, non_blocking=True)
+        # Sampling noise (VAE) depends on (seed, batch, rank) only: resumable without RNG state.
+        torch.manual_seed(stable_seed(cfg.seed, "noise", index, state.world.rank) % 2**63)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            out = state.net(video, keep.to(device))
+            loss = out.loss
+            if lpips is not None:
+                frame = torch.randint(video.shape[1], (), generator=torch.Generator().manual_seed(
+                    stable_seed(cfg.seed, "lpips", index))).item()
+                perceptual = lpips(out.recon[:, frame].float(), video[:, frame].float())
+                loss = loss + cfg.lpips_weight * perceptual
+                totals["lpips"] += perceptual.item() / cfg.grad_accum
+        (loss / cfg.grad_accum).backward()
+        for key, value in (("loss", loss), ("mse", out.mse), ("kl", out.kl), ("psnr", psnr_from_mse(out.mse.detach()))):
+            totals[key] += value.item() / cfg.grad_accum
+        frames += video.shape[0] * video.shape[1] * data.data_ranks
+    _optimizer_step(state)
+    return totals, frames
+
+
+def _optimizer_step(state: TrainState) -> None:
+    torch.nn.utils.clip_grad_norm_(state.net.parameters(), state.cfg.grad_clip)
+    state.optimizer.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scheduler.step()
+    if state.ema is not None:
+        state.ema.update_parameters(state.model)
+    state.step += 1
+
+
+def _mean_over_ranks(totals: dict[str, float], world: World) -> dict[str, float]:
+    if not world.distributed:
+        return totals
+    keys = ("loss", "mse", "kl", "lpips", "psnr")
+    packed = torch.tensor([totals[k] for k in keys])
+    dist.all_reduce(packed)
+    return {**totals, **dict(zip(keys, (packed / world.size).tolist()))}
+
+
+def _any_rank(flag: bool, world: World) -> bool:
+    """True on every rank when ``flag`` is true on any (so that every rank stops together)."""
+    if not world.distributed:
+        return flag
+    packed = torch.tensor([float(flag)])
+    dist.all_reduce(packed, op=dist.ReduceOp.MAX)
+    return bool(packed.item())
+
+
+def _maybe_evaluate(state: TrainState, samples: list, device, run_log: RunLog | None, bar, out_dir: Path,
+                    last: bool) -> None:
+    """Held-out PSNR at each keep fraction, every ``eval_every`` steps and at the end."""
+    cfg, step = state.cfg, state.step
+    if not samples or not (step % cfg.eval_every == 0 or step == cfg.steps or last):
+        return
+    scores = evaluate(state.ema.module if state.ema is not None else state.net, samples, cfg.eval_keep_fractions,
+                      device, cfg.bf16)
+    if run_log:
+        for fraction, value in scores.items():
+            run_log.tb.add_scalar(f"eval/psnr_keep_{fraction:.4g}", value, step)
+        line = "  ".join(f"keep {f:.4g}: {v:.2f} dB" for f, v in scores.items())
+        bar.write(f"step {step} held-out PSNR  {line}")
+        with (out_dir / "eval.jsonl").open("a") as f:
+            f.write(json.dumps({"step": step, "psnr": {str(k): v for k, v in scores.items()}}) + "\n")
+
+
+def _resume(state: TrainState, checkpoint: Checkpoint, out_dir: Path) -> None:
+    if checkpoint.exists():
+        checkpoint.load(state)
+    log.info("resuming from step %d" if state.step else "no checkpoint in %s: starting from scratch",
+             state.step or out_dir)
+
+
+def _save_final(state: TrainState, out_dir: Path, run_log: RunLog | None) -> None:
+    """The trained (EMA, if any) weights as ``out_dir/model``, written by rank 0."""
+    final = full_state_dict(state.ema.module if state.ema is not None else state.net)
+    if run_log:
+        run_log.close()
+        trained = ElasticTok(state.model.config)
+        trained.load_state_dict(final)
+        trained.save_pretrained(out_dir / "model")
+
+
+def _lpips(cfg: TrainConfig, device: torch.device):
+    if not cfg.lpips_weights:
+        return None
+    from ..metrics.perceptual import LPIPS
+    return LPIPS.from_file(cfg.lpips_weights).to(device)
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> Path:
+    """Train and return the run directory; ``resume`` continues from the run's last checkpoint.
+
+    Under torchrun, every process trains its share of each global batch (DDP or FSDP2, by
+    ``cfg.distributed``) and checkpoints go through torch.distributed.checkpoint.
+    """
+    out_dir = Path(cfg.out_dir)
+    world, device = setup(cfg.device)
+    _check_layout(cfg, world)
+    checkpoint = checkpoint_for(out_dir, world.distributed)
+    resuming = resume and checkpoint.exists()
+    state = _build_state(cfg, world, device, None if resuming else cfg.init_from)
+    lpips = _lpips(cfg, device)
+    if resume:
+        _resume(state, checkpoint, out_dir)
+    c = state.model.config
+    data = _training_data(cfg, c, world, state.step)
+    held_out = MediaCollection.load(cfg.eval_data, short_side=min(c.resolution)) if cfg.eval_data else None
+    eval_samples = eval_clips(held_out, c.resolution, c.frames_per_block) if held_out else []
+    run_log = RunLog(out_dir, state.step) if world.main else None
+    if world.main:
+        (out_dir / "train_config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    _run(state, data, KeepSampler(cfg.mask, c.min_tokens, c.tokens_per_block, cfg.mask_lengths), lpips, device, eval_samples,
+         run_log, out_dir, checkpoint)
+    _save_final(state, out_dir, run_log)
+    return out_dir
+
+
+def _run(state: TrainState, data: TrainingData, sampler: KeepSampler, lpips, device, eval_samples: list,
+         run_log: RunLog | None, out_dir: Path, checkpoint: Checkpoint) -> None:
+    """Steps until ``cfg.steps``, ``stop_at`` or ``max_minutes``: log, evaluate and checkpoint as configured."""
+    cfg, world = state.cfg, state.world
+    state.net.train()
+    started, frames_seen = time.monotonic(), 0
+    bar = tqdm(total=cfg.steps, initial=state.step, desc="train", disable=not (cfg.progress and world.main),
+               dynamic_ncols=True)
+    while state.step < cfg.steps:
+        totals, frames = _train_step(state, data, sampler, lpips, device)
+        frames_seen += frames
+        totals = _mean_over_ranks(totals, world)
+        elapsed = time.monotonic() - started
+        totals.update(lr=state.scheduler.get_last_lr()[0], frames_per_s=frames_seen / max(elapsed, 1e-9),
+                      skipped_files=sum(data.skipped_by_worker.values()))
+        bar.update(1)
+        bar.set_postfix(loss=f"{totals['loss']:.4f}", psnr=f"{totals['psnr']:.2f}", fps=f"{totals['frames_per_s']:.0f}")
+        step = state.step
+        if run_log and (step % cfg.log_every == 0 or step == cfg.steps):
+            run_log.write(step, totals)
+        out_of_time = _any_rank(cfg.max_minutes is not None and elapsed > 60 * cfg.max_minutes
+                                or cfg.stop_at is not None and step >= cfg.stop_at, world)
+        _maybe_evaluate(state, eval_samples, device, run_log, bar, out_dir, out_of_time)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
+            checkpoint.save(state)
+        if out_of_time:
+            bar.write(f"stopping at step {step} (max_minutes {cfg.max_minutes}, stop_at {cfg.stop_at})")
+            break
+    bar.close()

@@ -1,0 +1,267 @@
+"""WebDataset tar shards: building them from folders, and streaming training batches from them.
+
+A shard is a tar of samples grouped by key (the WebDataset convention): ``KEY.mp4`` (a clip of at
+most ``clip_frames`` frames, re-encoded at a reduced size) or ``KEY.jpg`` (an image), plus
+``KEY.json`` (where it came from). Shards are written with ``webdataset.ShardWriter`` and read
+here with ``tarfile`` so that the order is ours to control: deterministic for a (seed, rank,
+worker) and resumable from a batch position without decoding the skipped samples.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import av
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from ..media.io import VideoReader, VideoWriter, is_video, list_media, read_image
+from ..media.transforms import resize_short_side, to_model
+from ..utils.blocks import image_as_block
+from ..utils.runtime import rank_and_world_size
+from ..utils.seeds import stable_seed
+from .datasets import random_crop
+from ..errors import ElasticTokError
+
+log = logging.getLogger(__name__)
+
+
+# ---- writing ------------------------------------------------------------------------------------------------
+def _encode_clip(frames: torch.Tensor, fps: float) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "clip.mp4"
+        with VideoWriter(path, fps, crf=20) as writer:
+            writer.write(frames)
+        return path.read_bytes()
+
+
+def _encode_image(image: torch.Tensor) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image.numpy()).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def _write_clips(writer, path: Path, stem: str, clip_frames: int, short_side: int, fps: float | None) -> int:
+    """Cut a video into clips of ``clip_frames`` (a tail of at least a quarter kept); returns the clips written."""
+    reader = VideoReader(path, fps=fps)
+    pending: list[torch.Tensor] = []
+    index = 0
+
+    def flush() -> None:
+        nonlocal index, pending
+        clip = torch.stack(pending)
+        meta = {"source": str(path), "frames": len(clip), "fps": reader.fps, "start": index * clip_frames}
+        writer.write({"__key__": f"{stem}-{index:05d}", "mp4": _encode_clip(clip, reader.fps),
+                      "json": json.dumps(meta).encode()})
+        index += 1
+        pending = []
+
+    for frame in reader:
+        pending.append(frame if min(frame.shape[:2]) <= short_side else resize_short_side(frame[None], short_side)[0])
+        if len(pending) == clip_frames:
+            flush()
+    if len(pending) >= max(1, clip_frames // 4):
+        flush()
+    return index
+
+
+def _write_image(writer, path: Path, stem: str, short_side: int) -> None:
+    image = read_image(path)
+    if min(image.shape[:2]) > short_side:
+        image = resize_short_side(image[None], short_side)[0]
+    writer.write({"__key__": stem, "jpg": _encode_image(image), "json": json.dumps({"source": str(path)}).encode()})
+
+
+@dataclass
+class ShardSummary:
+    shards: int = 0
+    images: int = 0
+    clips: int = 0
+    skipped: int = 0
+
+
+def build_shards(sources: list[str | os.PathLike], destination: str | os.PathLike, shard_size: int = 1000,
+                 clip_frames: int = 32, short_side: int = 256, fps: float | None = None,
+                 progress: bool = True) -> ShardSummary:
+    """Write ``destination/shard-000000.tar`` ... from every readable image and video under ``sources``.
+
+    Videos are cut into clips of ``clip_frames`` frames (a shorter tail is kept if it has at least
+    a quarter of that); media are resized to ``short_side`` (never enlarged). Each shard appears
+    whole: it is written under a temporary name and renamed when complete.
+    """
+    import webdataset as wds
+
+    if shard_size < 1 or clip_frames < 1 or short_side < 8:
+        raise ElasticTokError("shard size and clip frames must be positive, short side at least 8")
+    destination = Path(destination)
+    destination.mkdir(parents=True, exist_ok=True)
+    files = list_media(sources)
+    if not files:
+        raise ElasticTokError(f"no images or videos under {', '.join(map(str, sources))}")
+    summary = ShardSummary()
+
+    def finished(name: str) -> None:
+        os.replace(name, name[: -len(".tmp")])
+        summary.shards += 1
+
+    writer = wds.ShardWriter(str(destination / "shard-%06d.tar.tmp"), maxcount=shard_size, post=finished, verbose=0)
+    try:
+        for path in tqdm(files, desc="shards", unit="file", disable=not progress):
+            stem = path.stem.replace(".", "_")
+            try:
+                if is_video(path):
+                    summary.clips += _write_clips(writer, path, stem, clip_frames, short_side, fps)
+                else:
+                    _write_image(writer, path, stem, short_side)
+                    summary.images += 1
+            except ElasticTokError as exc:
+                log.warning("skipping %s", exc)
+                summary.skipped += 1
+    finally:
+        writer.close()
+    return summary
+
+
+# ---- reading -------------------------------------------------------------------------------------------------
+def list_shards(paths: list[str | os.PathLike]) -> list[Path]:
+    shards: list[Path] = []
+    for entry in map(Path, paths):
+        if entry.is_dir():
+            shards.extend(sorted(entry.glob("*.tar")))
+        elif entry.suffix == ".tar" and entry.is_file():
+            shards.append(entry)
+    return shards
+
+
+def iter_shard(path: Path) -> Iterator[tuple[str, str, bytes]]:
+    """(key, kind, payload) per media sample, kind 'video' or 'image'; a damaged tar ends with a warning."""
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, ext = member.name.rpartition(".")
+                kind = "video" if ext in ("mp4", "mkv", "webm", "avi") else "image" if ext in ("jpg", "jpeg", "png", "webp") else None
+                if kind:
+                    yield key, kind, tar.extractfile(member).read()
+    except (tarfile.TarError, OSError) as exc:
+        log.warning("%s: unreadable shard, stopping it (%s)", path, exc)
+
+
+def decode_sample(kind: str, payload: bytes) -> torch.Tensor:
+    """uint8 (T, H, W, 3); images have T = 1."""
+    try:
+        if kind == "image":
+            with Image.open(io.BytesIO(payload)) as image:
+                return torch.from_numpy(np.array(image.convert("RGB")))[None]
+        with av.open(io.BytesIO(payload)) as container:
+            frames = [torch.from_numpy(f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
+        if not frames:
+            raise ValueError("no frames")
+        return torch.stack(frames)
+    except Exception as exc:  # PIL and FFmpeg raise many types for damaged data
+        raise ElasticTokError(f"undecodable {kind} sample ({exc})") from None
+
+
+class ShardBatches(torch.utils.data.IterableDataset):
+    """Endless training batches streamed from tar shards: ``(video, skipped)`` pairs, video
+    (B, T, 3, H, W) in [-1, 1] and ``skipped`` the undecodable samples this worker has met so far.
+
+    Each (rank, DataLoader worker) reads its own slice of a per-epoch shuffled shard list through
+    a seeded shuffle buffer; whether its j-th batch holds video clips or images, and every crop
+    in it, depend only on (seed, rank, worker, j). ``start_batch`` (global batches already
+    consumed, as in a checkpoint) resumes exactly, for the same number of ranks and workers:
+    skipped batches are replayed without decoding.
+    """
+
+    def __init__(self, shards: list[Path], resolution: tuple[int, int], frames_per_block: int, n_blocks: int,
+                 batch_size: int, image_fraction: float, seed: int, start_batch: int = 0, buffer_size: int = 256,
+                 rank: int | None = None, world_size: int | None = None):
+        if not shards:
+            raise ElasticTokError("no .tar shards found")
+        self.shards, self.resolution, self.fpb, self.n_blocks = shards, resolution, frames_per_block, n_blocks
+        self.batch_size, self.image_fraction, self.seed = batch_size, image_fraction, seed
+        self.start_batch, self.buffer_size = start_batch, buffer_size
+        group_rank, group_size = rank_and_world_size()
+        self.rank = group_rank if rank is None else rank
+        self.world_size = group_size if world_size is None else world_size
+        self.skipped = 0
+
+    def _stream(self, slot: int, slots: int) -> Iterator[tuple[str, bytes]]:
+        """Samples of this slot's shards, epoch after epoch, through a seeded shuffle buffer."""
+        epoch = 0
+        buffer: list[tuple[str, bytes]] = []
+        rng = np.random.default_rng(stable_seed(self.seed, "buffer", slot))
+        while True:
+            order = np.random.default_rng(stable_seed(self.seed, "epoch", epoch)).permutation(len(self.shards))
+            mine = [self.shards[i] for i in order[slot::slots]] or [self.shards[order[slot % len(self.shards)]]]
+            for shard in mine:
+                for _, kind, payload in iter_shard(shard):
+                    buffer.append((kind, payload))
+                    if len(buffer) >= self.buffer_size:
+                        yield buffer.pop(rng.integers(len(buffer)))
+            epoch += 1
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        info = torch.utils.data.get_worker_info()
+        workers = info.num_workers if info else 1
+        # Global batch g comes from logical worker g % workers. The DataLoader asks its workers in turn
+        # from worker 0, so on resuming, worker 0 plays the logical worker that owns start_batch.
+        worker = ((info.id if info else 0) + self.start_batch) % workers
+        slot, slots = self.rank * workers + worker, self.world_size * workers
+        local_done = max(0, (self.start_batch - worker + workers - 1) // workers)
+        stream = self._stream(slot, slots)
+        pools: dict[str, list[bytes]] = {"video": [], "image": []}
+        seen = {"video": 0, "image": 0}
+        j = 0
+        while True:
+            rng = np.random.default_rng(stable_seed(self.seed, "batch", self.rank, worker, j))
+            want_images = rng.random() < self.image_fraction
+            kind = "image" if want_images else "video"
+            count = self.batch_size * self.n_blocks if want_images else self.batch_size
+            while len(pools[kind]) < count:
+                sample_kind, payload = next(stream)
+                pools[sample_kind].append(payload)
+                seen[sample_kind] += 1
+                if seen["image"] + seen["video"] > 200 * max(1, count) and not pools[kind]:
+                    raise ElasticTokError(f"shards hold no usable {kind} samples; set image_fraction accordingly")
+            payloads, pools[kind] = pools[kind][:count], pools[kind][count:]
+            if j >= local_done:
+                batch = self._make_batch(kind, payloads, rng)
+                if batch is not None:
+                    yield batch, self.skipped
+            j += 1
+
+    def _make_batch(self, kind: str, payloads: list[bytes], rng: np.random.Generator) -> torch.Tensor | None:
+        length = self.n_blocks * self.fpb
+        clips = []
+        for payload in payloads:
+            try:
+                media = decode_sample(kind, payload)
+            except ElasticTokError as exc:
+                log.warning("skipping %s", exc)
+                self.skipped += 1
+                continue
+            if kind == "image":
+                clip = image_as_block(media, self.fpb)
+            elif len(media) >= length:
+                start = rng.integers(0, len(media) - length + 1)
+                clip = media[start:start + length]
+            else:  # a short clip: loop it to the needed length
+                clip = media[torch.arange(length) % len(media)]
+            clips.append(random_crop(clip, self.resolution, rng))
+        if not clips:
+            return None
+        while len(clips) < len(payloads):  # keep the batch shape when a sample was bad
+            clips.append(clips[len(clips) % max(1, len(clips))])
+        return to_model(torch.stack(clips))

@@ -1,0 +1,101 @@
+"""Model options beyond the original design: the conv output head, an encoder without mask
+conditioning, and decoding several kept lengths per sample in one forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from elastictok import ElasticTok, ElasticTokConfig, ElasticTokError
+from elastictok.training.masks import KeepSampler
+
+
+def build(**overrides) -> ElasticTok:
+    torch.manual_seed(0)
+    return ElasticTok(ElasticTokConfig.from_preset("micro", **overrides)).eval()
+
+
+@pytest.fixture
+def conv_uncond() -> ElasticTok:
+    model = build(output_head="conv", encoder_mask_conditioning=False, head_channels=8)
+    with torch.no_grad():  # non-zero conv biases so that "no effect" below is not trivially true
+        for p in model.out_proj.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def test_conv_head_shapes_and_block_causality(conv_uncond, real_video):
+    model, m = conv_uncond, conv_uncond.config.tokens_per_block
+    latents = model.encode(real_video)
+    recon = model.decode(latents)
+    assert recon.shape == real_video.shape
+    # The convolutions mix pixels within a frame only: changing block 2's input leaves blocks 0 and 1.
+    changed = real_video.clone()
+    changed[:, 4:] = changed[:, 4:].flip(-1)
+    other = model.decode(model.encode(changed))
+    fpb = model.config.frames_per_block
+    assert torch.equal(other[:, :2 * fpb], recon[:, :2 * fpb])
+    assert not torch.allclose(other[:, 2 * fpb:], recon[:, 2 * fpb:])
+    assert latents.z.shape[1] == 3 * m
+
+
+def test_conv_head_mixes_across_patch_borders(conv_uncond, real_video):
+    """A linear head's pixels depend on their own patch's token only; the conv head's border pixels do not."""
+    model = conv_uncond
+    z = model.encode(real_video[:, :2]).z.clone()
+    base = model.decode(z)
+    z[:, 0] += 1.0  # perturb the first token (top-left patch of frame 0) only
+    delta = (model.decode(z) - base).abs()[0, 0].sum(0)  # (H, W) of frame 0
+    hp, wp = model.config.patch_size[1:]
+    assert delta[:hp, :wp].sum() > 0
+    assert delta[:hp, wp].sum() > 0  # the pixel column right of the patch border changed too
+
+
+def test_unconditioned_encoder_is_one_pass_for_every_count(conv_uncond, real_video):
+    """Without mask conditioning the kept tokens are a prefix of one encoding, whatever the count."""
+    model = conv_uncond
+    full = model.encode(real_video)
+    part = model.encode(real_video, torch.tensor([[3, 10, 32]]))
+    mask = model.keep_mask(part.keep)[..., None]
+    assert torch.equal(part.z, full.z * mask)
+    assert not hasattr(model, "is_kept_embed")
+
+
+def test_dropped_tokens_have_no_effect_with_conv_head(conv_uncond, real_video):
+    model = conv_uncond
+    keep = torch.tensor([[4, 7, 20]])
+    latents = model.encode(real_video, keep)
+    noisy = latents.z + torch.randn_like(latents.z) * ~model.keep_mask(keep)[..., None]
+    assert torch.equal(model.decode(noisy, keep), model.decode(latents))
+
+
+@pytest.mark.parametrize("conditioned", [True, False])
+def test_several_lengths_per_sample_average_the_single_length_losses(conditioned, real_video):
+    model = build(encoder_mask_conditioning=conditioned)
+    keeps = torch.tensor([[[32, 32, 32]], [[5, 17, 2]], [[9, 2, 30]]])  # (L=3, B=1, n_blocks=3)
+    together = model(real_video, keeps)
+    alone = [model(real_video, k) for k in keeps]
+    assert together.mse.item() == pytest.approx(sum(o.mse.item() for o in alone) / 3, rel=1e-4)
+    assert torch.allclose(together.recon, alone[0].recon, atol=1e-5)
+
+
+def test_keep_sampler_modes():
+    generator = torch.Generator().manual_seed(0)
+    keep = KeepSampler("elastic+full", 2, 32, lengths=3)(4, 5, generator)
+    assert keep.shape == (3, 4, 5)
+    assert (keep[0] == 32).all() and keep.min() >= 2 and keep.max() <= 32 and (keep[1:] < 32).any()
+    assert KeepSampler("fixed:0.5", 2, 32, lengths=2)(4, 5, generator).unique().tolist() == [16]
+    with pytest.raises(ElasticTokError, match="elastic\\+full needs"):
+        KeepSampler("elastic+full", 2, 32)
+    with pytest.raises(ElasticTokError, match="output_head"):
+        ElasticTokConfig.from_preset("micro", output_head="deconv")
+
+
+def test_new_fields_leave_earlier_fingerprints_unchanged():
+    """Token files record the fingerprint: models written before the new fields must keep theirs."""
+    config = ElasticTokConfig.from_preset("tiny")
+    data = config.to_dict()
+    for key in ("encoder_mask_conditioning", "output_head", "head_channels"):
+        data.pop(key)
+    assert ElasticTokConfig.from_dict(data).fingerprint() == config.fingerprint()
+    assert ElasticTokConfig.from_preset("tiny", output_head="conv").fingerprint() != config.fingerprint()

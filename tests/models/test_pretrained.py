@@ -1,0 +1,67 @@
+"""The bundled default model and sample clip: they load offline and work on real video."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from elastictok import ElasticTok
+from elastictok.media.io import VideoReader
+from elastictok.media.transforms import fit_to_resolution, to_model
+from elastictok.metrics.quality import mse_per_block, psnr_from_mse
+from elastictok.models.pretrained import DEFAULT_MODEL, bundled_models, sample_video
+
+pytestmark = pytest.mark.skipif(DEFAULT_MODEL not in bundled_models(),
+                                reason="the default model's weights are not in src/elastictok/weights/default")
+
+
+@pytest.fixture(scope="module")
+def default_model() -> ElasticTok:
+    return ElasticTok.from_pretrained(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="module")
+def street(default_model) -> torch.Tensor:
+    """(1, T, 3, H, W): the bundled clip at the model's resolution."""
+    frames = VideoReader(sample_video()).read_all()
+    return to_model(fit_to_resolution(frames, default_model.config.resolution))[None]
+
+
+def test_sample_clip_is_a_real_video():
+    reader = VideoReader(sample_video())
+    assert reader.fps == 10 and (reader.info.height, reader.info.width) == (128, 128)
+    assert reader.read_all().shape == (80, 128, 128, 3)
+
+
+def test_default_model_beats_a_flat_colour_and_improves_with_tokens(default_model, street):
+    c = default_model.config
+    with torch.no_grad():
+        psnr = {n: psnr_from_mse(mse_per_block(default_model(street, n).recon, street, c.frames_per_block)).mean()
+                for n in (c.min_tokens, c.tokens_per_block // 4, c.tokens_per_block)}
+    flat = street.mean(dim=(1, 3, 4), keepdim=True).expand_as(street)
+    flat_psnr = psnr_from_mse(mse_per_block(flat, street, c.frames_per_block)).mean()
+    assert psnr[c.tokens_per_block] > flat_psnr + 5
+    assert psnr[c.min_tokens] < psnr[c.tokens_per_block // 4] < psnr[c.tokens_per_block]
+
+
+def test_adaptive_tokens_meet_the_target_when_decoded(default_model, street):
+    c = default_model.config
+    with torch.no_grad():
+        all_tokens = mse_per_block(default_model(street).recon, street, c.frames_per_block)[0]
+    threshold = float(all_tokens.max()) * 1.05  # every block can meet it with all its tokens
+    encoded = default_model.tokenize(street, f"mse:{threshold}")[0]
+    decoded = default_model.detokenize(encoded)[None]
+    achieved = mse_per_block(decoded, street, c.frames_per_block)[0]
+    assert (achieved <= threshold * (1 + 1e-4)).all()
+    assert encoded.counts.sum() < encoded.n_blocks * c.tokens_per_block  # some block needs fewer than all
+
+
+def test_commands_default_to_the_bundled_model(tmp_path):
+    out = tmp_path / "side.mp4"
+    result = subprocess.run([sys.executable, "-m", "elastictok.cli", "reconstruct", str(sample_video()), "-o", str(out),
+                             "--threshold", "mse:0.05", "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert out.exists() and "20 blocks" in result.stdout

@@ -1,0 +1,268 @@
+"""Adaptive tokenization: searches, targets, cached context, long videos, token files and round trips."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from elastictok import ElasticTok, ElasticTokConfig, ElasticTokError
+from elastictok.tokenization.targets import Budget, Threshold
+from elastictok.tokenization.tokenfile import read_etok, write_etok
+from elastictok.media.blocks import MediaInfo
+from elastictok.tokenization.search import bisection, exhaustive, kary
+from elastictok.tokenization.tokenizer import Tokenizer
+
+
+def run_probes(search, passes) -> tuple[int, int]:
+    """Drive a search generator with a pass predicate; return (smallest passing probe or hi, number of passes)."""
+    best, count, probes = None, 0, next(search, None)
+    while probes:
+        count += 1
+        verdicts = [passes(n) for n in probes]
+        best = min([n for n, ok in zip(probes, verdicts) if ok] + ([best] if best else []), default=None)
+        try:
+            probes = search.send(verdicts)
+        except StopIteration:
+            break
+    return best, count
+
+
+def test_searches_find_the_smallest_passing_count_on_monotone_curves():
+    rng = random.Random(0)
+    for _ in range(400):
+        lo, hi = rng.randint(1, 20), rng.randint(21, 300)
+        answer = rng.randint(lo, hi + 3)  # > hi: nothing passes
+        passes = lambda n: n >= answer  # noqa: E731
+        expected = answer if answer <= hi else None
+        guess = rng.choice([None, lo, hi, rng.randint(lo, hi)])
+        for search in (bisection(lo, hi, guess), kary(lo, hi, rng.randint(1, 9)), exhaustive(lo, hi, 16)):
+            found, _ = run_probes(search, passes)
+            # hi is the fallback and is never required to be probed by bisection/kary
+            assert found == expected or (expected is None or expected == hi) and found in (None, hi)
+
+
+def test_warm_start_costs_few_passes_when_the_answer_is_near_the_guess():
+    _, cold = run_probes(bisection(8, 128), lambda n: n >= 60)
+    _, warm = run_probes(bisection(8, 128, guess=60), lambda n: n >= 60)
+    assert warm == 2 and cold == 7
+
+
+def test_full_search_is_the_smallest_count_meeting_the_threshold(trained_micro, real_video):
+    """Reference check without the cache: each block's loss curve recomputed by plain forward passes."""
+    model, c = trained_micro, trained_micro.config
+    threshold = 0.0
+    errors = model(real_video, c.tokens_per_block).mse.item()
+    threshold = errors * 2.0  # a threshold some counts meet and some do not
+    encoded = model.tokenize(real_video, f"mse:{threshold}", search="full", window=None)[0]  # the whole video as context
+    from elastictok.metrics.quality import mse_per_block
+    chosen: list[int] = []
+    for k in range(3):
+        curve = []
+        for n in range(c.min_tokens, c.tokens_per_block + 1):
+            keep = torch.tensor([chosen + [n] + [c.tokens_per_block] * (2 - k)])
+            curve.append(mse_per_block(model(real_video, keep).recon, real_video, c.frames_per_block)[0, k].item())
+        passing = [n for n, e in zip(range(c.min_tokens, c.tokens_per_block + 1), curve) if e <= threshold]
+        chosen.append(passing[0] if passing else c.tokens_per_block)
+        assert encoded.scores[k].item() == pytest.approx(curve[chosen[-1] - c.min_tokens], abs=1e-5)
+    assert encoded.counts.tolist() == chosen
+    assert len(set(chosen)) > 1 or chosen[0] < c.tokens_per_block  # the threshold really selects
+
+
+@pytest.mark.parametrize("search", ["binary", "batched"])
+def test_fast_searches_meet_the_target(trained_micro, real_video, search):
+    model = trained_micro
+    for factor in (1.1, 1.3, 2.0):
+        threshold = model(real_video).mse.item() * factor
+        fast = model.tokenize(real_video, f"mse:{threshold}", search=search)[0]
+        full = model.tokenize(real_video, f"mse:{threshold}", search="full")[0]
+        assert ((fast.scores <= threshold) | (fast.counts == model.config.tokens_per_block)).all()
+        assert (fast.counts >= full.counts).all()  # never below the true minimum
+        assert fast.evaluations < full.evaluations
+
+
+def test_targets_tokens_psnr_ssim_callable_and_budget(trained_micro, real_video):
+    model, c = trained_micro, trained_micro.config
+    fixed = model.tokenize(real_video, "tokens:5")[0]
+    assert fixed.counts.tolist() == [5, 5, 5] and fixed.passes == 3
+    psnr = model.tokenize(real_video, "psnr:10")[0]
+    assert ((psnr.scores >= 10) | (psnr.counts == c.tokens_per_block)).all()
+    ssim = model.tokenize(real_video, "ssim:0.2")[0]
+    assert ((ssim.scores >= 0.2) | (ssim.counts == c.tokens_per_block)).all()
+    brightness = lambda recon, original: recon.float().mean(dim=(1, 2, 3, 4))  # noqa: E731
+    custom = model.tokenize(real_video, Threshold(brightness, -2.0, higher_is_better=True))[0]
+    assert custom.counts.tolist() == [c.min_tokens] * 3  # everything passes: the fewest tokens
+    small, large = (model.tokenize(real_video, Budget(b))[0] for b in (3 * c.min_tokens + 6, 3 * c.tokens_per_block - 3))
+    assert small.counts.sum() <= 3 * c.min_tokens + 6 and large.counts.sum() <= 3 * c.tokens_per_block - 3
+    assert large.counts.sum() > small.counts.sum()
+    with pytest.raises(ElasticTokError, match="below the minimum"):
+        model.tokenize(real_video, Budget(3))
+    with pytest.raises(ElasticTokError, match="bad target"):
+        model.tokenize(real_video, "mse")
+    with pytest.raises(ElasticTokError, match="unknown search"):
+        model.tokenize(real_video, "mse:0.1", search="linear")
+
+
+def test_cache_window_bounds_memory_on_hundreds_of_blocks(micro):
+    c = micro.config
+    def blocks():  # a generator: the video never exists whole
+        generator = torch.Generator().manual_seed(0)
+        for _ in range(300):
+            yield torch.rand(1, c.frames_per_block, 3, *c.resolution, generator=generator) * 2 - 1
+
+    caches = []
+    tokenizer = Tokenizer(micro, Threshold("mse", 0.3), window=4,
+                          on_block=lambda k, recon, coder: caches.append(coder.cached_tokens))
+    info = MediaInfo("stream", 24.0, c.resolution, 600)
+    encoded = tokenizer.run(blocks(), [info], total=300)[0]
+    assert encoded.n_blocks == 300 and len(caches) == 300
+    assert max(caches) == 4 * c.tokens_per_block and caches[-1] == 4 * c.tokens_per_block
+
+
+def test_default_window_is_the_models_own(trained_micro, real_video):
+    model = ElasticTok(ElasticTokConfig.from_dict({**trained_micro.config.to_dict(), "window": 1})).eval()
+    model.load_state_dict(trained_micro.state_dict())
+    by_default, explicit = model.tokenize(real_video, "mse:0.2")[0], model.tokenize(real_video, "mse:0.2", window=1)[0]
+    assert torch.equal(by_default.counts, explicit.counts) and torch.equal(by_default.tokens, explicit.tokens)
+    torch.testing.assert_close(model.detokenize(by_default), model.detokenize(explicit, window=1), rtol=0, atol=0)
+    with pytest.raises(ElasticTokError, match="window"):
+        ElasticTokConfig.from_preset("micro", window=0)
+
+
+def test_window_covering_the_video_changes_nothing(trained_micro, real_video):
+    model = trained_micro
+    threshold = model(real_video).mse.item() * 2.0
+    a = model.tokenize(real_video, f"mse:{threshold}", window=None)[0]
+    b = model.tokenize(real_video, f"mse:{threshold}", window=3)[0]
+    c = model.tokenize(real_video, f"mse:{threshold}", window=1)[0]
+    assert a.counts.tolist() == b.counts.tolist() and torch.equal(a.tokens, b.tokens)
+    assert c.counts[0] == a.counts[0]  # the first block never sees context
+
+
+def test_batches_lengths_images_and_padding(trained_micro, real_video):
+    model, c = trained_micro, trained_micro.config
+    short = real_video[0, :2]  # one block
+    odd = real_video[0, :5]  # 2.5 blocks: padded, then trimmed on decode
+    image = real_video[0, 0]
+    results = model.tokenize([short, odd, image], "mse:0.2")
+    assert [r.n_blocks for r in results] == [1, 3, 1]
+    assert results[2].info.is_image and results[1].info.frames == 5
+    assert model.detokenize(results[1]).shape == (5, 3, *c.resolution)
+    assert model.detokenize(results[2]).shape == (3, *c.resolution)
+    alone = model.tokenize(odd[None, :4], "mse:0.2")[0]
+    assert alone.counts.tolist() == results[1].counts[:2].tolist()
+    batch = model.tokenize(torch.cat([real_video, real_video.flip(-1)]), "mse:0.2")
+    assert len(batch) == 2
+    assert batch[0].counts.tolist() == model.tokenize(real_video, "mse:0.2")[0].counts.tolist()
+
+
+def test_detokenize_matches_the_search_reconstruction(trained_micro, real_video):
+    model = trained_micro
+    encoded = model.tokenize(real_video, "mse:0.2", window=None)[0]  # the whole video as context, as forward
+    video = model.detokenize(encoded, window=None)
+    direct = model(real_video, encoded.counts[None]).recon[0]
+    torch.testing.assert_close(video, direct, atol=1e-5, rtol=0)
+
+
+def test_token_file_round_trip_and_model_check(trained_micro, micro, real_video, tmp_path):
+    model = trained_micro
+    encoded = model.tokenize(real_video, "mse:0.2")[0]
+    write_etok(tmp_path / "a.etok", encoded, model.quantizer.codebook_size)
+    back = read_etok(tmp_path / "a.etok")
+    assert torch.equal(back.counts, encoded.counts) and torch.equal(back.tokens, encoded.tokens)
+    torch.testing.assert_close(back.scores, encoded.scores)
+    assert back.info == encoded.info and back.config_hash == model.config.fingerprint()
+    torch.testing.assert_close(model.detokenize(tmp_path / "a.etok"), model.detokenize(encoded))
+    other = type(micro)(micro.config.__class__.from_preset("micro", width=64, name="other"))
+    with pytest.raises(ElasticTokError, match="made by model"):
+        other.detokenize(back)
+
+
+def test_token_file_holds_codebooks_beyond_int32(real_video, tmp_path):
+    torch.manual_seed(0)
+    model = ElasticTok(ElasticTokConfig.from_preset("micro", fsq_levels=(8,) * 16, name="wide")).eval()
+    encoded = model.tokenize(real_video, "tokens:9")[0]
+    assert model.quantizer.codebook_size == 2**48 and int(encoded.tokens.max()) > 2**31
+    write_etok(tmp_path / "w.etok", encoded, model.quantizer.codebook_size)
+    back = read_etok(tmp_path / "w.etok")
+    assert torch.equal(back.tokens, encoded.tokens)
+    torch.testing.assert_close(model.detokenize(back), model.detokenize(encoded))
+
+
+def test_vae_tokens_round_trip(micro_vae, real_video, tmp_path):
+    encoded = micro_vae.tokenize(real_video, "tokens:7")[0]
+    assert encoded.tokens.shape == (21, micro_vae.config.latent_dim) and encoded.tokens.is_floating_point()
+    write_etok(tmp_path / "v.etok", encoded, 0)
+    torch.testing.assert_close(micro_vae.detokenize(tmp_path / "v.etok"), micro_vae.detokenize(encoded))
+
+
+def test_token_file_reader_survives_fuzzing(trained_micro, real_video, tmp_path):
+    encoded = trained_micro.tokenize(real_video, "mse:0.2")[0]
+    write_etok(tmp_path / "good.etok", encoded, trained_micro.quantizer.codebook_size)
+    good = (tmp_path / "good.etok").read_bytes()
+    rng = random.Random(0)
+    damaged = [good[:n] for n in range(0, len(good), max(1, len(good) // 60))]
+    for _ in range(300):
+        data = bytearray(good)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        damaged.append(bytes(data))
+    damaged += [b"", b"\xff" * 8 + b"{}", (10**12).to_bytes(8, "little") + b"{", b"\x10\x00\x00\x00\x00\x00\x00\x00[1,2]   "]
+    target = tmp_path / "bad.etok"
+    accepted = 0
+    for data in damaged:
+        target.write_bytes(data)
+        try:
+            read_etok(target)
+            accepted += 1  # a flip inside token data can leave a valid file; it was still fully validated
+        except ElasticTokError as exc:
+            assert "\n" not in str(exc)
+    assert accepted < len(damaged) // 2
+
+
+def test_regression_head_trains_predicts_and_round_trips(trained_micro, real_video, photo_folder, tmp_path):
+    from elastictok.tokenization.length_head import LengthHead
+    from elastictok.training.length_head import train_length_head
+
+    model, c = trained_micro, trained_micro.config
+    threshold = model(real_video).mse.item() * 1.3
+    target = Threshold("mse", threshold)
+    inputs = [real_video[0], real_video[0].flip(-1), str(photo_folder / "pan.mp4")]
+    head, report = train_length_head(model, inputs, target, steps=300, eval_inputs=[real_video[0]])
+    assert report.blocks == 3 + 3 + 12 and 0 <= report.disagreement <= 1
+    head.save(tmp_path / "head.safetensors")
+    loaded = LengthHead.load(tmp_path / "head.safetensors", model)
+    result = model.tokenize(real_video, target, search="regression", length_head=loaded)[0]
+    assert result.passes == 2 * 3 and result.evaluations == 3  # one encoder pass + one encode/decode per block
+    assert ((result.counts >= c.min_tokens) & (result.counts <= c.tokens_per_block)).all()
+    with pytest.raises(ElasticTokError, match="trained for"):
+        model.tokenize(real_video, "mse:0.5", search="regression", length_head=loaded)
+    with pytest.raises(ElasticTokError, match="needs a trained length head"):
+        model.tokenize(real_video, target, search="regression")
+    other = type(model)(c.__class__.from_preset("micro", width=64, name="other"))
+    with pytest.raises(ElasticTokError, match="another model"):
+        LengthHead.load(tmp_path / "head.safetensors", other)
+
+
+def test_public_api_batched_in_batched_out(micro, real_video, photo_folder):
+    import elastictok
+    from elastictok import Budget, Threshold, TokenCount, TokenizedVideo, TokenizeOptions, parse_target
+
+    assert parse_target("psnr:30") == Threshold("psnr", 30.0) and parse_target("tokens:4") == TokenCount(4)
+    assert parse_target("budget:9") == Budget(9) and str(Threshold("mse", 0.5)) == "mse:0.5"
+    photo = str(photo_folder / "photo0.jpg")
+    one = micro.tokenize(photo, "tokens:5")
+    assert isinstance(one, TokenizedVideo)
+    both = micro.tokenize([photo, real_video[0]], TokenCount(5), TokenizeOptions(search="full"))
+    assert isinstance(both, list) and len(both) == 2 and both[0].counts.tolist() == one.counts.tolist()
+    assert len(micro.tokenize(real_video, "tokens:5")) == 1  # a batch tensor gives a list
+    assert elastictok.tokenize(micro, photo, "tokens:5").counts.tolist() == one.counts.tolist()
+    videos = micro.detokenize(both)
+    assert isinstance(videos, list)
+    torch.testing.assert_close(videos[0], micro.detokenize(one), rtol=0, atol=1e-6)
+    torch.testing.assert_close(videos[1], micro.detokenize(both[1]), rtol=0, atol=1e-5)
+    with pytest.raises(ElasticTokError, match="unknown tokenize options serch"):
+        micro.tokenize(photo, "tokens:5", serch="full")
+    with pytest.raises(ElasticTokError, match="a target is Threshold"):
+        micro.tokenize(photo, 0.5)
