@@ -2,7 +2,8 @@
 
 Prints, per block, the tokens the search kept and the PSNR they reach beside the PSNR of all
 tokens, then the saving against always using all tokens, and writes the side-by-side video and
-plots to --out.
+plots to --out, and report.html: one self-contained page to look at it all in a browser
+(with --baseline, also the fixed-length baselines and the eval measurement).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from elastictok import ElasticTok  # noqa: E402
+from elastictok import ElasticTok, from_pretrained  # noqa: E402
 from elastictok.metrics.quality import psnr_from_mse  # noqa: E402
 from elastictok.models.pretrained import DEFAULT_MODEL, sample_video  # noqa: E402
 from elastictok.tokenization.targets import Threshold, TokenCount, parse_target  # noqa: E402
 from elastictok.tokenization.tokenfile import TokenizedVideo  # noqa: E402
 from elastictok.evaluation.plots import write_side_by_side  # noqa: E402
+from elastictok.evaluation.report import DEFAULT_TARGETS, build_report, parse_targets, write_report_html  # noqa: E402
 
 
 def threshold_psnr(target: Threshold) -> float:
@@ -58,6 +60,8 @@ def main() -> int:
     parser.add_argument("--video", default=str(sample_video()), help="input video (default: the bundled clip)")
     parser.add_argument("--threshold", default="mse:0.03", help="per-block MSE target (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"))
+    parser.add_argument("--baseline", nargs="*", default=[], metavar="B",
+                        help="fixed-length baseline model directories for the report, e.g. baselines/default-fixed-0.5")
     args = parser.parse_args()
     target = parse_target(args.threshold)
     if not isinstance(target, Threshold) or target.metric != "mse":
@@ -83,8 +87,16 @@ def main() -> int:
 
     summary = write_side_by_side(model, adaptive, args.video, args.out / "side_by_side.mp4")
     plot_blocks(adaptive, full, target, args.out / "blocks.png")
-    print(f"\n{summary}\nwrote {args.out / 'blocks.png'} (tokens and PSNR per block) "
-          f"in {time.perf_counter() - started:.0f} s")
+    print(f"\n{summary}\nwrote {args.out / 'blocks.png'} (tokens and PSNR per block)")
+
+    targets = parse_targets(DEFAULT_TARGETS, c.tokens_per_block)
+    if target not in targets:
+        targets.insert(0, target)
+    baselines = [from_pretrained(b).eval() for b in args.baseline]
+    report = build_report(model, [args.video], targets, baselines, [Path(b).name for b in args.baseline],
+                          selected=target)
+    page = write_report_html(report, args.out / "report.html")
+    print(f"wrote the report in {time.perf_counter() - started:.0f} s; open it in a browser:\n{page.resolve()}")
     return 0
 
 

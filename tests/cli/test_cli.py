@@ -25,7 +25,7 @@ def model_dir(trained_micro, tmp_path_factory):
 def test_help_lists_the_commands():
     result = cli("--help")
     assert result.returncode == 0
-    for command in ("encode", "decode", "reconstruct", "train", "convert-official"):
+    for command in ("encode", "decode", "reconstruct", "report", "train", "convert-official"):
         assert command in result.stdout
     assert "--threshold" in cli("encode", "--help").stdout
 

@@ -181,9 +181,22 @@ def _eval(args: argparse.Namespace) -> None:
     print("wrote " + ", ".join(str(f) for f in files))
 
 
+def _report(args: argparse.Namespace) -> None:
+    from ..evaluation.report import make_report
+    from .parsers import DEFAULT_THRESHOLD
+
+    model = _load_model(args).eval()
+    baselines = [_load_model(args, b).eval() for b in args.baseline]
+    with _autocast(args, model):
+        print(make_report(model, args.inputs, args.output, args.thresholds, baselines,
+                          baseline_names=[Path(b).name for b in args.baseline], fractions=args.fractions,
+                          search=args.search, window=args.window, progress=not args.no_progress,
+                          selected=DEFAULT_THRESHOLD))
+
+
 COMMANDS = {
     "encode": _encode, "decode": _decode, "reconstruct": _reconstruct, "tokenize-corpus": _tokenize_corpus,
-    "eval": _eval, "data shard": _data_shard, "train-length-head": _train_length_head, "train": _train,
+    "eval": _eval, "report": _report, "data shard": _data_shard, "train-length-head": _train_length_head, "train": _train,
     "convert-official": _convert_official,
 }
 

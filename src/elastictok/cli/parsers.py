@@ -30,6 +30,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 DEFAULT_THRESHOLD = "mse:0.03"  # what the bundled default model meets on most held-out video blocks
+DEFAULT_REPORT_TARGETS = "mse:0.02,mse:0.03,mse:0.05,tokens:all"
 
 
 def _add_target_args(p: argparse.ArgumentParser) -> None:
@@ -112,6 +113,26 @@ def _add_eval(sub, commands: dict) -> None:
     p.set_defaults(func=commands["eval"])
 
 
+def _add_report(sub, commands: dict) -> None:
+    p = sub.add_parser("report", help="one self-contained HTML page to look at a tokenization",
+                       description="Tokenize each INPUT at every target and write one HTML file (media embedded, "
+                                   "no network needed) with the original and reconstruction playing in sync, a "
+                                   "switch between targets, tokens and PSNR per block over time (click to seek) and "
+                                   "a per-block table. With --baseline, also each baseline at the same tokens and "
+                                   "the eval measurement (Fig. 4, rate-distortion, summary table).")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="images and videos")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.html", help="the page to write")
+    p.add_argument("--baseline", nargs="+", default=[], metavar="B", help="fixed-length baseline model directories")
+    p.add_argument("--thresholds", default=DEFAULT_REPORT_TARGETS, metavar="T,T,...",
+                   help="targets to switch between: mse:0.03, psnr:25, ssim:0.9, tokens:N, tokens:all, budget:N "
+                        "(default: %(default)s)")
+    p.add_argument("--fractions", default="0.0625,0.125,0.25,0.375,0.5,0.75,1",
+                   help="with --baseline: fixed token shares measured for the eval plots (default: %(default)s)")
+    p.add_argument("--search", choices=["binary", "full", "batched"], default="binary")
+    _add_model_args(p)
+    p.set_defaults(func=commands["report"])
+
+
 def _add_data(sub, commands: dict) -> None:
     p = sub.add_parser("data", help="dataset tools", description="Dataset tools.")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
@@ -179,6 +200,7 @@ def add_subcommands(parser: argparse.ArgumentParser, commands: dict) -> None:
     _add_reconstruct(sub, commands)
     _add_tokenize_corpus(sub, commands)
     _add_eval(sub, commands)
+    _add_report(sub, commands)
     _add_data(sub, commands)
     _add_train_length_head(sub, commands)
     _add_train(sub, commands)
