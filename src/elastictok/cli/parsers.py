@@ -29,7 +29,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-DEFAULT_THRESHOLD = "mse:0.03"  # what the bundled default model meets on most held-out video blocks
+DEFAULT_THRESHOLD = "mse:0.03"  # 21.2 dB: the bundled model meets it on 36% of held-out video blocks, all tokens elsewhere
 DEFAULT_REPORT_TARGETS = "mse:0.02,mse:0.03,mse:0.05,tokens:all"
 
 
