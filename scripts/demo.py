@@ -58,7 +58,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="bundled model name or directory (default: %(default)s)")
     parser.add_argument("--video", default=str(sample_video()), help="input video (default: the bundled clip)")
-    parser.add_argument("--threshold", default="mse:0.03", help="per-block MSE target (default: %(default)s)")
+    parser.add_argument("--threshold", default="mse:0.05", help="per-block MSE target (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"))
     parser.add_argument("--baseline", nargs="*", default=[], metavar="B",
                         help="fixed-length baseline model directories for the report, e.g. baselines/default-fixed-0.5")
