@@ -212,7 +212,7 @@ MORE_VIDEO_SOURCES: list[Callable[[Path], list[Clip]]] = [
 # ---- --more-video: re-encoding ---------------------------------------------------------------------------
 def shrink(frames: "torch.Tensor") -> "torch.Tensor":
     """(T, H, W, 3) uint8 with its short side at most SHORT_SIDE, then cropped to even sizes (for yuv420p)."""
-    from elastictok.data import resize_short_side
+    from elastictok.media.transforms import resize_short_side
 
     if min(frames.shape[1:3]) > SHORT_SIDE:
         frames = resize_short_side(frames, SHORT_SIDE)
@@ -222,7 +222,7 @@ def shrink(frames: "torch.Tensor") -> "torch.Tensor":
 
 def sequence_frames(folder: Path) -> Iterator["torch.Tensor"]:
     """The PGM frames of a folder in name order, as uint8 RGB (H, W, 3)."""
-    from elastictok.data import read_image
+    from elastictok.media.io import read_image
 
     for path in sorted(folder.glob("*.pgm")):
         yield read_image(path)
@@ -230,7 +230,7 @@ def sequence_frames(folder: Path) -> Iterator["torch.Tensor"]:
 
 def reencode(clip: Clip, dst: Path) -> int:
     """Write ``clip`` to ``dst`` as H.264 (crf CLIP_CRF), shrunk and capped; returns the frames written."""
-    from elastictok.data import VideoReader, VideoWriter
+    from elastictok.media.io import VideoReader, VideoWriter
     import torch
 
     if clip.source.is_dir():
@@ -277,7 +277,7 @@ def more_video(train: Path, heldout: Path) -> list[Clip]:
 # ---- provenance ---------------------------------------------------------------------------------------------
 def video_frames(path: Path) -> int:
     """Frames of a video file: from its container when it says, else by decoding it."""
-    from elastictok.data import VideoReader
+    from elastictok.media.io import VideoReader
 
     reader = VideoReader(path)
     return reader.info.frames or sum(1 for _ in reader)
