@@ -1,7 +1,8 @@
 """Screenshots of an ``elastictok report`` page for the docs, taken in headless Chromium.
 
     elastictok report src/elastictok/assets/street.mp4 -o outputs/report.html \\
-        --baseline baselines/default-fixed-0.25 baselines/default-fixed-0.5
+        --baseline baselines/default-fixed-0.25 baselines/default-fixed-0.5 baselines/default-full \\
+        --thresholds mse:0.03,mse:0.05,mse:0.08,tokens:all
     python scripts/report_screenshots.py outputs/report.html docs/images
 
 writes docs/images/report.png (the first input, paused at --frame) and, when the page has one,
