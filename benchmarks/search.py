@@ -7,7 +7,7 @@ Rows: fixed length (one encoder and one decoder pass per block at Mmax: the floo
 bisection (the original's strategy), warm-started bisection, K-ary batched search, full search
 (the exact reference), the regression head (with --length-head) and any search added to
 ``SEARCHES`` below. Columns: wall time (best of ``--repeats`` interleaved runs) and its ratio
-to fixed length; forward passes and candidate counts scored per block; the share of blocks whose
+to fixed length; encoder and decoder passes and candidate counts scored per block; the share of blocks whose
 count equals full search's; the share failing the target although some count meets it (full
 search says which); mean tokens per block. ``--lengths`` adds peak memory while streaming the clip
 looped to those lengths with the model's context window.
@@ -71,7 +71,7 @@ def searches(args, model, c) -> dict[str, tuple[object, dict]]:
         from elastictok.tokenization.length_head import LengthHead
         rows["regression"] = (None, dict(search="regression", length_head=LengthHead.load(args.length_head, model)))
     for name in LIBRARY_SEARCHES:  # searches added to the library after this benchmark was written
-        if name not in ("binary", "full", "batched", "regression"):
+        if name not in ("auto", "binary", "bracket", "full", "batched", "regression"):
             rows[name] = (None, dict(search=name))
     return rows
 
@@ -115,14 +115,14 @@ def main() -> None:
     full = results["full"]
     reachable = target.meets(full.scores)
     print(f"{int((~reachable).sum())} of {n} blocks miss the target at every count (not counted as failures)\n")
-    print(f"{'search':<24} {'wall s':>7} {'x fixed':>8} {'passes/blk':>10} {'evals/blk':>9} {'= full':>7} "
+    print(f"{'search':<24} {'wall s':>7} {'x fixed':>8} {'enc/blk':>7} {'dec/blk':>7} {'evals/blk':>9} {'= full':>7} "
           f"{'fail':>6} {'tokens':>7}")
     for name, result in results.items():
         fixed = name == "fixed length"
         agree = "" if fixed else f"{100 * (result.counts == full.counts).float().mean():.0f}%"
         fail = "" if fixed else f"{100 * (reachable & ~target.meets(result.scores)).float().mean():.0f}%"
         print(f"{name:<24} {seconds[name]:>7.3f} {seconds[name] / seconds['fixed length']:>8.2f} "
-              f"{result.passes / n:>10.2f} {result.evaluations / n:>9.2f} {agree:>7} {fail:>6} "
+              f"{result.encoder_passes / n:>7.2f} {result.passes / n:>7.2f} {result.evaluations / n:>9.2f} {agree:>7} {fail:>6} "
               f"{result.counts.float().mean():>7.1f}")
 
     if args.lengths:

@@ -8,23 +8,49 @@ from pathlib import Path
 
 
 class atomic_path:
-    """Context manager yielding a temporary path next to ``target``; renamed onto it on success."""
+    """Context manager yielding a temporary path next to ``target``; renamed onto it on success.
+
+    On failure (an exception inside, or a rename that fails, e.g. onto a folder) the temporary file
+    and any folder created for it are removed: nothing is left behind.
+    """
 
     def __init__(self, target: str | os.PathLike):
         self.target = Path(target)
 
     def __enter__(self) -> Path:
+        parent = self.target.parent.absolute()
+        self.created = []  # folders made here, deepest first
+        while not parent.exists():
+            self.created.append(parent)
+            parent = parent.parent
         self.target.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=self.target.parent)
+        try:
+            fd, name = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=self.target.parent)
+        except OSError:
+            self._remove_created()
+            raise
         os.close(fd)
         self.tmp = Path(name)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
-            os.replace(self.tmp, self.target)
-        else:
-            self.tmp.unlink(missing_ok=True)
+            try:
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
+                os.replace(self.tmp, self.target)
+                return
+            except OSError:
+                self.tmp.unlink(missing_ok=True)
+                self._remove_created()
+                raise
+        self.tmp.unlink(missing_ok=True)
+        self._remove_created()
+
+    def _remove_created(self) -> None:
+        for folder in self.created:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: something else was written there
+                break
