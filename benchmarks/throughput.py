@@ -2,7 +2,7 @@
 
     python benchmarks/throughput.py [--folder DIR] [--copies 4] [--workers 1 2 4] [--threshold mse:0.03]
 
-Each worker gets cores // workers torch threads (``elastictok.workers.threads_per_worker``), so
+Each worker gets cores // workers torch threads (``elastictok.tokenization.workers.threads_per_worker``), so
 the total never exceeds the cores. Without --folder, the bundled clip is copied ``--copies`` times
 into a temporary folder. Start-up (spawning workers, loading the model) is reported apart from the
 tokenizing time that the rate is computed from.
@@ -16,10 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from elastictok.data import list_media
-from elastictok.pretrained import sample_video
-from elastictok.targets import Target
-from elastictok.workers import TokenizerPool, available_cores
+from elastictok.media.io import list_media
+from elastictok.models.pretrained import sample_video
+from elastictok.tokenization.targets import parse_target
+from elastictok.tokenization.workers import TokenizerPool, available_cores
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
             files = list_media([args.folder])
         else:
             files = [shutil.copy(sample_video(), Path(scratch) / f"clip{i}.mp4") for i in range(args.copies)]
-        target = Target.parse(args.threshold)
+        target = parse_target(args.threshold)
         print(f"{len(files)} files, model {args.model}, target {args.threshold}, search {args.search}, {cores} cores")
         print(f"{'workers':>7} {'threads each':>12} {'start-up s':>10} {'blocks':>7} {'seconds':>8} {'blocks/s':>9}")
         for workers in counts:

@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 from elastictok import ElasticTok, ElasticTokConfig, ElasticTokError
-from elastictok.targets import Target
-from elastictok.workers import TokenizerPool, threads_per_worker
+from elastictok.tokenization.targets import TokenCount
+from elastictok.tokenization.workers import TokenizerPool, threads_per_worker
 
 
 def test_threads_per_worker_never_exceeds_the_cores():
@@ -30,7 +30,7 @@ def test_pool_tokenizes_in_order_and_reports_bad_files(tmp_path, workers):
     (tmp_path / "bad.png").write_bytes(b"not a png")
     files = [tmp_path / "img0.png", tmp_path / "bad.png", tmp_path / "img1.png", tmp_path / "img2.png"]
     threads = torch.get_num_threads()
-    with TokenizerPool(model_dir, workers, cores=2, target=Target(tokens=4)) as pool:
+    with TokenizerPool(model_dir, workers, cores=2, target=TokenCount(4)) as pool:
         assert pool.threads == 2 // workers
         results = list(pool.map(files))
     assert torch.get_num_threads() == threads  # an in-process pool restores the caller's threads

@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from .errors import ElasticTokError
+from ..errors import ElasticTokError
 
 
 def available_cores() -> int:
@@ -39,14 +39,14 @@ _worker: dict = {}  # per worker process: the model and the tokenize() keywords
 
 
 def _start_worker(model, threads: int, kwargs: dict) -> None:
-    from .model import ElasticTok
+    from ..models.registry import from_pretrained
 
     torch.set_num_threads(threads)
     try:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # already set in this process
         pass
-    _worker["model"] = (ElasticTok.from_pretrained(model) if isinstance(model, (str, os.PathLike)) else model).eval()
+    _worker["model"] = (from_pretrained(model) if isinstance(model, (str, os.PathLike)) else model).eval()
     _worker["kwargs"] = kwargs
 
 
