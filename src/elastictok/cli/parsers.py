@@ -95,8 +95,9 @@ def _add_tokenize_corpus(sub, commands: dict) -> None:
 
 def _add_eval(sub, commands: dict) -> None:
     p = sub.add_parser("eval", help="fewer tokens at equal quality? elastic model vs fixed-length baseline",
-                       description="Compare an ElasticTok model (adaptive) with a fixed-length baseline of the same "
-                                   "architecture on the same inputs: the paper's Fig. 4, the token saving, "
+                       description="Compare a model (adaptive) with fixed-length baselines of the same tokens per "
+                                   "block on the same inputs; either side may be ElasticTok or FlexTok (the family "
+                                   "comes from each model's config.json): the paper's Fig. 4, the token saving, "
                                    "rate-distortion and tokens over time. Writes OUT/report.json and plots.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="held-out images and videos")
     p.add_argument("--baseline", required=True, nargs="+", metavar="B",

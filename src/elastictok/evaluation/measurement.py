@@ -90,7 +90,8 @@ def evaluate_models(model, baselines: list, inputs: list[str], thresholds: list[
     if not baselines:
         raise ElasticTokError("eval needs at least one fixed-length baseline")
     if any(b.config.tokens_per_block != c.tokens_per_block for b in baselines):
-        raise ElasticTokError("model and baselines must have the same tokens per block")
+        raise ElasticTokError(f"model and baselines must have the same tokens per block ({c.tokens_per_block} vs "
+                              f"{', '.join(str(b.config.tokens_per_block) for b in baselines)})")
     for target in thresholds:
         if not isinstance(target, Threshold) or not isinstance(target.metric, str):
             raise ElasticTokError("eval thresholds are metric:value pairs such as mse:0.003")
@@ -116,7 +117,8 @@ def evaluate_models(model, baselines: list, inputs: list[str], thresholds: list[
     baseline_curve = [_best_of([curve[i] for curve in per_baseline.values()]) for i in range(len(lengths))]
     report: dict = {"tokens_per_block": m, "min_tokens": c.min_tokens, "inputs": inputs,
                     "blocks": None, "thresholds": {}, "baseline_fixed": baseline_curve, "baselines": per_baseline,
-                    "elastic_fixed": elastic_fixed_curve, "tokens_over_time": {}}
+                    "elastic_fixed": elastic_fixed_curve, "tokens_over_time": {}, "model_family": model.family,
+                    "baseline_families": {name: b.family for name, b in zip(names, baselines)}}
     for target in thresholds:
         encodings = [model.tokenize(path, target, search=search, window=window) for path in inputs]
         scores = [score_blocks(model, e, p, window) for e, p in zip(encodings, inputs)]
@@ -162,15 +164,26 @@ def _name(target: Threshold) -> str:
     return f"{target.metric}:{target.value:g}"
 
 
+FAMILY_LABELS = {"elastictok": "ElasticTok", "flextok": "FlexTok"}
+
+
+def _model_label(report: dict) -> str:
+    """The evaluated model's family as the tables and plots name it (reports before families: ElasticTok)."""
+    family = report.get("model_family", "elastictok")
+    return FAMILY_LABELS.get(family, family)
+
+
 def summary_table(report: dict) -> str:
     """The per-threshold results as a Markdown table (printed by the CLI, saved as summary.md)."""
+    model = _model_label(report)
+
     def pct(value: float | None) -> str:
         return "never" if value is None else f"{100 * value:.1f}%"
 
     lines = [f"{report['blocks']} blocks, {report['tokens_per_block']} tokens per block",
              "",
-             "| threshold | ElasticTok tokens | blocks meeting | baseline tokens at equal share | token saving "
-             "| saving vs ElasticTok at fixed lengths | ElasticTok PSNR / SSIM |",
+             f"| threshold | {model} tokens | blocks meeting | baseline tokens at equal share | token saving "
+             f"| saving vs {model} at fixed lengths | {model} PSNR / SSIM |",
              "|---|---|---|---|---|---|---|"]
     for name, row in report["thresholds"].items():
         if row["elastic_share_meeting"] == 0:
@@ -219,7 +232,7 @@ def _plot_fig4(report: dict, path: Path) -> Path:
         ys = [p["share_meeting"][name] for p in report["baseline_fixed"]]
         ax.plot(xs, ys, "o--", color=colour, alpha=0.7, label=f"{baseline}, {name}")
         ax.plot([row["elastic_tokens_fraction"]], [row["elastic_share_meeting"]], "*", color=colour, markersize=14,
-                label=f"ElasticTok adaptive, {name}")
+                label=f"{_model_label(report)} adaptive, {name}")
     ax.set_xlabel("share of tokens used")
     ax.set_ylabel("share of blocks meeting the threshold")
     ax.set_xlim(0, 1.02)
@@ -237,11 +250,11 @@ def _plot_rate_distortion(report: dict, path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
     for ax, metric in zip(axes, ("psnr", "ssim")):
         for key, label, style in (("baseline_fixed", "fixed-length baseline", "o--"),
-                                  ("elastic_fixed", "ElasticTok, fixed length", "s-")):
+                                  ("elastic_fixed", f"{_model_label(report)}, fixed length", "s-")):
             ax.plot([p["tokens_per_block"] for p in report[key]], [p[metric] for p in report[key]], style, label=label)
         xs = [row["elastic_tokens_fraction"] * report["tokens_per_block"] for row in report["thresholds"].values()]
         ys = [row[f"elastic_{metric}"] for row in report["thresholds"].values()]
-        ax.plot(xs, ys, "*", markersize=12, label="ElasticTok adaptive (one per threshold)")
+        ax.plot(xs, ys, "*", markersize=12, label=f"{_model_label(report)} adaptive (one per threshold)")
         ax.set_xlabel("tokens per block")
         ax.set_ylabel(metric.upper())
         ax.grid(alpha=0.3)

@@ -1,7 +1,9 @@
 """Model families by name, and loading any saved model with the class its ``config.json`` names.
 
-A new family registers here: import its class and add it to ``FAMILIES``. Directories saved
-before families existed have no ``family`` key and load as ElasticTok.
+A new family registers here: its model class in ``FAMILIES``, its config class and presets in
+``CONFIGS`` and ``PRESETS`` (preset names are unique across families, so a training config's
+``model: flextok-tiny`` picks FlexTok). Directories saved before families existed have no
+``family`` key and load as ElasticTok.
 """
 
 from __future__ import annotations
@@ -12,11 +14,40 @@ import os
 import torch
 
 from ..errors import ElasticTokError
+from .elastictok.config import PRESETS as ELASTICTOK_PRESETS
+from .elastictok.config import ElasticTokConfig
 from .elastictok.model import CONFIG_NAME, ElasticTok
+from .flextok.config import PRESETS as FLEXTOK_PRESETS
+from .flextok.config import FlexTokConfig
+from .flextok.model import FlexTok
 from .pretrained import resolve_model_path
 
-FAMILIES: dict[str, type] = {ElasticTok.family: ElasticTok}
+FAMILIES: dict[str, type] = {ElasticTok.family: ElasticTok, FlexTok.family: FlexTok}
+CONFIGS: dict[str, type] = {ElasticTok.family: ElasticTokConfig, FlexTok.family: FlexTokConfig}
+PRESETS: dict[str, dict] = {ElasticTok.family: ELASTICTOK_PRESETS, FlexTok.family: FLEXTOK_PRESETS}
 DEFAULT_FAMILY = ElasticTok.family
+
+
+def family_of_preset(preset: str) -> str:
+    """The family whose presets include ``preset``."""
+    for family, presets in PRESETS.items():
+        if preset in presets:
+            return family
+    known = ", ".join(name for presets in PRESETS.values() for name in presets)
+    raise ElasticTokError(f"unknown preset {preset!r}; choose from {known}")
+
+
+def config_from_preset(preset: str, **overrides):
+    """The config of any family's preset, with overrides."""
+    return CONFIGS[family_of_preset(preset)].from_preset(preset, **overrides)
+
+
+def model_class_for(config) -> type:
+    """The model class that takes ``config`` (an instance of a registered config class)."""
+    for family, config_class in CONFIGS.items():
+        if isinstance(config, config_class):
+            return FAMILIES[family]
+    raise ElasticTokError(f"no registered model family takes a {type(config).__name__}")
 
 
 def family_of(name_or_path: str | os.PathLike) -> str:

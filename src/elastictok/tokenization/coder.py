@@ -27,11 +27,12 @@ class Trial:
     recon: Tensor  # (R, fpb, 3, H, W)
     enc_kv: KVCache
     dec_kv: KVCache
+    counts: Tensor | None = None  # (R,) the counts tried, for coders that commit from them (FlexTok)
 
     def rows(self, index: Tensor) -> "Trial":
         pick = lambda kv: [(k[index], v[index]) for k, v in kv]  # noqa: E731
         return Trial(self.z[index], None if self.indices is None else self.indices[index], self.recon[index],
-                     pick(self.enc_kv), pick(self.dec_kv))
+                     pick(self.enc_kv), pick(self.dec_kv), None if self.counts is None else self.counts[index])
 
     def kept_tokens(self, row: int, n: int) -> Tensor:
         """Row ``row``'s first ``n`` tokens as stored: code indices, or float latents."""
@@ -46,7 +47,8 @@ def stack_trials(trials: list[Trial]) -> Trial:
                           for layer in range(len(kvs[0]))]
     return Trial(torch.cat([t.z for t in trials]),
                  None if trials[0].indices is None else torch.cat([t.indices for t in trials]),
-                 torch.cat([t.recon for t in trials]), cat_kv([t.enc_kv for t in trials]), cat_kv([t.dec_kv for t in trials]))
+                 torch.cat([t.recon for t in trials]), cat_kv([t.enc_kv for t in trials]), cat_kv([t.dec_kv for t in trials]),
+                 None if trials[0].counts is None else torch.cat([t.counts for t in trials]))
 
 
 def trim_cache(cache: KVCache, window: int | None, block_size: int) -> KVCache:

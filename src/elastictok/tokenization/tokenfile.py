@@ -11,7 +11,8 @@ Header (safetensors string metadata):
   model's config: decoding with another model is refused), ``max_tokens``, ``codebook_size`` (FSQ;
   0 for VAE), ``metric``, ``fps`` ("" for images), ``height``/``width`` (original size), ``frames``
   (real frames; the last block may be padding past them), ``is_image``, ``source``, and
-  ``counts``/``scores`` again as JSON lists so that tools can read them without tensors.
+  ``counts``/``scores`` again as JSON lists so that tools can read them without tensors, and
+  ``family`` (the model family, e.g. "flextok"; files without it were made by ElasticTok).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class TokenizedVideo:
     passes: int = 0  # encoder+decoder forward passes over the batch this input was tokenized in
     evaluations: int = 0  # candidate counts scored (block encodes+decodes) for this input
     seconds: float = 0.0
+    family: str = "elastictok"  # the model family that made the tokens
 
     @property
     def n_blocks(self) -> int:
@@ -82,6 +84,7 @@ def etok_bytes(encoded: TokenizedVideo, codebook_size: int) -> bytes:
         "width": str(info.size[1]), "frames": str(info.frames), "is_image": str(int(info.is_image)),
         "source": info.source, "counts": json.dumps(encoded.counts.tolist()),
         "scores": json.dumps([None if math.isnan(s) else s for s in encoded.scores.tolist()]),
+        "family": encoded.family,
     }
     return save({"counts": encoded.counts.to(torch.int32).contiguous(), "scores": encoded.scores.float().contiguous(),
                  "tokens": tokens.contiguous()}, metadata=header)
@@ -138,6 +141,7 @@ def _validate(path: Path, header: dict[str, str], tensors: dict[str, torch.Tenso
         is_image = header["is_image"] == "1"
         listed_counts = json.loads(header["counts"])
         names = (header["model_name"], header["config_hash"], header["metric"], header["source"])
+        family = header.get("family", "elastictok")
     except (KeyError, ValueError, TypeError) as exc:
         fail(f"bad or missing header field ({exc})")
     counts, scores, tokens = tensors["counts"], tensors["scores"], tensors["tokens"]
@@ -166,4 +170,5 @@ def _validate(path: Path, header: dict[str, str], tensors: dict[str, torch.Tenso
         fail("bad frames, size or fps")
     info = MediaInfo(names[3], fps, (height, width), frames, is_image)
     return TokenizedVideo(counts=counts.long(), tokens=tokens.long() if codebook > 0 else tokens, scores=scores,
-                          metric=names[2], info=info, model_name=names[0], config_hash=names[1], max_tokens=max_tokens)
+                          metric=names[2], info=info, model_name=names[0], config_hash=names[1], max_tokens=max_tokens,
+                          family=family)

@@ -31,10 +31,18 @@ from ..models.base import provide_tokenization
 from ..utils.blocks import image_as_block, pad_to_blocks, trim_padding
 from ..utils.runtime import module_device
 from .coder import BlockCoder, Trial, decode_blocks, stack_trials
+from .flex_coder import FlexBlockCoder, decode_flex_blocks
 from .options import TokenizeOptions
 from .search import make_search
 from .targets import MSE_SCORE, Budget, Target, Threshold, TokenCount, as_target
 from .tokenfile import TokenizedVideo, read_etok
+
+# family -> (block coder, batched block decoder); a family not listed uses ElasticTok's.
+CODERS: dict[str, tuple[type, Callable]] = {"flextok": (FlexBlockCoder, decode_flex_blocks)}
+
+
+def _coder(model) -> tuple[type, Callable]:
+    return CODERS.get(getattr(model, "family", ""), (BlockCoder, decode_blocks))
 
 
 @dataclass
@@ -49,7 +57,7 @@ class _Stream:
         return TokenizedVideo(counts=torch.tensor(self.counts), tokens=torch.cat(self.tokens),
                               scores=torch.tensor(self.scores), metric=metric, info=self.info, model_name=c.name,
                               config_hash=c.fingerprint(), max_tokens=c.tokens_per_block, passes=coder.passes,
-                              evaluations=coder.evaluations // streams, seconds=seconds)
+                              evaluations=coder.evaluations // streams, seconds=seconds, family=model.family)
 
 
 class Tokenizer:
@@ -76,7 +84,7 @@ class Tokenizer:
         """``blocks`` yields float blocks (B, fpb, 3, H, W) in [-1, 1], one stream per batch row."""
         started = time.perf_counter()
         streams = [_Stream(info) for info in infos]
-        coder = BlockCoder(self.model, len(streams), self.window)
+        coder = _coder(self.model)[0](self.model, len(streams), self.window)
         previous: Tensor | None = None
         bar = tqdm(blocks, total=total, desc="tokenize", unit="block", disable=not self.options.progress)
         for block in bar:
@@ -273,6 +281,9 @@ def _tokenize_to_budget(model, inputs, target: Budget, options: TokenizeOptions)
 # ---- decoding ----------------------------------------------------------------------------------------------
 def check_compatible(model, encoded: TokenizedVideo) -> None:
     c = model.config
+    if encoded.family != model.family:
+        raise ElasticTokError(f"these tokens were made by a {encoded.family} model; {c.name!r} is a {model.family} "
+                              "model: decode with the model that made them")
     if encoded.config_hash != c.fingerprint():
         raise ElasticTokError(f"these tokens were made by model {encoded.model_name!r} (config {encoded.config_hash}), "
                               f"not by this model {c.name!r} (config {c.fingerprint()}); decode with the same model")
@@ -284,7 +295,7 @@ def iter_decode(model, encoded: TokenizedVideo, window: int | None | str = "mode
     """Decode block by block with cached context; yields (fpb, 3, H, W) float blocks in [-1, 1]."""
     check_compatible(model, encoded)
     window = TokenizeOptions(window=window).resolve_window(model)
-    for blocks in decode_blocks(model, [encoded.block_tokens()], window):
+    for blocks in _coder(model)[1](model, [encoded.block_tokens()], window):
         yield blocks[0]
 
 
@@ -309,7 +320,7 @@ def detokenize(model, encoded, window: int | None | str = "model"):
     videos: list[Tensor | None] = [None] * len(items)
     for n_blocks in sorted({item.n_blocks for item in items}):
         group = [i for i, item in enumerate(items) if item.n_blocks == n_blocks]
-        blocks = list(decode_blocks(model, [items[i].block_tokens() for i in group], window))
+        blocks = list(_coder(model)[1](model, [items[i].block_tokens() for i in group], window))
         decoded = torch.cat(blocks, dim=1)  # (B, T, 3, H, W)
         for row, i in enumerate(group):
             videos[i] = _restore(decoded[row], items[i])

@@ -27,8 +27,7 @@ from tqdm import tqdm
 
 from ..errors import ElasticTokError
 from ..metrics.quality import psnr, psnr_from_mse
-from ..models.elastictok.config import ElasticTokConfig
-from ..models.elastictok.model import ElasticTok
+from ..models.registry import config_from_preset, model_class_for
 from ..utils.fileio import atomic_path
 from ..utils.seeds import stable_seed
 from .checkpoint import Checkpoint, FileCheckpoint, TrainState, checkpoint_for
@@ -57,7 +56,7 @@ class TrainConfig:
     n_blocks: int = 1  # context length in blocks for video clips
     image_fraction: float = 0.5  # share of batches made of images
     fps: float | None = None  # resample training videos to this rate (None: as recorded)
-    mask: str = "elastic"  # elastic | elastic+full | full | fixed:<fraction>
+    mask: str = "elastic"  # elastic (FlexTok: its nested_dropout) | elastic+full | full | fixed:<fraction>
     mask_lengths: int = 1  # kept lengths decoded per sample and step (one encoder pass when it is unconditioned)
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
@@ -99,9 +98,9 @@ class TrainConfig:
             data["betas"] = tuple(data["betas"])
         return cls(**data)
 
-    def model_config(self) -> ElasticTokConfig:
-        """The preset with overrides; unless overridden, its inference window is the context trained on."""
-        return ElasticTokConfig.from_preset(self.model, **{"window": max(1, self.n_blocks - 1), **self.model_overrides})
+    def model_config(self) -> Any:
+        """The preset (of any family) with overrides; unless overridden, its inference window is the context trained on."""
+        return config_from_preset(self.model, **{"window": max(1, self.n_blocks - 1), **self.model_overrides})
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -122,7 +121,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
 
 
-def load_init_weights(model: ElasticTok, source: str) -> None:
+def load_init_weights(model: torch.nn.Module, source: str) -> None:
     """Progressive training: start from another run's checkpoint or a ``save_pretrained`` directory."""
     path = Path(source)
     checkpoint = FileCheckpoint(path / "checkpoints" / "last.pt")
@@ -130,11 +129,11 @@ def load_init_weights(model: ElasticTok, source: str) -> None:
         state = checkpoint.read()
         model.load_state_dict(state["ema"] or state["model"])
     else:
-        model.load_state_dict(ElasticTok.from_pretrained(path).state_dict())
+        model.load_state_dict(type(model).from_pretrained(path).state_dict())
 
 
 @torch.no_grad()
-def evaluate(model: ElasticTok, samples: list[torch.Tensor], fractions: list[float], device: torch.device,
+def evaluate(model: torch.nn.Module, samples: list[torch.Tensor], fractions: list[float], device: torch.device,
              bf16: bool, batch_size: int = 16) -> dict[float, float]:
     """Mean PSNR over held-out samples at each keep fraction of Mmax (clamped to [Mmin, Mmax])."""
     bare = getattr(model, "module", model)  # a DDP wrapper keeps the model in .module
@@ -149,7 +148,10 @@ def evaluate(model: ElasticTok, samples: list[torch.Tensor], fractions: list[flo
 
 @contextlib.contextmanager
 def _whole_sequences(model) -> Iterator[None]:
-    """Run a sequence-parallel model on whole samples on every rank for a while."""
+    """Run a sequence-parallel model on whole samples on every rank for a while (no-op for a family without it)."""
+    if not hasattr(model, "sequence_group"):
+        yield
+        return
     saved, model.sequence_group = model.sequence_group, None
     try:
         yield
@@ -220,11 +222,14 @@ def _check_layout(cfg: TrainConfig, world: World) -> None:
 def _build_state(cfg: TrainConfig, world: World, device: torch.device, init_from: str | None) -> TrainState:
     """Model (the same initial weights on every rank), its distributed form, optimiser, schedule and EMA."""
     torch.manual_seed(cfg.seed)
-    model = ElasticTok(cfg.model_config()).to(device)
+    config = cfg.model_config()
+    model = model_class_for(config)(config).to(device)
     if init_from:
         load_init_weights(model, init_from)
     net = wrap(model, cfg.distributed, cfg.bf16, device) if world.distributed else model
     if cfg.sequence_parallel:
+        if not hasattr(model, "sequence_group"):
+            raise ElasticTokError(f"sequence_parallel is not supported by the {model.family} family")
         model.sequence_group = dist.group.WORLD
     optimizer = build_optimizer(net, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
@@ -235,7 +240,7 @@ def _build_state(cfg: TrainConfig, world: World, device: torch.device, init_from
     return TrainState(model=model, net=net, optimizer=optimizer, scheduler=scheduler, ema=ema, world=world, cfg=cfg)
 
 
-def _training_data(cfg: TrainConfig, c: ElasticTokConfig, world: World, start_step: int) -> TrainingData:
+def _training_data(cfg: TrainConfig, c: Any, world: World, start_step: int) -> TrainingData:
     """WebDataset shards (every rank streams its own slice) or a folder of media in memory (every rank
     makes the global batch and takes its rows); both resume at batch ``start_step * grad_accum``."""
     shards = list_shards(cfg.data)
@@ -357,7 +362,7 @@ def _save_final(state: TrainState, out_dir: Path, run_log: RunLog | None) -> Non
     final = full_state_dict(state.ema.module if state.ema is not None else state.net)
     if run_log:
         run_log.close()
-        trained = ElasticTok(state.model.config)
+        trained = type(state.model)(state.model.config)
         trained.load_state_dict(final)
         trained.save_pretrained(out_dir / "model")
 
@@ -367,6 +372,17 @@ def _lpips(cfg: TrainConfig, device: torch.device):
         return None
     from ..metrics.perceptual import LPIPS
     return LPIPS.from_file(cfg.lpips_weights).to(device)
+
+
+def _keep_sampler(cfg: TrainConfig, model: torch.nn.Module):
+    """Kept tokens per block for each step: the mask mode, or a family's own nested dropout for ``elastic``."""
+    c = model.config
+    if hasattr(model, "nested_dropout"):  # FlexTok: one kept prefix per sample and block
+        if cfg.mask_lengths != 1:
+            raise ElasticTokError("mask_lengths > 1 is an ElasticTok option; FlexTok keeps one length per sample")
+        if cfg.mask == "elastic":
+            return model.nested_dropout
+    return KeepSampler(cfg.mask, c.min_tokens, c.tokens_per_block, cfg.mask_lengths)
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
@@ -391,8 +407,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     run_log = RunLog(out_dir, state.step) if world.main else None
     if world.main:
         (out_dir / "train_config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
-    _run(state, data, KeepSampler(cfg.mask, c.min_tokens, c.tokens_per_block, cfg.mask_lengths), lpips, device, eval_samples,
-         run_log, out_dir, checkpoint)
+    _run(state, data, _keep_sampler(cfg, state.model), lpips, device, eval_samples, run_log, out_dir, checkpoint)
     _save_final(state, out_dir, run_log)
     return out_dir
 

@@ -1,0 +1,181 @@
+"""FlexTok configuration: one dataclass, named presets, validation, derived sizes.
+
+Mirrors ``ElasticTokConfig`` so the trainer, the keep-count masks and the search read the same
+names (``resolution``, ``frames_per_block``, ``tokens_per_block``, ``min_tokens``, ``window``,
+``fingerprint()``); ``family`` tells the two apart in a saved ``config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ...errors import ElasticTokError
+
+FAMILY = "flextok"
+MAX_CODEBOOK = 2**18  # codes per token; larger codebooks make the tokens hard to model downstream
+NESTED_DROPOUT_MODES = ("pow2", "uniform", "mix")
+PREDICTIONS = ("x0", "v")
+INPUT_STAGES = ("pixels",)
+
+
+@dataclass
+class FlexTokConfig:
+    """Everything that fixes a FlexTok model's shape, training objective and default sampler."""
+
+    family: str = FAMILY  # model family written to config.json; always "flextok" here
+    resolution: tuple[int, int] = (64, 64)  # (H, W) of every frame
+    frames_per_block: int = 4  # frames per time step; each block gets its own registers
+    patch_size: tuple[int, int, int] = (2, 8, 8)  # (Tp, Hp, Wp) of the input stage's grid
+    input_stage: str = "pixels"  # what the flow runs on; "pixels" is the identity stage
+    registers: int = 32  # R: register tokens per block, the most tokens a block can keep
+    width: int = 256
+    encoder_depth: int = 4
+    decoder_depth: int = 4
+    num_heads: int = 4
+    mlp_width: int = 512
+    rope_theta: float = 1e4  # 1-D RoPE over the flat token index
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+    fsq_levels: tuple[int, ...] = (8, 8, 8, 5, 5, 5)  # 64,000 codes per token
+    nested_dropout: Literal["pow2", "uniform", "mix"] = "mix"  # how training draws k per block
+    min_tokens: int = 1  # the fewest tokens the search may keep per block
+    cfg_dropout: float = 0.1  # share of (sample, block) pairs trained with the null condition
+    prediction: Literal["x0", "v"] = "x0"  # what the decoder outputs; the loss is on velocity either way
+    # Training t = sigmoid(N(time_mean, time_std^2)), t = 1 pure noise. Leaning to high noise, as pixel-space
+    # flows do (JiT, Li & He 2025, use the mirror of this, P_mean = -0.8), also trains the one-step estimate.
+    time_mean: float = 0.8
+    time_std: float = 1.0
+    t_min: float = 0.05  # x0 prediction: the velocity error's 1/t weight is capped at 1/t_min
+    context_noise: float = 0.05  # training noises the previous blocks' clean frames by up to this t
+    steps: int = 25  # default Euler steps of decode()
+    guidance: float = 1.5  # default classifier-free guidance scale (1: none)
+    # Context blocks kept in the KV caches when streaming (None: all); the trainer sets n_blocks - 1.
+    window: int | None = 16
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        # JSON round trips turn tuples into lists; normalise them back.
+        self.resolution = tuple(int(v) for v in self.resolution)
+        self.patch_size = tuple(int(v) for v in self.patch_size)
+        self.fsq_levels = tuple(int(v) for v in self.fsq_levels)
+        self.validate()
+
+    # ---- derived -------------------------------------------------------------
+    @property
+    def tokens_per_block(self) -> int:
+        """The most tokens a block can keep: its registers."""
+        return self.registers
+
+    @property
+    def patches_per_block(self) -> int:
+        tp, hp, wp = self.patch_size
+        h, w = self.resolution
+        return (self.frames_per_block // tp) * (h // hp) * (w // wp)
+
+    @property
+    def block_size(self) -> int:
+        """Tokens of one block inside the transformers: its patches, then its registers."""
+        return self.patches_per_block + self.registers
+
+    @property
+    def patch_dim(self) -> int:
+        tp, hp, wp = self.patch_size
+        return tp * hp * wp * 3
+
+    @property
+    def latent_dim(self) -> int:
+        return len(self.fsq_levels)
+
+    @property
+    def codebook_size(self) -> int:
+        return math.prod(self.fsq_levels)
+
+    @property
+    def bottleneck(self) -> str:
+        return "fsq"
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.num_heads
+
+    def validate(self) -> None:
+        tp, hp, wp = self.patch_size
+        h, w = self.resolution
+        problems = []
+        if self.family != FAMILY:
+            problems.append(f"family must be {FAMILY!r}, got {self.family!r}")
+        if self.frames_per_block % tp:
+            problems.append(f"frames_per_block {self.frames_per_block} is not divisible by Tp={tp}")
+        if h % hp or w % wp:
+            problems.append(f"resolution {h}x{w} is not divisible by the patch {hp}x{wp}")
+        if self.input_stage not in INPUT_STAGES:
+            problems.append(f"input_stage must be one of {INPUT_STAGES}, got {self.input_stage!r}")
+        if self.width % self.num_heads or self.head_dim % 2:
+            problems.append(f"width {self.width} must split into {self.num_heads} heads of even size")
+        if self.registers < 1:
+            problems.append(f"registers must be at least 1, got {self.registers}")
+        if any(level < 2 for level in self.fsq_levels):
+            problems.append(f"fsq_levels must all be >= 2, got {self.fsq_levels}")
+        elif self.codebook_size > MAX_CODEBOOK:
+            problems.append(f"fsq_levels {self.fsq_levels} give {self.codebook_size} codes, more than 2^18")
+        if self.nested_dropout not in NESTED_DROPOUT_MODES:
+            problems.append(f"nested_dropout must be one of {NESTED_DROPOUT_MODES}, got {self.nested_dropout!r}")
+        if self.prediction not in PREDICTIONS:
+            problems.append(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
+        if not 1 <= self.min_tokens <= self.registers:
+            problems.append(f"min_tokens {self.min_tokens} must lie in [1, {self.registers}]")
+        if not 0 <= self.cfg_dropout < 1:
+            problems.append(f"cfg_dropout must lie in [0, 1), got {self.cfg_dropout}")
+        if not 0 < self.t_min < 1 or not 0 <= self.context_noise < 1 or self.time_std <= 0:
+            problems.append("t_min must lie in (0, 1), context_noise in [0, 1) and time_std > 0")
+        if self.steps < 1 or self.guidance < 0:
+            problems.append(f"steps must be >= 1 and guidance >= 0, got {self.steps} and {self.guidance}")
+        if self.window is not None and self.window < 1:
+            problems.append(f"window must be at least 1 block or None, got {self.window}")
+        if problems:
+            raise ElasticTokError("invalid FlexTokConfig: " + "; ".join(problems))
+
+    # ---- serialisation --------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FlexTokConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ElasticTokError(f"unknown FlexTokConfig fields: {', '.join(unknown)}")
+        return cls(**data)
+
+    def fingerprint(self) -> str:
+        """Short hash of every field that changes the model's numerics (not its name)."""
+        data = self.to_dict()
+        data.pop("name")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_preset(cls, preset: str, **overrides: Any) -> "FlexTokConfig":
+        if preset not in PRESETS:
+            raise ElasticTokError(f"unknown FlexTok preset {preset!r}; choose from {', '.join(PRESETS)}")
+        return dataclasses.replace(PRESETS[preset], **overrides)
+
+
+PRESETS: dict[str, FlexTokConfig] = {
+    # CPU-trainable: 64x64, 4-frame blocks of 128 pixel patches (2x8x8), 32 registers per block.
+    "flextok-tiny": FlexTokConfig(name="flextok-tiny"),
+    # A GPU-sized model: 128x128, 512 patches and 128 registers per block.
+    "flextok-small": FlexTokConfig(
+        name="flextok-small", resolution=(128, 128), registers=128, width=512, encoder_depth=8,
+        decoder_depth=8, num_heads=8, mlp_width=1536,
+    ),
+    # For unit tests: seconds to build and run (32 patches and 8 registers per 2-frame block).
+    "flextok-micro": FlexTokConfig(
+        name="flextok-micro", resolution=(32, 32), frames_per_block=2, patch_size=(1, 8, 8), registers=8,
+        width=32, encoder_depth=1, decoder_depth=1, num_heads=2, mlp_width=64, fsq_levels=(8, 5, 5, 5),
+    ),
+}
