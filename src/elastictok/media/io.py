@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg"}
+MAX_FPS = 1000.0  # frame rates accepted for resampling and in token files
+MAX_SIDE = 65535  # the largest image or frame side accepted (JPEG's limit)
 
 
 # ---- reading ------------------------------------------------------------------------------------

@@ -289,6 +289,28 @@ def check_compatible(model, encoded: TokenizedVideo) -> None:
                               f"not by this model {c.name!r} (config {c.fingerprint()}); decode with the same model")
     if encoded.tokens.is_floating_point() == (model.codebook_size > 0):
         raise ElasticTokError("token type does not match the model's bottleneck")
+    _check_fields(model, encoded)
+
+
+def _check_fields(model, encoded: TokenizedVideo) -> None:
+    """The token file's max_tokens, codebook, counts, indices and frames against ``model``."""
+    c, codebook = model.config, model.codebook_size
+    if encoded.max_tokens != c.tokens_per_block:
+        raise ElasticTokError(f"the tokens say max_tokens {encoded.max_tokens} per block, but this model has "
+                              f"{c.tokens_per_block}")
+    if encoded.codebook_size is not None and encoded.codebook_size != codebook:
+        raise ElasticTokError(f"the tokens say codebook_size {encoded.codebook_size}, but this model's is {codebook}")
+    counts = encoded.counts
+    if len(counts) and (counts.min() < c.min_tokens or counts.max() > c.tokens_per_block):
+        raise ElasticTokError(f"tokens per block must lie in [Mmin, Mmax] = [{c.min_tokens}, {c.tokens_per_block}], "
+                              f"got [{int(counts.min())}, {int(counts.max())}]")
+    tokens = encoded.tokens
+    if not tokens.is_floating_point() and tokens.numel() and (tokens.min() < 0 or tokens.max() >= codebook):
+        raise ElasticTokError(f"token indices must lie in [0, {codebook})")
+    frames, n, fpb = encoded.info.frames, encoded.n_blocks, c.frames_per_block
+    if not encoded.info.is_image and frames and not (n - 1) * fpb < frames <= n * fpb:
+        raise ElasticTokError(f"the tokens say {frames} frames, but {n} blocks of {fpb} frames hold "
+                              f"{(n - 1) * fpb + 1} to {n * fpb}")
 
 
 def iter_decode(model, encoded: TokenizedVideo, window: int | None | str = "model") -> Iterator[Tensor]:
