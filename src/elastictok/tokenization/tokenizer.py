@@ -60,6 +60,14 @@ class _Stream:
                               evaluations=coder.evaluations // streams, seconds=seconds, family=model.family)
 
 
+def check_token_count(model, target: Target) -> None:
+    """A fixed count outside the model's [Mmin, Mmax] is an error, not a silent clamp."""
+    c = model.config
+    if isinstance(target, TokenCount) and not c.min_tokens <= target.tokens <= c.tokens_per_block:
+        raise ElasticTokError(f"tokens:{target.tokens} is outside this model's range [Mmin, Mmax] = "
+                              f"[{c.min_tokens}, {c.tokens_per_block}]")
+
+
 class Tokenizer:
     """Adaptive tokenization of block streams with one model and one per-block target.
 
@@ -73,6 +81,7 @@ class Tokenizer:
         self.model, self.target = model, as_target(target)
         if isinstance(self.target, Budget):
             raise ElasticTokError("a budget needs the whole input: use tokenize(), not Tokenizer.run()")
+        check_token_count(model, self.target)
         self.options = TokenizeOptions.build(options, **overrides)
         self.window = self.options.resolve_window(model)
         self.on_block, self.feature_sink = on_block, feature_sink
@@ -122,7 +131,7 @@ class Tokenizer:
         c = self.model.config
         lo, hi = c.min_tokens, c.tokens_per_block
         if isinstance(self.target, TokenCount):
-            return torch.full((patches.shape[0],), min(hi, max(lo, self.target.tokens)), dtype=torch.long)
+            return torch.full((patches.shape[0],), self.target.tokens, dtype=torch.long)
         return self.options.length_head.predict(self.model, patches, coder, self.target).clamp(lo, hi)
 
     def _search(self, coder: BlockCoder, block: Tensor, patches: Tensor, previous: Tensor | None
