@@ -33,15 +33,9 @@ from elastictok.media.io import VideoReader, write_video
 from elastictok.models.pretrained import sample_video
 from elastictok.tokenization.tokenfile import etok_bytes, read_etok
 
-# Cases the code does not handle yet (59 on the layered layout; the flat-layout fixes on branch robust-flat
-# pass them all): strict xfail, so a fix shows up as XPASS and must be removed here.
+# Cases the code does not handle yet (none: the 59 the layered layout failed were fixed by porting the
+# flat-layout fixes of branch robust-flat): strict xfail, so a fix shows up as XPASS and must be removed here.
 BROKEN: set[str] = set("""
-zero-byte-mp4 zero-byte-png truncated-mp4 100-byte-mp4 truncated-png garbage-mp4 garbage-png text-as-jpg
-video-named-png 4x4-png txt-suffix decompression-bomb-png directory-named-mp4 directory missing-file
-audio-only-mp4 bomb-in-a-real-process fps-negative-in-a-real-process fps-negative fps-zero fps-nan fps-inf
-fps-12000 fps-not-a-number device-cuda threshold-tokens-999999 tokens-999999 tokens-below-min window-zero
-dtype-fp8 fit-stretch search-unknown missing-output encode-o-existing-file encode-o-under-a-file
-decode-o-under-a-file reconstruct-o-directory multi-input all-inputs-fail same-stem
 """.split())
 
 

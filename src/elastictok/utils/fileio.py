@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from ..errors import ElasticTokError
+
 
 class atomic_path:
     """Context manager yielding a temporary path next to ``target``; renamed onto it on success.
@@ -54,3 +56,23 @@ class atomic_path:
                 folder.rmdir()
             except OSError:  # not empty: something else was written there
                 break
+
+
+def check_output_dir(out_dir: str | os.PathLike) -> None:
+    """An output folder must exist or be creatable below a writable folder (nothing is created here)."""
+    out_dir = Path(out_dir)
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ElasticTokError(f"-o {out_dir}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK):
+        raise ElasticTokError(f"-o {out_dir}: {existing} is not writable")
+
+
+def check_output_file(output: str | os.PathLike) -> None:
+    """An output file must be writable where it is named (nothing is created here)."""
+    output = Path(output)
+    if output.is_dir():
+        raise ElasticTokError(f"-o {output}: is a directory; name a file such as {output / 'out.png'}")
+    check_output_dir(output.parent)
