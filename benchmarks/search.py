@@ -1,13 +1,16 @@
-"""Adaptive search cost on one clip and model: passes, wall time and decisions, plus memory vs length.
+"""Adaptive search cost against a fixed-length encode, every search side by side in one process.
 
-    python benchmarks/search.py --model runs/tiny/model --input data/corpus/heldout/tree.avi \
-        --threshold mse:0.06 [--length-head head.safetensors]
+    python benchmarks/search.py [--model default] [--input CLIP] [--threshold mse:0.03] [--repeats 3]
+                                [--blocks N] [--length-head head.safetensors] [--lengths 50 100]
 
-Rows: fixed length (one encode+decode per block, the floor), plain bisection (the original's
-strategy), warm-started bisection (our default), K-ary batched search, full search (the exact
-reference) and the regression head. "passes" are forward calls, "evals" candidate counts scored
-per block; "agree" is the share of blocks whose count equals full search's. Then peak memory
-while tokenizing ever longer streams (the clip looped) with a fixed context window.
+Rows: fixed length (one encoder and one decoder pass per block at Mmax: the floor), plain
+bisection (the original's strategy), warm-started bisection, K-ary batched search, full search
+(the exact reference), the regression head (with --length-head) and any search added to
+``SEARCHES`` below. Columns: wall time (best of ``--repeats`` interleaved runs) and its ratio
+to fixed length; encoder and decoder passes and candidate counts scored per block; the share of blocks whose
+count equals full search's; the share failing the target although some count meets it (full
+search says which); mean tokens per block. ``--lengths`` adds peak memory while streaming the clip
+looped to those lengths with the model's context window.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import torch
 from elastictok import ElasticTok
 from elastictok.media.blocks import iter_media_blocks
 from elastictok.media.transforms import to_model
-from elastictok.tokenization.length_head import LengthHead
+from elastictok.models.pretrained import sample_video
+from elastictok.tokenization.options import SEARCHES as LIBRARY_SEARCHES
 from elastictok.tokenization.targets import TokenCount, parse_target
 from elastictok.tokenization.tokenizer import Tokenizer
 
@@ -33,10 +37,12 @@ def load_blocks(model, path: str) -> tuple[list[torch.Tensor], object]:
     return [to_model(b)[None] for b in blocks], info
 
 
-def run(model, blocks, info, target, **kwargs):
+def run(model, blocks, info, target, dtype: str, **kwargs):
     tokenizer = Tokenizer(model, target, **kwargs)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")
     started = time.perf_counter()
-    result = tokenizer.run(iter(blocks), [info])[0]
+    with torch.no_grad(), autocast:
+        result = tokenizer.run(iter(blocks), [info])[0]
     return result, time.perf_counter() - started
 
 
@@ -52,57 +58,81 @@ def reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
+def searches(args, model, c) -> dict[str, tuple[object, dict]]:
+    """name -> (target override or None, Tokenizer keyword arguments)."""
+    rows: dict[str, tuple[object, dict]] = {
+        "fixed length": (TokenCount(c.tokens_per_block), {}),
+        "bisection (original)": (None, dict(search="binary", warm_start=False)),
+        "bisection, warm start": (None, dict(search="binary")),
+        f"batched, K={args.candidates}": (None, dict(search="batched", candidates=args.candidates)),
+        "full": (None, dict(search="full")),
+    }
+    if args.length_head:
+        from elastictok.tokenization.length_head import LengthHead
+        rows["regression"] = (None, dict(search="regression", length_head=LengthHead.load(args.length_head, model)))
+    for name in LIBRARY_SEARCHES:  # searches added to the library after this benchmark was written
+        if name not in ("auto", "binary", "bracket", "full", "batched", "regression"):
+            rows[name] = (None, dict(search=name))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="runs/tiny/model")
-    parser.add_argument("--input", default="data/corpus/heldout/tree.avi")
-    parser.add_argument("--threshold", default="mse:0.06")
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--input", default=str(sample_video()))
+    parser.add_argument("--threshold", default="mse:0.03")
     parser.add_argument("--length-head")
     parser.add_argument("--candidates", type=int, default=4)
-    parser.add_argument("--window", type=int, default=8)
-    parser.add_argument("--lengths", type=int, nargs="+", default=[50, 100, 200, 400])
+    parser.add_argument("--window", default="model", help="context blocks, or 'model' (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs; the best time counts")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--blocks", type=int, help="only the first N blocks of the input")
+    parser.add_argument("--lengths", type=int, nargs="*", default=[])
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    window = args.window if args.window == "model" else int(args.window)
     torch.manual_seed(0)
     model = ElasticTok.from_pretrained(args.model)
     c = model.config
     target = parse_target(args.threshold)
     blocks, info = load_blocks(model, args.input)
-    print(f"model {args.model} ({c.name}, Mmax {c.tokens_per_block}, Mmin {c.min_tokens}), {len(blocks)} blocks of "
-          f"{args.input}, target {args.threshold}, {torch.get_num_threads()} threads")
-
-    with torch.no_grad():
-        fixed, fixed_s = run(model, blocks, info, TokenCount(c.tokens_per_block), window=args.window)
-        full, full_s = run(model, blocks, info, target, search="full", window=args.window)
-        variants = {
-            "fixed length": (fixed, fixed_s),
-            "bisection (original)": run(model, blocks, info, target, search="binary", warm_start=False,
-                                        window=args.window),
-            "bisection, warm start": run(model, blocks, info, target, search="binary", window=args.window),
-            f"batched, K={args.candidates}": run(model, blocks, info, target, search="batched",
-                                                 candidates=args.candidates, window=args.window),
-            "full": (full, full_s),
-        }
-        if args.length_head:
-            head = LengthHead.load(args.length_head, model)
-            variants["regression"] = run(model, blocks, info, target, search="regression", length_head=head,
-                                         window=args.window)
+    blocks = blocks[:args.blocks] if args.blocks else blocks
     n = len(blocks)
-    print(f"\n{'search':<24} {'passes/blk':>10} {'evals/blk':>9} {'s/blk':>8} {'x fixed':>8} {'agree':>6} {'tokens':>7}")
-    for name, (result, seconds) in variants.items():
-        agree = (result.counts == full.counts).float().mean().item() if name != "fixed length" else float("nan")
-        print(f"{name:<24} {result.passes / n:>10.2f} {result.evaluations / n:>9.2f} {seconds / n:>8.4f} "
-              f"{seconds / fixed_s:>8.2f} {agree:>6.2f} {result.counts.float().mean():>7.1f}")
+    print(f"model {args.model} ({c.name}, Mmax {c.tokens_per_block}, Mmin {c.min_tokens}), {n} blocks of "
+          f"{args.input}, target {args.threshold}, window {window}, {args.dtype}, {torch.get_num_threads()} threads, "
+          f"best of {args.repeats}")
 
-    print(f"\npeak memory while streaming (window {args.window} blocks, warm bisection):")
-    print(f"{'blocks':>8} {'peak RSS MB':>12} {'s/blk':>8}")
-    with torch.no_grad():
+    rows = searches(args, model, c)
+    results: dict[str, object] = {}
+    seconds: dict[str, float] = {name: float("inf") for name in rows}
+    for _ in range(args.repeats):
+        for name, (override, kwargs) in rows.items():
+            result, s = run(model, blocks, info, override or target, args.dtype, window=window, **kwargs)
+            results[name], seconds[name] = result, min(seconds[name], s)
+
+    full = results["full"]
+    reachable = target.meets(full.scores)
+    print(f"{int((~reachable).sum())} of {n} blocks miss the target at every count (not counted as failures)\n")
+    print(f"{'search':<24} {'wall s':>7} {'x fixed':>8} {'enc/blk':>7} {'dec/blk':>7} {'evals/blk':>9} {'= full':>7} "
+          f"{'fail':>6} {'tokens':>7}")
+    for name, result in results.items():
+        fixed = name == "fixed length"
+        agree = "" if fixed else f"{100 * (result.counts == full.counts).float().mean():.0f}%"
+        fail = "" if fixed else f"{100 * (reachable & ~target.meets(result.scores)).float().mean():.0f}%"
+        print(f"{name:<24} {seconds[name]:>7.3f} {seconds[name] / seconds['fixed length']:>8.2f} "
+              f"{result.encoder_passes / n:>7.2f} {result.passes / n:>7.2f} {result.evaluations / n:>9.2f} {agree:>7} {fail:>6} "
+              f"{result.counts.float().mean():>7.1f}")
+
+    if args.lengths:
+        print(f"\npeak memory while streaming (window {window}, warm bisection):")
+        print(f"{'blocks':>8} {'peak RSS MB':>12} {'s/blk':>8}")
         for length in args.lengths:
-            looped = (blocks[i % len(blocks)] for i in range(length))
+            looped = [blocks[i % n] for i in range(length)]
             reset_peak()
-            tokenizer = Tokenizer(model, target, window=args.window)
-            started = time.perf_counter()
-            tokenizer.run(looped, [info])
-            print(f"{length:>8} {peak_rss_mb():>12.1f} {(time.perf_counter() - started) / length:>8.4f}")
+            _, s = run(model, looped, info, target, args.dtype, window=window)
+            print(f"{length:>8} {peak_rss_mb():>12.1f} {s / length:>8.4f}")
 
 
 if __name__ == "__main__":

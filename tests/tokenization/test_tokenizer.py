@@ -266,3 +266,23 @@ def test_public_api_batched_in_batched_out(micro, real_video, photo_folder):
         micro.tokenize(photo, "tokens:5", serch="full")
     with pytest.raises(ElasticTokError, match="a target is Threshold"):
         micro.tokenize(photo, 0.5)
+
+
+def test_version_1_token_files_without_a_checksum_still_read(micro, real_video, tmp_path):
+    """Files written before the checksum (version 1) decode; a damaged version 2 file is refused."""
+    import json
+
+    from safetensors.torch import load, save
+
+    from elastictok.tokenization.tokenfile import etok_bytes, parse_etok
+
+    encoded = micro.tokenize(real_video[:1, :4], "tokens:4")[0]
+    data = etok_bytes(encoded, micro.codebook_size)
+    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])["__metadata__"]
+    assert header["version"] == "2" and len(header["checksum"]) == 64
+    old = {k: v for k, v in header.items() if k != "checksum"} | {"version": "1"}
+    back = parse_etok(save(load(data), metadata=old))
+    assert back.counts.tolist() == encoded.counts.tolist() and torch.equal(back.tokens, encoded.tokens)
+    damaged = dict(header, source="elsewhere.mp4")
+    with pytest.raises(ElasticTokError, match="checksum"):
+        parse_etok(save(load(data), metadata=damaged))

@@ -39,12 +39,11 @@ def _convert_official(args: argparse.Namespace) -> None:
 
 
 def _load_model(args: argparse.Namespace, name: str | None = None):
-    import torch
-
     from ..models.registry import from_pretrained
+    from ..utils.runtime import resolve_device
 
     name = name or args.model
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     try:
         return from_pretrained(name).to(device)
     except RuntimeError as exc:  # e.g. an unavailable device
@@ -88,20 +87,23 @@ def _autocast(args: argparse.Namespace, model):
 def _encode(args: argparse.Namespace) -> None:
     import json
 
-    from ..tokenization.files import encode_file
+    from ..tokenization.files import encode_files
+    from ..utils.fileio import check_output_dir
 
+    check_output_dir(args.output)
     model = _load_model(args)
     target, options = _target(args), _options(args, model, progress=not args.json)
-    Path(args.output).mkdir(parents=True, exist_ok=True)
-    for source in args.inputs:
-        with _autocast(args, model):
-            summary = encode_file(model, source, args.output, target, options)
+
+    def show(summary: dict) -> None:
         if args.json:
             print(json.dumps(summary), flush=True)
         else:
-            print(f"{source}: {summary['blocks']} blocks, {summary['mean_tokens_per_block']:.1f}/"
+            print(f"{summary['input']}: {summary['blocks']} blocks, {summary['mean_tokens_per_block']:.1f}/"
                   f"{summary['max_tokens_per_block']} tokens per block, PSNR {summary['psnr']:.2f} dB -> "
                   f"{summary['output']}")
+
+    with _autocast(args, model):
+        encode_files(model, args.inputs, args.output, target, options, each=show)
 
 
 def _train_length_head(args: argparse.Namespace) -> None:
@@ -125,7 +127,9 @@ def _train_length_head(args: argparse.Namespace) -> None:
 def _decode(args: argparse.Namespace) -> None:
     from ..tokenization.files import decode_file
     from ..tokenization.tokenfile import read_etok
+    from ..utils.fileio import check_output_file
 
+    check_output_file(args.output)
     encoded = read_etok(args.tokens_file)
     model = _load_model(args)
     with _autocast(args, model):
@@ -135,7 +139,9 @@ def _decode(args: argparse.Namespace) -> None:
 
 def _reconstruct(args: argparse.Namespace) -> None:
     from ..evaluation.plots import reconstruct_side_by_side
+    from ..utils.fileio import check_output_file
 
+    check_output_file(args.output)
     model = _load_model(args)
     with _autocast(args, model):
         print(reconstruct_side_by_side(model, args.input, args.output, _target(args), _options(args, model)))
@@ -201,8 +207,16 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with our one-line errors (no usage block): ``error: <what> (see elastictok CMD --help)``."""
+
+    def error(self, message: str):
+        sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="elastictok",
         description="Adaptive-length tokenization of images and video (ElasticTok).",
     )
@@ -220,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
         code = 0
     except ElasticTokError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        code = 2
+    except OSError as exc:  # the file system refused (full disk, permissions, a file where a folder should be)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

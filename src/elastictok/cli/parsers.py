@@ -3,8 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import math
 
+from ..media.io import MAX_FPS
 from ..tokenization.options import SEARCHES
+
+
+def _fps(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= MAX_FPS:  # also false for NaN
+        raise argparse.ArgumentTypeError(f"fps must be a number in (0, {MAX_FPS:g}], got {text!r}")
+    return value
 
 
 def _window(text: str) -> int | str:
@@ -43,7 +55,7 @@ def _add_target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search", choices=list(SEARCHES), default="binary",
                    help="how to find the fewest tokens per block (default: %(default)s)")
     p.add_argument("--length-head", metavar="FILE", help="for --search regression: a trained length head")
-    p.add_argument("--fps", type=float, help="resample videos to this frame rate first")
+    p.add_argument("--fps", type=_fps, help="resample videos to this frame rate first")
     p.add_argument("--fit", choices=["crop", "pad"], default="crop",
                    help="fit frames to the model's resolution by centre crop or padding (default: %(default)s)")
 
@@ -145,7 +157,7 @@ def _add_data(sub, commands: dict) -> None:
     p.add_argument("--clip-frames", type=int, default=32, help="frames per video clip (default: %(default)s)")
     p.add_argument("--short-side", type=int, default=256, help="resize so the short side is at most this "
                                                                "(default: %(default)s)")
-    p.add_argument("--fps", type=float, help="resample videos to this frame rate")
+    p.add_argument("--fps", type=_fps, help="resample videos to this frame rate")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=commands["data shard"])
 

@@ -11,7 +11,7 @@ import torch
 
 from ..errors import ElasticTokError
 from ..utils.blocks import image_as_block
-from .io import IMAGE_SUFFIXES, VideoReader, is_video, read_image
+from .io import IMAGE_SUFFIXES, VideoReader, check_fps, is_video, read_image
 from .transforms import fit_to_resolution
 
 
@@ -40,6 +40,9 @@ def iter_media_blocks(path: str | os.PathLike, resolution: tuple[int, int], fram
     path = Path(path)
     if fit not in ("crop", "pad"):
         raise ElasticTokError(f"fit must be 'crop' or 'pad', got {fit!r}")
+    check_fps(fps)
+    if path.is_dir():
+        raise ElasticTokError(f"{path}: is a directory, not an image or video file")
 
     def check_size(h: int, w: int) -> None:
         if min(h, w) < min_size:

@@ -26,6 +26,15 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg"}
+MAX_FPS = 1000.0  # frame rates accepted for resampling and in token files
+MAX_SIDE = 65535  # the largest image or frame side accepted (JPEG's limit)
+MAX_PIXELS = 100_000_000  # larger images are refused before they are decoded (decompression bombs)
+
+
+def check_fps(fps: float | None, what: str = "fps") -> None:
+    """A frame rate must be a finite number in (0, MAX_FPS]."""
+    if fps is not None and not (isinstance(fps, (int, float)) and 0 < fps <= MAX_FPS):  # NaN fails too
+        raise ElasticTokError(f"{what} must be a number in (0, {MAX_FPS:g}], got {fps!r}")
 
 
 # ---- reading ------------------------------------------------------------------------------------
@@ -40,8 +49,11 @@ def is_video(path: Path) -> bool:
 def read_image(path: str | os.PathLike) -> torch.Tensor:
     """Any PIL-readable image (grey, RGBA, 16-bit, palette) as uint8 RGB (H, W, 3)."""
     path = Path(path)
+    if path.is_dir():
+        raise ElasticTokError(f"{path}: is a directory, not an image")
     try:
         with Image.open(path) as image:
+            check_image_size(path, *image.size)
             image.load()
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):
                 array = np.asarray(image, dtype=np.float64)
@@ -56,11 +68,20 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
             rgb = np.asarray(image.convert("RGB"))
     except FileNotFoundError:
         raise ElasticTokError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise ElasticTokError(f"{path}: too many pixels to decode safely ({exc})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ElasticTokError(f"{path}: not a readable image ({exc})") from None
     if min(rgb.shape[:2]) == 0:
         raise ElasticTokError(f"{path}: image has no pixels")
     return torch.from_numpy(rgb.copy())
+
+
+def check_image_size(path: Path, width: int, height: int) -> None:
+    """Refuse an image too large to decode safely, before decoding it (a decompression bomb)."""
+    if width * height > MAX_PIXELS or max(width, height) > MAX_SIDE:
+        raise ElasticTokError(f"{path}: {width}x{height} = {width * height} pixels is too large (at most {MAX_PIXELS} "
+                              f"pixels and {MAX_SIDE} on a side); downscale it first")
 
 
 @dataclass
@@ -79,9 +100,13 @@ class VideoReader:
 
     def __init__(self, path: str | os.PathLike, fps: float | None = None):
         self.path = Path(path)
+        check_fps(fps)
         self.target_fps = fps
+        self.skipped = 0  # corrupt packets skipped by the last pass over the frames
         if not self.path.exists():
             raise ElasticTokError(f"{self.path}: no such file")
+        if self.path.is_dir():
+            raise ElasticTokError(f"{self.path}: is a directory, not a video")
         try:
             with av.open(str(self.path)) as container:
                 if not container.streams.video:
@@ -94,19 +119,37 @@ class VideoReader:
             raise ElasticTokError(f"{self.path}: not a readable video ({exc.strerror or exc})") from None
         if self.info.width == 0 or self.info.height == 0:
             raise ElasticTokError(f"{self.path}: video stream has no frame size")
+        if max(self.info.width, self.info.height) > MAX_SIDE:
+            raise ElasticTokError(f"{self.path}: {self.info.width}x{self.info.height} frames are too large")
+        if not 0 < self.info.fps <= MAX_FPS:
+            self.info.fps = 24.0  # a container with a nonsensical rate: assume the common one
 
     @property
     def fps(self) -> float:
         return self.target_fps or self.info.fps
 
+    def _frames(self, container, stream) -> Iterator:
+        """Decoded frames; a corrupt packet is skipped (FFmpeg resynchronises at the next decodable one)."""
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.error.InvalidDataError:
+                self.skipped += 1
+                continue
+            yield from frames
+
     def __iter__(self) -> Iterator[torch.Tensor]:
-        """Frames as uint8 (H, W, 3); with a target fps, each output tick takes the latest source frame."""
+        """Frames as uint8 (H, W, 3); with a target fps, each output tick takes the latest source frame.
+
+        Corrupt stretches are skipped with one warning naming how many packets were lost.
+        """
         produced = decoded = 0
+        self.skipped = 0
         try:
             with av.open(str(self.path)) as container:
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
-                for frame in container.decode(stream):
+                for frame in self._frames(container, stream):
                     decoded += 1
                     image = torch.from_numpy(frame.to_ndarray(format="rgb24"))
                     # Source frame i covers [i, i+1) / source fps; emit it for every output tick inside.
@@ -122,6 +165,9 @@ class VideoReader:
             log.warning("%s: decoding stopped after %d frames (%s)", self.path, decoded, exc)
         if decoded == 0:
             raise ElasticTokError(f"{self.path}: video has no decodable frames")
+        if self.skipped:
+            log.warning("%s: skipped %d corrupt packets; the %d frames around them were encoded", self.path,
+                        self.skipped, decoded)
 
     def read_all(self) -> torch.Tensor:
         """Every frame as (T, H, W, 3) uint8: only for clips known to be short."""

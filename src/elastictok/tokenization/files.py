@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 
@@ -12,22 +13,65 @@ from ..media.io import VideoWriter, write_image
 from ..media.transforms import from_model
 from ..metrics.quality import psnr_from_mse
 from ..utils.blocks import trim_padding
+from ..utils.fileio import check_output_dir, check_output_file
 from .options import TokenizeOptions
 from .targets import Target
 from .tokenfile import TokenizedVideo, read_etok, write_etok
-from .tokenizer import achieved_mse, detokenize, iter_decode
+from .tokenizer import achieved_mse, check_compatible, detokenize, iter_decode
+
+
+def output_names(inputs: Sequence[str | Path]) -> list[str]:
+    """``<stem>.etok`` per input; inputs whose stems collide keep their suffix (a.mp4.etok, a.png.etok),
+    and names that still collide get -2, -3 ..."""
+    stems = [Path(i).stem for i in inputs]
+    names = [stem if stems.count(stem) == 1 else Path(i).name for stem, i in zip(stems, inputs)]
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if names.count(name) == 1 else f"{name}-{seen[name]}")
+    return [name + ".etok" for name in unique]
+
+
+def encode_files(model, inputs: Sequence[str | Path], out_dir: str | Path, target: Target | str,
+                 options: TokenizeOptions | None = None, each: Callable[[dict], None] | None = None) -> list[dict]:
+    """Encode every input into ``out_dir`` (made only when something is written), each whole or not at all.
+
+    A failed input does not stop the others; afterwards one ElasticTokError names every failed input.
+    ``each(summary)`` is called as each input is written.
+    """
+    check_output_dir(out_dir)
+    failed: list[str] = []
+    summaries: list[dict] = []
+    for source, name in zip(inputs, output_names(inputs)):
+        try:
+            summary = encode_file(model, source, out_dir, target, options, name=name)
+        except ElasticTokError as exc:
+            if len(inputs) == 1:
+                raise
+            message = str(exc)
+            failed.append(message if str(source) in message else f"{source}: {message}")
+            continue
+        summaries.append(summary)
+        if each is not None:
+            each(summary)
+    if failed:
+        others = ", the others were written" if len(failed) < len(inputs) else ""
+        raise ElasticTokError(f"{len(failed)} of {len(inputs)} inputs failed{others}: " + "; ".join(failed))
+    return summaries
 
 
 def encode_file(model, source, out_dir: str | Path, target: Target | str,
-                options: TokenizeOptions | None = None) -> dict:
-    """Tokenize ``source`` into ``out_dir/<stem>.etok``; returns the summary ``elastictok encode --json`` prints."""
+                options: TokenizeOptions | None = None, name: str | None = None) -> dict:
+    """Tokenize ``source`` into ``out_dir/<name>`` (default ``<stem>.etok``); returns the summary
+    ``elastictok encode --json`` prints. Nothing is written unless the whole input encodes."""
     started = time.perf_counter()
     encoded = model.tokenize(source, target, options)
-    destination = Path(out_dir) / (Path(source).stem + ".etok")
-    write_etok(destination, encoded, model.codebook_size)
-    seconds = time.perf_counter() - started
+    destination = Path(out_dir) / (name or Path(source).stem + ".etok")
     counts = encoded.counts.tolist()
     mse = achieved_mse(model, encoded, source, options)
+    write_etok(destination, encoded, model.codebook_size)
+    seconds = time.perf_counter() - started
     return {
         "input": str(source), "output": str(destination), "blocks": encoded.n_blocks,
         "tokens_per_block": counts, "max_tokens_per_block": encoded.max_tokens,
@@ -41,8 +85,10 @@ def encode_file(model, source, out_dir: str | Path, target: Target | str,
 def decode_file(model, tokens: str | Path | TokenizedVideo, output: str | Path,
                 window: int | None | str = "model") -> Path:
     """Decode an .etok file to an image (.png/.jpg/.webp) or a video (.mp4), streaming video blocks."""
-    encoded = tokens if isinstance(tokens, TokenizedVideo) else read_etok(tokens)
     output = Path(output)
+    check_output_file(output)
+    encoded = tokens if isinstance(tokens, TokenizedVideo) else read_etok(tokens)
+    check_compatible(model, encoded)
     if encoded.info.is_image:
         write_image(output, from_model(detokenize(model, encoded, window)))
         return output

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Union
 
@@ -18,6 +19,14 @@ from torch import Tensor
 
 from ..errors import ElasticTokError
 from ..metrics.quality import METRICS, BlockMetric
+
+
+# name -> the thresholds that mean something for pixels in [-1, 1]: (lowest, excluded; highest, included)
+THRESHOLD_RANGES: dict[str, tuple[float, float]] = {
+    "mse": (0.0, math.inf),  # 0 would need a perfect reconstruction; 4 (the largest error) or more passes anything
+    "psnr": (0.0, math.inf),
+    "ssim": (0.0, 1.0),
+}
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,17 @@ class Threshold:
             raise ElasticTokError(f"a metric is a name or a callable, got {type(self.metric).__name__}")
         elif self.higher_is_better is None:
             raise ElasticTokError("a callable metric needs higher_is_better=True or False")
+        self._check_value()
+
+    def _check_value(self) -> None:
+        value = self.value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ElasticTokError(f"a {self.name} threshold must be a finite number, got {value!r}")
+        if isinstance(self.metric, str) and self.metric in THRESHOLD_RANGES:
+            low, high = THRESHOLD_RANGES[self.metric]
+            if not low < value <= high:
+                limit = f"({low:g}, {high:g}]" if high < math.inf else f"greater than {low:g}"
+                raise ElasticTokError(f"a {self.metric} threshold must be {limit}, got {value:g}")
 
     @property
     def name(self) -> str:
@@ -56,7 +76,7 @@ class Threshold:
 
 @dataclass(frozen=True)
 class TokenCount:
-    """Exactly ``tokens`` per block (clamped to the model's [Mmin, Mmax] by the model's checks)."""
+    """Exactly ``tokens`` per block (outside the model's [Mmin, Mmax] the tokenizer refuses it)."""
 
     tokens: int
 
@@ -83,7 +103,7 @@ class Budget:
 
 
 Target = Union[Threshold, TokenCount, Budget]
-MSE_SCORE = Threshold("mse", 0.0)  # how blocks are scored when the target is not a threshold
+MSE_SCORE = Threshold("mse", 4.0)  # how blocks are scored when the target is not a threshold
 
 
 def parse_target(text: str) -> Target:

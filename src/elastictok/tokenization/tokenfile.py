@@ -7,16 +7,20 @@ Tensors:
              or float32 (sum(counts), C) VAE latents;
              block k's tokens are the k-th run of ``counts[k]`` entries, in the model's token order.
 Header (safetensors string metadata):
-  ``format`` = "elastictok-tokens", ``version`` = "1", ``model_name``, ``config_hash`` (a hash of the
-  model's config: decoding with another model is refused), ``max_tokens``, ``codebook_size`` (FSQ;
-  0 for VAE), ``metric``, ``fps`` ("" for images), ``height``/``width`` (original size), ``frames``
+  ``format`` = "elastictok-tokens", ``version`` = "2" (version 1 files still read), ``model_name``,
+  ``config_hash`` (a hash of the model's config: decoding with another model is refused), ``max_tokens``,
+  ``codebook_size`` (FSQ; 0 for VAE), ``metric``, ``fps`` ("" for images), ``height``/``width`` (original size), ``frames``
   (real frames; the last block may be padding past them), ``is_image``, ``source``, and
   ``counts``/``scores`` again as JSON lists so that tools can read them without tensors, and
-  ``family`` (the model family, e.g. "flextok"; files without it were made by ElasticTok).
+  ``family`` (the model family, e.g. "flextok"; files without it were made by ElasticTok), and
+  ``checksum`` (version 2): the SHA-256 of every other header field (canonical JSON) and the three
+  tensors' bytes, so that any damaged byte is detected. Version 1 files (no checksum) still read.
+Every header field is also checked against the model that decodes the file (``check_compatible``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -29,9 +33,11 @@ from safetensors.torch import load, save
 
 from ..errors import ElasticTokError
 from ..media.blocks import MediaInfo
+from ..media.io import MAX_FPS, MAX_SIDE
 from ..utils.fileio import atomic_path
 
-FORMAT, VERSION = "elastictok-tokens", "1"
+FORMAT, VERSION = "elastictok-tokens", "2"
+READABLE_VERSIONS = ("1", "2")
 MAX_FILE_BYTES = 2**31
 
 
@@ -51,6 +57,7 @@ class TokenizedVideo:
     evaluations: int = 0  # candidate counts scored (block encodes+decodes) for this input
     seconds: float = 0.0
     family: str = "elastictok"  # the model family that made the tokens
+    codebook_size: int | None = None  # as a token file's header states it (None: made in this process)
 
     @property
     def n_blocks(self) -> int:
@@ -86,20 +93,37 @@ def etok_bytes(encoded: TokenizedVideo, codebook_size: int) -> bytes:
         "scores": json.dumps([None if math.isnan(s) else s for s in encoded.scores.tolist()]),
         "family": encoded.family,
     }
-    return save({"counts": encoded.counts.to(torch.int32).contiguous(), "scores": encoded.scores.float().contiguous(),
-                 "tokens": tokens.contiguous()}, metadata=header)
+    tensors = {"counts": encoded.counts.to(torch.int32).contiguous(), "scores": encoded.scores.float().contiguous(),
+               "tokens": tokens.contiguous()}
+    header["checksum"] = _checksum(header, tensors)
+    return save(tensors, metadata=header)
+
+
+def _checksum(header: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the header fields other than the checksum and of the tensors' bytes."""
+    digest = hashlib.sha256(json.dumps({k: v for k, v in header.items() if k != "checksum"}, sort_keys=True).encode())
+    for name in ("counts", "scores", "tokens"):
+        tensor = tensors[name]
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def read_etok(path: str | os.PathLike) -> TokenizedVideo:
     """Read and validate an .etok file; anything malformed raises ElasticTokError with one line."""
     path = Path(path)
+    if path.is_dir():
+        raise ElasticTokError(f"{path}: is a directory, not a token file")
     try:
         size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ElasticTokError(f"{path}: {size} bytes is too large for a token file")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ElasticTokError(f"{path}: no such file") from None
     except OSError as exc:
         raise ElasticTokError(f"{path}: cannot read ({exc.strerror})") from None
-    if size > MAX_FILE_BYTES:
-        raise ElasticTokError(f"{path}: {size} bytes is too large for a token file")
-    return parse_etok(path.read_bytes(), str(path))
+    return parse_etok(data, str(path))
 
 
 def parse_etok(data: bytes, name: str = "<bytes>") -> TokenizedVideo:
@@ -130,26 +154,48 @@ def _validate(path: Path, header: dict[str, str], tensors: dict[str, torch.Tenso
 
     if header.get("format") != FORMAT:
         fail("not an elastictok token file (no format header)")
-    if header.get("version") != VERSION:
+    if header.get("version") not in READABLE_VERSIONS:
         fail(f"format version {header.get('version')!r} is not supported (this reader: {VERSION})")
     if set(tensors) != {"counts", "scores", "tokens"}:
         fail(f"expected tensors counts, scores, tokens; found {sorted(tensors)}")
+    if header["version"] != "1" and header.get("checksum") != _checksum(header, tensors):
+        fail("checksum mismatch: the file is damaged")
     try:
-        max_tokens, codebook = int(header["max_tokens"]), int(header["codebook_size"])
-        frames, height, width = int(header["frames"]), int(header["height"]), int(header["width"])
-        fps = float(header["fps"]) if header["fps"] else None
-        is_image = header["is_image"] == "1"
-        listed_counts = json.loads(header["counts"])
-        names = (header["model_name"], header["config_hash"], header["metric"], header["source"])
-        family = header.get("family", "elastictok")
+        fields = _fields(header)
     except (KeyError, ValueError, TypeError) as exc:
         fail(f"bad or missing header field ({exc})")
+    _check_tensors(fail, fields, tensors)
+    _check_info(fail, fields, len(tensors["counts"]))
+    codebook = fields["codebook"]
+    info = MediaInfo(fields["source"], fields["fps"], (fields["height"], fields["width"]), fields["frames"],
+                     fields["is_image"])
+    tokens = tensors["tokens"]
+    return TokenizedVideo(counts=tensors["counts"].long(), tokens=tokens.long() if codebook > 0 else tokens,
+                          scores=tensors["scores"], metric=fields["metric"], info=info,
+                          model_name=fields["model_name"], config_hash=fields["config_hash"],
+                          max_tokens=fields["max_tokens"], family=fields["family"], codebook_size=codebook)
+
+
+def _fields(header: dict[str, str]) -> dict:
+    """The header's fields, parsed (KeyError, ValueError or TypeError when one is missing or malformed)."""
+    return {
+        "max_tokens": int(header["max_tokens"]), "codebook": int(header["codebook_size"]),
+        "frames": int(header["frames"]), "height": int(header["height"]), "width": int(header["width"]),
+        "fps": float(header["fps"]) if header["fps"] else None, "is_image_field": header["is_image"],
+        "is_image": header["is_image"] == "1", "listed_counts": json.loads(header["counts"]),
+        "model_name": header["model_name"], "config_hash": header["config_hash"], "metric": header["metric"],
+        "source": header["source"], "family": header.get("family", "elastictok"),
+    }
+
+
+def _check_tensors(fail, fields: dict, tensors: dict[str, torch.Tensor]) -> None:
     counts, scores, tokens = tensors["counts"], tensors["scores"], tensors["tokens"]
+    max_tokens, codebook = fields["max_tokens"], fields["codebook"]
     if counts.dtype != torch.int32 or counts.dim() != 1 or len(counts) == 0:
         fail("counts must be a non-empty int32 vector")
     if scores.shape != counts.shape or scores.dtype != torch.float32:
         fail("scores must be float32 with one entry per block")
-    if listed_counts != counts.tolist():
+    if fields["listed_counts"] != counts.tolist():
         fail("the header's counts disagree with the counts tensor")
     if counts.min() < 1 or counts.max() > max_tokens:
         fail(f"block counts must lie in [1, {max_tokens}]")
@@ -166,9 +212,17 @@ def _validate(path: Path, header: dict[str, str], tensors: dict[str, torch.Tenso
             fail(f"VAE tokens must be float32 of shape ({n}, C)")
         if not torch.isfinite(tokens).all():
             fail("VAE latents are not finite")
-    if not (frames >= 0 and height > 0 and width > 0) or (fps is not None and not (0 < fps < 10_000)):
-        fail("bad frames, size or fps")
-    info = MediaInfo(names[3], fps, (height, width), frames, is_image)
-    return TokenizedVideo(counts=counts.long(), tokens=tokens.long() if codebook > 0 else tokens, scores=scores,
-                          metric=names[2], info=info, model_name=names[0], config_hash=names[1], max_tokens=max_tokens,
-                          family=family)
+
+
+def _check_info(fail, fields: dict, n_blocks: int) -> None:
+    height, width, fps, frames = fields["height"], fields["width"], fields["fps"], fields["frames"]
+    if fields["is_image_field"] not in ("0", "1"):
+        fail(f"is_image must be 0 or 1, got {fields['is_image_field']!r}")
+    if not (0 < height <= MAX_SIDE and 0 < width <= MAX_SIDE):
+        fail(f"size {height}x{width} is outside 1..{MAX_SIDE} pixels a side")
+    if fps is not None and not 0 < fps <= MAX_FPS:
+        fail(f"fps {fps} is outside (0, {MAX_FPS:g}]")
+    if fields["is_image"] and (n_blocks != 1 or frames != 1):
+        fail(f"an image is one block of one frame, got {n_blocks} blocks of {frames} frames")
+    if frames < 1:
+        fail(f"frames must be at least 1, got {frames}")

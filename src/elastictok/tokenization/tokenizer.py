@@ -60,6 +60,14 @@ class _Stream:
                               evaluations=coder.evaluations // streams, seconds=seconds, family=model.family)
 
 
+def check_token_count(model, target: Target) -> None:
+    """A fixed count outside the model's [Mmin, Mmax] is an error, not a silent clamp."""
+    c = model.config
+    if isinstance(target, TokenCount) and not c.min_tokens <= target.tokens <= c.tokens_per_block:
+        raise ElasticTokError(f"tokens:{target.tokens} is outside this model's range [Mmin, Mmax] = "
+                              f"[{c.min_tokens}, {c.tokens_per_block}]")
+
+
 class Tokenizer:
     """Adaptive tokenization of block streams with one model and one per-block target.
 
@@ -73,6 +81,7 @@ class Tokenizer:
         self.model, self.target = model, as_target(target)
         if isinstance(self.target, Budget):
             raise ElasticTokError("a budget needs the whole input: use tokenize(), not Tokenizer.run()")
+        check_token_count(model, self.target)
         self.options = TokenizeOptions.build(options, **overrides)
         self.window = self.options.resolve_window(model)
         self.on_block, self.feature_sink = on_block, feature_sink
@@ -122,7 +131,7 @@ class Tokenizer:
         c = self.model.config
         lo, hi = c.min_tokens, c.tokens_per_block
         if isinstance(self.target, TokenCount):
-            return torch.full((patches.shape[0],), min(hi, max(lo, self.target.tokens)), dtype=torch.long)
+            return torch.full((patches.shape[0],), self.target.tokens, dtype=torch.long)
         return self.options.length_head.predict(self.model, patches, coder, self.target).clamp(lo, hi)
 
     def _search(self, coder: BlockCoder, block: Tensor, patches: Tensor, previous: Tensor | None
@@ -289,6 +298,28 @@ def check_compatible(model, encoded: TokenizedVideo) -> None:
                               f"not by this model {c.name!r} (config {c.fingerprint()}); decode with the same model")
     if encoded.tokens.is_floating_point() == (model.codebook_size > 0):
         raise ElasticTokError("token type does not match the model's bottleneck")
+    _check_fields(model, encoded)
+
+
+def _check_fields(model, encoded: TokenizedVideo) -> None:
+    """The token file's max_tokens, codebook, counts, indices and frames against ``model``."""
+    c, codebook = model.config, model.codebook_size
+    if encoded.max_tokens != c.tokens_per_block:
+        raise ElasticTokError(f"the tokens say max_tokens {encoded.max_tokens} per block, but this model has "
+                              f"{c.tokens_per_block}")
+    if encoded.codebook_size is not None and encoded.codebook_size != codebook:
+        raise ElasticTokError(f"the tokens say codebook_size {encoded.codebook_size}, but this model's is {codebook}")
+    counts = encoded.counts
+    if len(counts) and (counts.min() < c.min_tokens or counts.max() > c.tokens_per_block):
+        raise ElasticTokError(f"tokens per block must lie in [Mmin, Mmax] = [{c.min_tokens}, {c.tokens_per_block}], "
+                              f"got [{int(counts.min())}, {int(counts.max())}]")
+    tokens = encoded.tokens
+    if not tokens.is_floating_point() and tokens.numel() and (tokens.min() < 0 or tokens.max() >= codebook):
+        raise ElasticTokError(f"token indices must lie in [0, {codebook})")
+    frames, n, fpb = encoded.info.frames, encoded.n_blocks, c.frames_per_block
+    if not encoded.info.is_image and frames and not (n - 1) * fpb < frames <= n * fpb:
+        raise ElasticTokError(f"the tokens say {frames} frames, but {n} blocks of {fpb} frames hold "
+                              f"{(n - 1) * fpb + 1} to {n * fpb}")
 
 
 def iter_decode(model, encoded: TokenizedVideo, window: int | None | str = "model") -> Iterator[Tensor]:

@@ -54,6 +54,7 @@ class ElasticTokConfig:
         self.resolution = tuple(int(v) for v in self.resolution)
         self.patch_size = tuple(int(v) for v in self.patch_size)
         self.fsq_levels = tuple(int(v) for v in self.fsq_levels)
+        self._validate_sizes()  # before anything divides by them
         if self.min_tokens is None:
             self.min_tokens = max(1, self.tokens_per_block // 16)
         self.validate()
@@ -85,7 +86,29 @@ class ElasticTokConfig:
     def head_dim(self) -> int:
         return self.width // self.num_heads
 
+    def _validate_sizes(self) -> None:
+        """Every size is a positive integer (so that nothing divides by zero); depths may be 0."""
+        problems = []
+        sizes = {"frames_per_block": self.frames_per_block, "width": self.width, "num_heads": self.num_heads,
+                 "mlp_width": self.mlp_width, "encoder_depth": self.encoder_depth,
+                 "decoder_depth": self.decoder_depth, "head_channels": self.head_channels}
+        for name, value in sizes.items():
+            smallest = 0 if name.endswith("depth") else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < smallest:
+                problems.append(f"{name} must be an integer >= {smallest}, got {value!r}")
+        if len(self.patch_size) != 3 or min(self.patch_size, default=0) < 1:
+            problems.append(f"patch_size must be three positive integers (Tp, Hp, Wp), got {self.patch_size}")
+        if len(self.resolution) != 2 or min(self.resolution, default=0) < 1:
+            problems.append(f"resolution must be two positive integers (H, W), got {self.resolution}")
+        if self.bottleneck == "fsq" and not self.fsq_levels:
+            problems.append("fsq_levels must not be empty")
+        if self.bottleneck == "vae" and not (isinstance(self.vae_latent_dim, int) and self.vae_latent_dim >= 1):
+            problems.append(f"vae_latent_dim must be a positive integer, got {self.vae_latent_dim!r}")
+        if problems:
+            raise ElasticTokError("invalid ElasticTokConfig: " + "; ".join(problems))
+
     def validate(self) -> None:
+        self._validate_sizes()
         tp, hp, wp = self.patch_size
         h, w = self.resolution
         problems = []
@@ -105,7 +128,9 @@ class ElasticTokConfig:
             problems.append(f"head_channels must be positive, got {self.head_channels}")
         if self.window is not None and self.window < 1:
             problems.append(f"window must be at least 1 block or None, got {self.window}")
-        if not 1 <= self.min_tokens <= self.tokens_per_block:
+        if self.tokens_per_block < 1:
+            problems.append(f"a block of {self.frames_per_block}x{h}x{w} holds no whole {tp}x{hp}x{wp} patch")
+        elif not 1 <= self.min_tokens <= self.tokens_per_block:
             problems.append(f"min_tokens {self.min_tokens} must lie in [1, {self.tokens_per_block}]")
         if problems:
             raise ElasticTokError("invalid ElasticTokConfig: " + "; ".join(problems))

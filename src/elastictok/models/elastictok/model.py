@@ -368,5 +368,9 @@ class ElasticTok(Tokenizable, nn.Module):
         if missing or extra or wrong:
             raise ElasticTokError(f"{directory / WEIGHTS_NAME} does not match its config: missing {missing[:3]}, "
                                   f"unexpected {extra[:3]}, wrong shape {sorted(wrong)[:3]}")
+        broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if broken:
+            raise ElasticTokError(f"{directory / WEIGHTS_NAME}: {len(broken)} weight tensors are not finite (NaN or "
+                                  f"Inf), e.g. {broken[0]}; the checkpoint is damaged or training diverged")
         model.load_state_dict(state)
         return model.eval()

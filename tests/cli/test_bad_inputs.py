@@ -1,0 +1,624 @@
+"""Nothing a user feeds the CLI breaks it (issue 13).
+
+The suite builds its own corpus of bad media, bad token files and bad arguments and drives them
+through ``elastictok.cli.main`` in-process, under a timer that turns a hang into a failure. Every
+refusal must be: exit code 2, exactly one line on stderr saying what is wrong, no traceback, and
+nothing left behind (no partial output, no hidden temporary file, no empty output folder). Where a
+user would want the rest processed (one bad input among many, a corrupt stretch of a video) the
+run says what it skipped and writes the rest.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import random
+import signal
+import struct
+import subprocess
+import sys
+import traceback
+import zlib
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from elastictok import ElasticTok, ElasticTokConfig
+from elastictok.cli import main
+from elastictok.media.io import VideoReader, write_video
+from elastictok.models.pretrained import sample_video
+from elastictok.tokenization.tokenfile import etok_bytes, read_etok
+
+# Cases the code does not handle yet (none: the 59 the layered layout failed were fixed by porting the
+# flat-layout fixes of branch robust-flat): strict xfail, so a fix shows up as XPASS and must be removed here.
+BROKEN: set[str] = set("""
+""".split())
+
+
+def case(id: str, *values):
+    marks = [pytest.mark.xfail(strict=True, reason="issue 13")] if id in BROKEN else []
+    return pytest.param(*values, id=id, marks=marks)
+
+
+def broken(id: str):
+    return pytest.mark.xfail(strict=True, reason="issue 13") if id in BROKEN else (lambda f: f)
+
+
+# ---- running the CLI --------------------------------------------------------------------------------
+class Hang(BaseException):
+    """Raised by the timer; a BaseException so that no ``except Exception`` in the library swallows it."""
+
+
+@dataclass
+class Run:
+    argv: list[str]
+    code: int | None
+    out: str
+    err: str
+    crash: str | None  # the traceback when main() raised, or "hang"
+
+    def __str__(self) -> str:
+        return (f"argv {self.argv}\nexit {self.code}\nstdout {self.out[-800:]!r}\nstderr {self.err[-800:]!r}\n"
+                f"{self.crash or ''}")
+
+
+def cli(*args, timeout: float = 60) -> Run:
+    """``elastictok ARGS`` in this process; a run longer than ``timeout`` seconds counts as a hang."""
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    code, crash = None, None
+
+    def alarm(signum, frame):
+        raise Hang()
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            code = main(argv)
+    except SystemExit as exc:  # argparse
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except Hang:
+        crash = f"hang: still running after {timeout} s"
+    except BaseException:  # noqa: BLE001 - any exception out of main() is a traceback for the user
+        crash = traceback.format_exc()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    return Run(argv, code, out.getvalue(), err.getvalue(), crash)
+
+
+def snapshot(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def assert_refused(run: Run, *words: str) -> str:
+    """Exit 2, one ``error:`` line on stderr containing every one of ``words`` (case-insensitive)."""
+    assert run.crash is None, str(run)
+    assert run.code == 2, str(run)
+    lines = run.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), str(run)
+    assert "Traceback" not in run.err, str(run)
+    for word in words:
+        assert word.lower() in lines[0].lower(), f"{word!r} not named in {lines[0]!r}"
+    return lines[0]
+
+
+def assert_nothing_left(root: Path, before: set[str]) -> None:
+    after = snapshot(root)
+    assert after == before, f"left behind: {sorted(after - before)}; removed: {sorted(before - after)}"
+
+
+def no_temporaries(*roots: Path) -> None:
+    leftovers = [str(p) for root in roots for p in root.rglob(".*.tmp")]
+    assert not leftovers, f"temporary files left: {leftovers}"
+
+
+# ---- the corpus ---------------------------------------------------------------------------------------
+def bomb_png(path: Path, width: int, height: int) -> None:
+    """A valid 1-bit PNG of width x height black pixels: a few KB on disk, gigabytes once decoded to RGB."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    row = bytes(1 + (width + 7) // 8)  # filter byte 0, then zero bits
+    packer = zlib.compressobj(9)
+    body = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+def audio_only_mp4(path: Path) -> bool:
+    import av
+    import numpy as np
+
+    try:
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream("aac", rate=8000)
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), dtype=np.float32), format="fltp", layout="mono")
+            frame.sample_rate = 8000
+            for packet in [*stream.encode(frame), *stream.encode(None)]:
+                container.mux(packet)
+    except Exception:  # noqa: BLE001 - an FFmpeg build without an AAC encoder: the case is skipped
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict[str, Path]:
+    """Good and bad media, written once per module."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("corpus")
+    rng = random.Random(13)
+    street = sample_video()  # 80 frames of 128x128 at 10 fps
+    frames = VideoReader(street).read_all()
+    paths: dict[str, Path] = {}
+
+    def put(name: str, data: bytes) -> Path:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return path
+
+    write_video(root / "good.mp4", frames[:16], fps=10)
+    paths["good_mp4"] = root / "good.mp4"
+    Image.fromarray(frames[40].numpy()).save(root / "good.png")
+    paths["good_png"] = root / "good.png"
+    video_bytes, png_bytes = paths["good_mp4"].read_bytes(), paths["good_png"].read_bytes()
+    paths["zero_mp4"] = put("zero.mp4", b"")
+    paths["zero_png"] = put("zero.png", b"")
+    paths["trunc_mp4"] = put("trunc.mp4", video_bytes[: len(video_bytes) * 2 // 5])
+    paths["stub_mp4"] = put("stub.mp4", video_bytes[:100])
+    paths["trunc_png"] = put("trunc.png", png_bytes[: len(png_bytes) // 2])
+    paths["garbage_mp4"] = put("garbage.mp4", rng.randbytes(4096))
+    paths["garbage_png"] = put("garbage.png", rng.randbytes(4096))
+    paths["text_jpg"] = put("text.jpg", b"hello, I am not a picture\n")
+    paths["video_as_png"] = put("video-named.png", video_bytes)
+    paths["tiny_png"] = root / "tiny.png"
+    Image.new("RGB", (4, 4)).save(paths["tiny_png"])
+    paths["notes_txt"] = put("notes.txt", b"some notes\n")
+    paths["bomb_png"] = root / "bomb.png"
+    bomb_png(paths["bomb_png"], 20000, 10000)
+    paths["dir_mp4"] = root / "folder.mp4"
+    paths["dir_mp4"].mkdir()
+    paths["folder"] = root / "folder"
+    paths["folder"].mkdir()
+    paths["missing_mp4"] = root / "missing.mp4"
+    paths["audio_mp4"] = root / "audio.mp4"
+    if not audio_only_mp4(paths["audio_mp4"]):
+        del paths["audio_mp4"]
+    # 4 KB of garbage over the middle of the real clip: a corrupt stretch, the rest intact
+    damaged = bytearray(street.read_bytes())
+    middle = len(damaged) // 2
+    damaged[middle:middle + 4096] = rng.randbytes(4096)
+    paths["street_mp4"] = street
+    paths["mid_garbage_mp4"] = put("mid-garbage.mp4", bytes(damaged))
+    # the same stem as an image and a video; the same name in two folders
+    write_video(root / "same" / "a.mp4", frames[:8], fps=10)
+    Image.fromarray(frames[20].numpy()).save(root / "same" / "a.png")
+    (root / "x").mkdir()
+    (root / "y").mkdir()
+    Image.fromarray(frames[10].numpy()).save(root / "x" / "b.png")
+    Image.fromarray(frames[60].numpy()).save(root / "y" / "b.png")
+    paths["root"] = root
+    return paths
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """The micro preset, untrained: bad inputs need no trained model."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("micro")
+    ElasticTok(ElasticTokConfig.from_preset("micro")).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def good_etok(corpus, model_dir, tmp_path_factory) -> Path:
+    """A small token file (one image block, 4 tokens) made by the CLI."""
+    out = tmp_path_factory.mktemp("etok")
+    run = cli("encode", corpus["good_png"], "-o", out, "--model", model_dir, "--tokens", "4", "--no-progress")
+    assert run.code == 0, str(run)
+    return out / "good.etok"
+
+
+@pytest.fixture(scope="module")
+def good_video_etok(corpus, model_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("etok-video")
+    run = cli("encode", corpus["good_mp4"], "-o", out, "--model", model_dir, "--tokens", "4", "--no-progress")
+    assert run.code == 0, str(run)
+    return out / "good.etok"
+
+
+def encode_args(model_dir: Path, *extra) -> list:
+    return ["--model", model_dir, "--no-progress", *extra]
+
+
+# ---- bad media -----------------------------------------------------------------------------------------
+BAD_MEDIA = [
+    case("zero-byte-mp4", "zero_mp4", "zero.mp4"),
+    case("zero-byte-png", "zero_png", "zero.png"),
+    case("truncated-mp4", "trunc_mp4", "trunc.mp4"),
+    case("100-byte-mp4", "stub_mp4", "stub.mp4"),
+    case("truncated-png", "trunc_png", "trunc.png"),
+    case("garbage-mp4", "garbage_mp4", "garbage.mp4"),
+    case("garbage-png", "garbage_png", "garbage.png"),
+    case("text-as-jpg", "text_jpg", "text.jpg"),
+    case("video-named-png", "video_as_png", "video-named.png"),
+    case("4x4-png", "tiny_png", "smaller than"),
+    case("txt-suffix", "notes_txt", "notes.txt"),
+    case("decompression-bomb-png", "bomb_png", "pixels"),
+    case("directory-named-mp4", "dir_mp4", "directory"),
+    case("directory", "folder", "directory"),
+    case("missing-file", "missing_mp4", "no such file"),
+    case("audio-only-mp4", "audio_mp4", "no video stream"),
+]
+
+
+@pytest.mark.parametrize("name, word", BAD_MEDIA)
+def test_bad_media_is_refused_in_one_line(corpus, model_dir, tmp_path, name, word):
+    if name not in corpus:
+        pytest.skip("this FFmpeg build cannot write the file")
+    before = snapshot(tmp_path)
+    run = cli("encode", corpus[name], "-o", tmp_path / "out", *encode_args(model_dir, "--tokens", "4"))
+    assert_refused(run, word)
+    assert_nothing_left(tmp_path, before)
+
+
+@broken("corrupt-stretch")
+def test_a_corrupt_stretch_of_video_is_skipped_and_the_rest_encoded(corpus, model_dir, tmp_path, caplog):
+    clean = cli("encode", corpus["street_mp4"], "-o", tmp_path / "clean", *encode_args(model_dir, "--tokens", "4"),
+                "--json")
+    assert clean.code == 0, str(clean)
+    caplog.clear()
+    run = cli("encode", corpus["mid_garbage_mp4"], "-o", tmp_path / "out", *encode_args(model_dir, "--tokens", "4"),
+              "--json")
+    assert run.crash is None and run.code == 0, str(run)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] + run.err.strip().splitlines()
+    assert any("mid-garbage.mp4" in w and "skip" in w for w in warnings), warnings
+    blocks, clean_blocks = json.loads(run.out)["blocks"], json.loads(clean.out)["blocks"]
+    assert blocks >= 0.85 * clean_blocks, f"{blocks} of {clean_blocks} blocks encoded"
+    assert cli("decode", tmp_path / "out" / "mid-garbage.etok", "-o", tmp_path / "mid.mp4",
+               *encode_args(model_dir)).code == 0
+
+
+@pytest.mark.parametrize("args, word", [
+    case("bomb-in-a-real-process", ["bomb_png"], "pixels"),
+    case("fps-negative-in-a-real-process", ["good_mp4", "--fps", "-5"], "fps"),
+])
+def test_the_installed_entry_point_gives_one_line_and_never_hangs(corpus, model_dir, tmp_path, args, word):
+    """``python -m elastictok.cli`` with its own logging set-up and no pytest capture."""
+    args = [str(corpus[a]) if a in corpus else a for a in args]
+    try:
+        result = subprocess.run([sys.executable, "-m", "elastictok.cli", "encode", *args, "-o", str(tmp_path / "out"),
+                                 "--model", str(model_dir), "--no-progress"], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"hang: {args}")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and word in lines[0], result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# ---- bad arguments ---------------------------------------------------------------------------------------
+BAD_ARGUMENTS = [
+    case("fps-negative", ["--fps", "-5"], "fps"),
+    case("fps-zero", ["--fps", "0"], "fps"),
+    case("fps-nan", ["--fps", "nan"], "fps"),
+    case("fps-inf", ["--fps", "inf"], "fps"),
+    case("fps-12000", ["--fps", "12000"], "fps"),
+    case("fps-not-a-number", ["--fps", "fast"], "fps"),
+    case("device-cuda", ["--device", "cuda"], "cuda"),
+    case("device-unknown", ["--device", "banana"], "banana"),
+    case("mse-nan", ["--threshold", "mse:nan"], "mse"),
+    case("mse-negative", ["--threshold", "mse:-1"], "mse"),
+    case("mse-inf", ["--threshold", "mse:inf"], "mse"),
+    case("ssim-2", ["--threshold", "ssim:2"], "ssim"),
+    case("psnr-negative", ["--threshold", "psnr:-5"], "psnr"),
+    case("psnr-inf", ["--threshold", "psnr:inf"], "psnr"),
+    case("threshold-tokens-999999", ["--threshold", "tokens:999999"], "999999"),
+    case("tokens-999999", ["--tokens", "999999"], "999999"),
+    case("tokens-below-min", ["--tokens", "1"], "tokens"),
+    case("tokens-zero", ["--tokens", "0"], "positive"),
+    case("budget-zero", ["--budget", "0"], "positive"),
+    case("window-zero", ["--window", "0"], "window"),
+    case("dtype-fp8", ["--dtype", "fp8"], "dtype"),
+    case("fit-stretch", ["--fit", "stretch"], "fit"),
+    case("search-unknown", ["--search", "magic"], "search"),
+    case("regression-without-head", ["--search", "regression"], "length-head"),
+]
+
+
+@pytest.mark.parametrize("extra, word", BAD_ARGUMENTS)
+def test_bad_arguments_are_refused_in_one_line(corpus, model_dir, tmp_path, extra, word):
+    before = snapshot(tmp_path)
+    run = cli("encode", corpus["good_mp4"], "-o", tmp_path / "out", *encode_args(model_dir, *extra), timeout=10)
+    assert_refused(run, word)
+    assert_nothing_left(tmp_path, before)
+
+
+@broken("missing-output")
+def test_missing_output_argument_is_one_line(corpus, model_dir):
+    assert_refused(cli("encode", corpus["good_mp4"], *encode_args(model_dir)), "-o")
+
+
+@broken("eval-threshold")
+def test_eval_threshold_is_checked(corpus, model_dir, tmp_path):
+    before = snapshot(tmp_path)
+    run = cli("eval", corpus["good_png"], "--baseline", model_dir, "--thresholds", "mse:-1", "--out",
+              tmp_path / "eval", *encode_args(model_dir))
+    assert_refused(run, "mse")
+    assert_nothing_left(tmp_path, before)
+
+
+# ---- bad models ---------------------------------------------------------------------------------------------
+def bad_model(root: Path, name: str, model_dir: Path, change) -> Path:
+    """A copy of ``model_dir`` whose config.json or weights ``change`` edits."""
+    from safetensors.torch import load_file, save_file
+
+    path = root / name
+    path.mkdir()
+    config = json.loads((model_dir / "config.json").read_text())
+    state = load_file(str(model_dir / "model.safetensors"))
+    result = change(config, state)
+    if result == "no-weights":
+        (path / "config.json").write_text(json.dumps(config))
+        return path
+    (path / "config.json").write_text(result if isinstance(result, str) else json.dumps(config))
+    save_file(state, str(path / "model.safetensors"))
+    return path
+
+
+def _set(**fields):
+    return lambda config, state: config.update(fields)
+
+
+def _fill(value):
+    return lambda config, state: [t.fill_(value) for t in state.values() if t.is_floating_point()] and None
+
+
+def _one_nan(config, state):
+    next(t for t in state.values() if t.is_floating_point()).view(-1)[0] = math.nan
+
+
+BAD_MODELS = [
+    case("num-heads-0", _set(num_heads=0), "num_heads"),
+    case("num-heads-negative", _set(num_heads=-4), "num_heads"),
+    case("patch-time-0", _set(patch_size=[0, 8, 8]), "patch"),
+    case("patch-height-0", _set(patch_size=[1, 0, 8]), "patch"),
+    case("frames-per-block-0", _set(frames_per_block=0), "frames_per_block"),
+    case("resolution-0", _set(resolution=[0, 32]), "resolution"),
+    case("width-0", _set(width=0), "width"),
+    case("depth-negative", _set(encoder_depth=-1), "depth"),
+    case("mlp-width-0", _set(mlp_width=0), "mlp_width"),
+    case("fsq-levels-empty", _set(fsq_levels=[]), "fsq_levels"),
+    case("width-is-text", _set(width="wide"), "width"),
+    case("config-is-a-list", lambda config, state: "[1, 2]", "config"),
+    case("config-is-garbage", lambda config, state: "{not json", "config"),
+    case("no-weights-file", lambda config, state: "no-weights", "model.safetensors"),
+    case("all-nan-weights", _fill(math.nan), "finite"),
+    case("all-inf-weights", _fill(math.inf), "finite"),
+    case("one-nan-weight", _one_nan, "finite"),
+]
+
+
+@pytest.mark.parametrize("change, word", BAD_MODELS)
+def test_bad_models_are_refused_in_one_line(corpus, model_dir, tmp_path, change, word, request):
+    bad = bad_model(tmp_path, request.node.callspec.id, model_dir, change)
+    before = snapshot(tmp_path)
+    run = cli("encode", corpus["good_png"], "-o", tmp_path / "out", "--model", bad, "--tokens", "4", "--no-progress")
+    assert_refused(run, word)
+    assert_nothing_left(tmp_path, before)
+
+
+# ---- bad outputs ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("command, output, word", [
+    case("encode-o-existing-file", "encode", "a-file", "a-file"),
+    case("encode-o-under-a-file", "encode", "a-file/sub", "a-file"),
+    case("decode-o-directory", "decode", "a-dir", "a-dir"),
+    case("decode-o-under-a-file", "decode", "a-file/x.png", "a-file"),
+    case("decode-o-text-suffix", "decode", "x.txt", ".png"),
+    case("reconstruct-o-directory", "reconstruct", "a-dir.png", "a-dir.png"),
+])
+def test_impossible_outputs_are_refused_and_leave_nothing(corpus, model_dir, good_etok, tmp_path, command, output,
+                                                          word):
+    (tmp_path / "a-file").write_text("precious")
+    (tmp_path / "a-dir").mkdir()
+    (tmp_path / "a-dir.png").mkdir()
+    before = snapshot(tmp_path)
+    source = good_etok if command == "decode" else corpus["good_png"]
+    extra = ["--tokens", "4"] if command != "decode" else []
+    run = cli(command, source, "-o", tmp_path / output, *encode_args(model_dir, *extra))
+    assert_refused(run, word)
+    assert_nothing_left(tmp_path, before)
+    assert (tmp_path / "a-file").read_text() == "precious"
+    no_temporaries(tmp_path, good_etok.parent)
+
+
+# ---- many inputs ---------------------------------------------------------------------------------------------
+@broken("multi-input")
+def test_a_run_over_many_inputs_writes_the_good_ones_and_names_the_bad(corpus, model_dir, tmp_path):
+    out = tmp_path / "out"
+    run = cli("encode", corpus["good_mp4"], corpus["zero_mp4"], corpus["good_png"], corpus["garbage_png"], "-o", out,
+              *encode_args(model_dir, "--tokens", "4"))
+    line = assert_refused(run, "zero.mp4", "garbage.png", "2 of 4")
+    assert "good" not in line
+    assert sorted(p.name for p in out.iterdir()) == ["good.etok", "good.png.etok"] or \
+        sorted(p.name for p in out.iterdir()) == ["good.etok", "good.mp4.etok"] or \
+        len(list(out.glob("*.etok"))) == 2
+    for etok in out.glob("*.etok"):
+        assert read_etok(etok).n_blocks >= 1
+    no_temporaries(tmp_path)
+
+
+@broken("all-inputs-fail")
+def test_a_run_where_every_input_fails_leaves_no_folder(corpus, model_dir, tmp_path):
+    before = snapshot(tmp_path)
+    run = cli("encode", corpus["zero_mp4"], corpus["garbage_png"], "-o", tmp_path / "out" / "deeper",
+              *encode_args(model_dir, "--tokens", "4"))
+    assert_refused(run, "zero.mp4", "garbage.png")
+    assert_nothing_left(tmp_path, before)
+
+
+@broken("same-stem")
+def test_inputs_with_the_same_stem_get_distinct_outputs(corpus, model_dir, tmp_path):
+    root = corpus["root"]
+    inputs = [root / "same" / "a.mp4", root / "same" / "a.png", root / "x" / "b.png", root / "y" / "b.png"]
+    run = cli("encode", *inputs, "-o", tmp_path / "out", *encode_args(model_dir, "--tokens", "4"), "--json")
+    assert run.crash is None and run.code == 0, str(run)
+    outputs = [Path(json.loads(line)["output"]) for line in run.out.splitlines()]
+    assert len(set(outputs)) == 4 and all(p.exists() for p in outputs), outputs
+    kinds = [read_etok(p).info.is_image for p in outputs]
+    assert kinds == [False, True, True, True]
+    assert [read_etok(p).info.source for p in outputs] == [str(p) for p in inputs]
+
+
+def test_good_inputs_still_work(corpus, model_dir, good_video_etok, tmp_path):
+    assert cli("decode", good_video_etok, "-o", tmp_path / "v.mp4", *encode_args(model_dir)).code == 0
+    assert len(VideoReader(tmp_path / "v.mp4").read_all()) == 16
+    no_temporaries(tmp_path)
+
+
+# ---- bad token files ------------------------------------------------------------------------------------------
+def decode(model_dir: Path, etok: Path, output: Path, timeout: float = 30) -> Run:
+    return cli("decode", etok, "-o", output, "--model", model_dir, "--no-progress", timeout=timeout)
+
+
+@pytest.mark.parametrize("what, word", [
+    case("zero-byte-etok", "zero", "zero.etok"),
+    case("garbage-etok", "garbage", "garbage.etok"),
+    case("directory-as-etok", "directory", "directory"),
+    case("missing-etok", "missing", "no such file"),
+    case("video-as-etok", "video", "not a token file"),
+])
+def test_unreadable_token_files_are_refused(corpus, model_dir, tmp_path, what, word):
+    paths = {"zero": tmp_path / "zero.etok", "garbage": tmp_path / "garbage.etok", "directory": tmp_path / "d.etok",
+             "missing": tmp_path / "missing.etok", "video": corpus["good_mp4"]}
+    paths["zero"].write_bytes(b"")
+    paths["garbage"].write_bytes(random.Random(1).randbytes(1000))
+    paths["directory"].mkdir()
+    before = snapshot(tmp_path)
+    assert_refused(decode(model_dir, paths[what], tmp_path / "x.png"), word)
+    assert_nothing_left(tmp_path, before)
+
+
+def test_every_truncation_is_refused(model_dir, good_etok, tmp_path):
+    data = good_etok.read_bytes()
+    bad = []
+    for length in range(len(data)):
+        path = tmp_path / "cut.etok"
+        path.write_bytes(data[:length])
+        run = decode(model_dir, path, tmp_path / "x.png")
+        try:
+            assert_refused(run)
+        except AssertionError as exc:
+            bad.append(f"{length}: {str(exc).splitlines()[0][:200]}")
+        assert not (tmp_path / "x.png").exists()
+    assert not bad, f"{len(bad)} of {len(data)} truncations: {bad[:5]}"
+
+
+def _meaning(data: bytes):
+    """What a token file says: its parsed header and its tensor bytes (None if it does not parse)."""
+    try:
+        length = int.from_bytes(data[:8], "little")
+        return json.loads(data[8:8 + length]), data[8 + length:]
+    except ValueError:
+        return None
+
+
+@broken("byte-flips")
+def test_every_single_byte_flip_is_refused_or_harmless(model_dir, good_etok, tmp_path):
+    """A flipped bit anywhere is refused, unless it leaves the file's meaning unchanged (JSON padding)."""
+    data = good_etok.read_bytes()
+    original = _meaning(data)
+    accepted = []
+    for i, mask in [(i, mask) for mask in (0x01, 0x80) for i in range(len(data))]:
+        flipped = bytearray(data)
+        flipped[i] ^= mask
+        path = tmp_path / "flip.etok"
+        path.write_bytes(bytes(flipped))
+        run = decode(model_dir, path, tmp_path / "x.png")
+        assert run.crash is None, str(run)
+        if run.code == 0:
+            (tmp_path / "x.png").unlink()
+            if _meaning(bytes(flipped)) != original:
+                accepted.append((i, mask))
+        else:
+            assert_refused(run)
+    assert not accepted, f"{len(accepted)} of {2 * len(data)} single-bit flips decode without complaint: {accepted[:20]}"
+
+
+def hostile(good: Path, model_dir: Path, tmp_path: Path, codebook: int | None = None, **changes) -> Path:
+    """A well-formed token file (valid checksum, if the format has one) whose fields ``changes`` edits."""
+    encoded = read_etok(good)
+    model = ElasticTok.from_pretrained(model_dir)
+    info_fields = {k: changes.pop(k) for k in ("fps", "size", "frames", "is_image") if k in changes}
+    if info_fields:
+        encoded.info = replace(encoded.info, **info_fields)
+    if "counts" in changes:
+        counts = changes.pop("counts")
+        n = sum(counts)
+        tokens = encoded.tokens
+        encoded.tokens = tokens.repeat(n // len(tokens) + 1)[:n]
+        encoded.counts = torch.tensor(counts)
+        encoded.scores = torch.zeros(len(counts))
+    for key, value in changes.items():
+        setattr(encoded, key, value)
+    path = tmp_path / "hostile.etok"
+    path.write_bytes(etok_bytes(encoded, model.quantizer.codebook_size if codebook is None else codebook))
+    return path
+
+
+HOSTILE = [
+    case("header-max-tokens-64-for-a-32-token-model", dict(max_tokens=64, counts=[40]), "max_tokens"),
+    case("header-max-tokens-16", dict(max_tokens=16, counts=[4]), "max_tokens"),
+    case("header-codebook-larger-than-model", dict(codebook=10**6, tokens=torch.tensor([100000, 5, 6, 7])), "codebook"),
+    case("header-codebook-smaller-than-model", dict(codebook=100, tokens=torch.tensor([1, 2, 3, 4])), "codebook"),
+    case("header-other-model", dict(config_hash="0123456789abcdef"), "model"),
+    case("header-vae-tokens-for-fsq-model", dict(codebook=0, tokens=torch.zeros(4, 6)), "bottleneck"),
+    case("header-count-below-min-tokens", dict(counts=[1]), "tokens"),
+    case("header-image-with-three-blocks", dict(counts=[4, 4, 4]), "image"),
+    case("header-frames-beyond-the-blocks", dict(is_image=False, fps=10.0, frames=1000, counts=[4, 4]), "frames"),
+    case("header-fps-12000", dict(is_image=False, fps=12000.0, frames=2), "fps"),
+    case("header-fps-nan", dict(is_image=False, fps=math.nan, frames=2), "fps"),
+    case("header-fps-negative", dict(is_image=False, fps=-5.0, frames=2), "fps"),
+    case("header-fps-zero", dict(is_image=False, fps=0.0, frames=2), "fps"),
+    case("header-size-zero", dict(size=(0, 32)), "size"),
+    case("header-size-huge", dict(size=(2**40, 32)), "size"),
+]
+
+
+@pytest.mark.parametrize("changes, word", HOSTILE)
+def test_hostile_headers_are_checked_against_the_model(model_dir, good_etok, tmp_path, changes, word):
+    etok = hostile(good_etok, model_dir, tmp_path, **dict(changes))
+    before = snapshot(tmp_path)
+    output = tmp_path / "out" / ("x.png" if changes.get("is_image", True) else "x.mp4")
+    assert_refused(decode(model_dir, etok, output), word)
+    assert_nothing_left(tmp_path, before)
+
+
+@broken("fps-roundtrip")
+def test_a_file_written_at_any_accepted_fps_decodes(corpus, model_dir, tmp_path):
+    """Whatever --fps encode accepts, decode accepts too (a 12000 fps file used to be refused by decode)."""
+    for fps in ("0.5", "240", "1000", "12000"):
+        run = cli("encode", corpus["good_mp4"], "-o", tmp_path / fps, *encode_args(model_dir, "--tokens", "4",
+                                                                                   "--fps", fps), timeout=15)
+        if run.code == 2:
+            assert_refused(run, "fps")
+            continue
+        assert run.code == 0, str(run)
+        assert decode(model_dir, tmp_path / fps / "good.etok", tmp_path / f"{fps}.mp4").code == 0
+
+
+@broken("atomic-cleanup")
+def test_atomic_writer_cleans_up_when_the_rename_fails(tmp_path):
+    from elastictok.utils.fileio import atomic_path
+
+    (tmp_path / "target").mkdir()
+    with pytest.raises(OSError):
+        with atomic_path(tmp_path / "target") as tmp:
+            tmp.write_bytes(b"x")
+    no_temporaries(tmp_path)
