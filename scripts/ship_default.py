@@ -1,11 +1,11 @@
-"""Copy the trained default model into the package and its baselines into baselines/, in float16.
+"""Copy trained runs into the package (the default model) and baselines/ (its baselines), in float16.
 
-    python scripts/ship_default.py [--runs runs]
+    python scripts/ship_default.py [RUN ...] [--runs runs]
 
-Reads RUNS/default/model and the fixed-length baselines RUNS/default-fixed-0.25, -fixed-0.5 and
--full (written by `elastictok train --config configs/default*.yaml`) and writes
-src/elastictok/weights/default and baselines/default-*/ (config.json + model.safetensors, float16 weights; loading casts them
-back to float32).
+Each RUN is a run folder name under --runs (written by `elastictok train --config configs/RUN.yaml`);
+without any, all of them: default-long (the bundled default), default-fixed-0.25, default-fixed-0.5
+and default-full (its fixed-length baselines). Writes config.json + model.safetensors with float16
+weights (loading casts them back to float32).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from elastictok.training.loop import TrainConfig
 
 ROOT = Path(__file__).parents[1]
 DESTINATIONS = {
-    "default": ROOT / "src/elastictok/weights/default",
+    "default-long": ROOT / "src/elastictok/weights/default",
     "default-fixed-0.25": ROOT / "baselines/default-fixed-0.25",
     "default-fixed-0.5": ROOT / "baselines/default-fixed-0.5",
     "default-full": ROOT / "baselines/default-full",
@@ -30,9 +30,14 @@ DESTINATIONS = {
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", metavar="RUN", help=f"any of {', '.join(DESTINATIONS)} (default: all)")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs")
     args = parser.parse_args()
-    for run, destination in DESTINATIONS.items():
+    unknown = sorted(set(args.names) - set(DESTINATIONS))
+    if unknown:
+        parser.error(f"unknown runs {', '.join(unknown)}; choose from {', '.join(DESTINATIONS)}")
+    for run in args.names or DESTINATIONS:
+        destination = DESTINATIONS[run]
         model = ElasticTok.from_pretrained(args.runs / run / "model")
         # The inference window is the context trained on (TrainConfig.model_config), also for runs
         # written before config.window existed.

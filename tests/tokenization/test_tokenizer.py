@@ -70,6 +70,24 @@ def test_full_search_is_the_smallest_count_meeting_the_threshold(trained_micro, 
     assert len(set(chosen)) > 1 or chosen[0] < c.tokens_per_block  # the threshold really selects
 
 
+def test_a_mask_free_encoder_runs_once_per_block_and_gives_the_plain_forward_tokens(real_video):
+    """With ``encoder_mask_conditioning=False`` every candidate count reuses one encoder pass per block;
+    the chosen tokens and scores must still be those of plain (uncached) encode and forward passes."""
+    torch.manual_seed(0)
+    model = ElasticTok(ElasticTokConfig.from_preset("micro", encoder_mask_conditioning=False)).eval()
+    c = model.config
+    threshold = model(real_video, c.tokens_per_block).mse.item() * 1.05
+    encoded = model.tokenize(real_video, f"mse:{threshold}", search="binary", warm_start=False, window=None)[0]
+    assert encoded.encoder_passes == 3 and encoded.passes > 3 * 3  # 3 blocks, several decoder passes each
+    keep = encoded.counts[None]
+    indices = model.encode(real_video, keep).indices[0].view(3, c.tokens_per_block)
+    expected = torch.cat([indices[k, :n] for k, n in enumerate(encoded.counts.tolist())])
+    assert torch.equal(encoded.tokens, expected)
+    from elastictok.metrics.quality import mse_per_block
+    errors = mse_per_block(model(real_video, keep).recon, real_video, c.frames_per_block)[0]
+    assert torch.allclose(encoded.scores, errors, atol=1e-5)
+
+
 @pytest.mark.parametrize("search", ["binary", "batched"])
 def test_fast_searches_meet_the_target(trained_micro, real_video, search):
     model = trained_micro
@@ -234,7 +252,7 @@ def test_regression_head_trains_predicts_and_round_trips(trained_micro, real_vid
     head.save(tmp_path / "head.safetensors")
     loaded = LengthHead.load(tmp_path / "head.safetensors", model)
     result = model.tokenize(real_video, target, search="regression", length_head=loaded)[0]
-    assert result.passes == 2 * 3 and result.evaluations == 3  # one encoder pass + one encode/decode per block
+    assert result.passes == 3 and result.encoder_passes == 2 * 3 and result.evaluations == 3  # features + encode, decode
     assert ((result.counts >= c.min_tokens) & (result.counts <= c.tokens_per_block)).all()
     with pytest.raises(ElasticTokError, match="trained for"):
         model.tokenize(real_video, "mse:0.5", search="regression", length_head=loaded)

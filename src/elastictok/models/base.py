@@ -4,8 +4,9 @@ A family (ElasticTok today; a coarse-to-fine 1-D tokenizer next, in ``models/fle
 ``nn.Module`` that satisfies ``ModelFamily`` below. With it, a family can be
 
 - tokenized: the block coder (``elastictok.tokenization.coder``) calls ``patchify``,
-  ``encode_patches``, ``decode_latents``, ``unpatchify``, ``encoder_features`` and
-  ``tokens_to_latents``; the tokenizer checks inputs with ``as_video`` and reads ``config``;
+  ``encode_patches``, ``decode_latents``, ``unpatchify``, ``encoder_features``,
+  ``tokens_to_latents``, ``drop_tokens`` and ``encoder_reads_keep``; the tokenizer checks
+  inputs with ``as_video`` and reads ``config``;
 - trained: the loop (``elastictok.training.loop``) calls ``forward(video, keep)`` for a loss;
 - evaluated: through tokenization, plus ``forward`` for fixed-length held-out PSNR;
 - saved: ``save_pretrained`` / ``from_pretrained``, with ``config.json`` naming the family so that
@@ -73,6 +74,9 @@ class ModelFamily(Protocol):
     def decode_latents(self, z: Tensor, past: KVCache | None = None,
                        start: int | None = None) -> tuple[Tensor, KVCache]: ...
     def tokens_to_latents(self, tokens: Tensor) -> Tensor: ...  # stored tokens (n,) or (n, C) -> latents (n, C)
+    def drop_tokens(self, latents: Any, keep_mask: Tensor) -> Any: ...  # latents with tokens outside (B, N) zeroed
+    @property
+    def encoder_reads_keep(self) -> bool: ...  # False: one encoder pass (all kept) serves every count
 
     # -- training: an output with .loss, .mse, .kl and .recon
     def forward(self, video: Tensor, keep: Tensor | int | None = None) -> Any: ...

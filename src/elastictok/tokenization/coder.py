@@ -51,6 +51,11 @@ def stack_trials(trials: list[Trial]) -> Trial:
                  None if trials[0].counts is None else torch.cat([t.counts for t in trials]))
 
 
+def _rows(cache: KVCache | None, rows: Tensor) -> KVCache | None:
+    """The cache of the streams ``rows`` (one row per trial)."""
+    return None if cache is None else [(k[rows], v[rows]) for k, v in cache]
+
+
 def trim_cache(cache: KVCache, window: int | None, block_size: int) -> KVCache:
     """Keep the last ``window`` blocks of a cache (None: all)."""
     if window is None:
@@ -71,8 +76,10 @@ class BlockCoder:
         self.enc_cache: KVCache | None = None
         self.dec_cache: KVCache | None = None
         self.blocks_done = 0
-        self.passes = 0  # forward passes (each may score several candidate counts)
+        self.passes = 0  # decoder passes (each may score several candidate counts)
+        self.encoder_passes = 0  # one per block when the encoder does not read the kept mask
         self.evaluations = 0  # candidate counts scored, summed over streams
+        self._encoded: tuple[object, KVCache] | None = None  # this block with every token kept, all streams
 
     @property
     def cached_tokens(self) -> int:
@@ -87,19 +94,34 @@ class BlockCoder:
         """Encode+decode the block's ``patches`` (B, M, D) for stream ``rows[i]`` with ``counts[i]`` tokens."""
         m = self.model.config.tokens_per_block
         mask = torch.arange(m, device=counts.device) < counts[:, None]
-        take = lambda kv: None if kv is None else [(k[rows], v[rows]) for k, v in kv]  # noqa: E731
-        latents, enc_kv = self.model.encode_patches(patches[rows], mask, take(self.enc_cache), self.start)
-        recon, dec_kv = self.model.decode_latents(latents.z, take(self.dec_cache), self.start)
+        latents, enc_kv = self._encode(patches, mask, rows)
+        recon, dec_kv = self.model.decode_latents(latents.z, _rows(self.dec_cache, rows), self.start)
         self.passes += 1
         self.evaluations += len(rows)
         return Trial(latents.z, latents.indices, self.model.unpatchify(recon.float()), enc_kv, dec_kv)
+
+    def _encode(self, patches: Tensor, mask: Tensor, rows: Tensor) -> tuple[object, KVCache]:
+        """The block's latents for ``rows`` with ``mask`` (R, M) kept, and their encoder cache.
+
+        An encoder that never sees the mask runs once per block, every token kept, for all streams;
+        each candidate count then only zeroes the tail of its tokens (the paper's Table 5).
+        """
+        if self.model.encoder_reads_keep:
+            self.encoder_passes += 1
+            return self.model.encode_patches(patches[rows], mask, _rows(self.enc_cache, rows), self.start)
+        if self._encoded is None:
+            every = torch.ones(patches.shape[:2], dtype=torch.bool, device=patches.device)
+            self._encoded = self.model.encode_patches(patches, every, self.enc_cache, self.start)
+            self.encoder_passes += 1
+        latents, enc_kv = self._encoded
+        return self.model.drop_tokens(latents.rows(rows), mask), _rows(enc_kv, rows)
 
     def features(self, patches: Tensor) -> Tensor:
         """(B, 2*width): mean and standard deviation over tokens of the all-kept encoder output (one pass)."""
         mask = torch.ones(patches.shape[:2], dtype=torch.bool, device=patches.device)
         h, _ = self.model.encoder_features(patches, mask, self.enc_cache, self.start)
         h = h.float()
-        self.passes += 1  # an encoder-only pass
+        self.encoder_passes += 1
         return torch.cat([h.mean(1), h.std(1)], dim=-1)
 
     def commit(self, trial: Trial) -> None:
@@ -107,6 +129,7 @@ class BlockCoder:
         m = self.model.config.tokens_per_block
         self.enc_cache = trim_cache(trial.enc_kv, self.window, m)
         self.dec_cache = trim_cache(trial.dec_kv, self.window, m)
+        self._encoded = None
         self.blocks_done += 1
 
 

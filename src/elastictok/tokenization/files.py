@@ -78,7 +78,7 @@ def encode_file(model, source, out_dir: str | Path, target: Target | str,
         "mean_tokens_per_block": sum(counts) / len(counts), "total_tokens": sum(counts),
         "mse": mse, "psnr": float(psnr_from_mse(torch.tensor(mse))),
         "metric": encoded.metric, "scores": encoded.scores.tolist(), "passes": encoded.passes,
-        "seconds": round(seconds, 3),
+        "encoder_passes": encoded.encoder_passes, "seconds": round(seconds, 3),
     }
 
 

@@ -54,7 +54,8 @@ class FlexBlockCoder:
         self.enc_cache: KVCache | None = None
         self.dec_cache: KVCache | None = None
         self.blocks_done = 0
-        self.passes = 0  # forward passes (a scoring pass covers several candidate counts)
+        self.passes = 0  # decoder passes (a scoring pass covers several candidate counts)
+        self.encoder_passes = 0  # one per block
         self.evaluations = 0  # candidate counts scored, summed over streams
         self._codes: tuple[Tensor, KVCache] | None = None  # this block's register codes (B, R, C) and encoder cache
 
@@ -62,7 +63,7 @@ class FlexBlockCoder:
         if self._codes is None:
             start = self.blocks_done * self.model.u  # RoPE positions keep counting when the cache is trimmed
             self._codes = self.model.encode_blocks(patches, self.enc_cache, start=start)
-            self.passes += 1
+            self.encoder_passes += 1
         return self._codes[0]
 
     def trial(self, patches: Tensor, counts: Tensor, rows: Tensor) -> Trial:

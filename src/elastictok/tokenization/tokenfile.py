@@ -53,7 +53,8 @@ class TokenizedVideo:
     model_name: str
     config_hash: str
     max_tokens: int
-    passes: int = 0  # encoder+decoder forward passes over the batch this input was tokenized in
+    passes: int = 0  # decoder forward passes over the batch this input was tokenized in
+    encoder_passes: int = 0  # encoder forward passes over that batch (one per block for mask-free encoders)
     evaluations: int = 0  # candidate counts scored (block encodes+decodes) for this input
     seconds: float = 0.0
     family: str = "elastictok"  # the model family that made the tokens

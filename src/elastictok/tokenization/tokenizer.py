@@ -57,6 +57,7 @@ class _Stream:
         return TokenizedVideo(counts=torch.tensor(self.counts), tokens=torch.cat(self.tokens),
                               scores=torch.tensor(self.scores), metric=metric, info=self.info, model_name=c.name,
                               config_hash=c.fingerprint(), max_tokens=c.tokens_per_block, passes=coder.passes,
+                              encoder_passes=coder.encoder_passes,
                               evaluations=coder.evaluations // streams, seconds=seconds, family=model.family)
 
 

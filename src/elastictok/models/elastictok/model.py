@@ -42,6 +42,12 @@ class Latents:
     mean: Tensor | None = None  # VAE: (B, N, C) posterior mean
     logvar: Tensor | None = None  # VAE: (B, N, C) posterior log-variance
 
+    def rows(self, index: Tensor) -> "Latents":
+        """The latents of the batch rows ``index``."""
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        return Latents(z=self.z[index], keep=self.keep, indices=pick(self.indices), mean=pick(self.mean),
+                       logvar=pick(self.logvar))
+
 
 @dataclass
 class ElasticTokOutput:
@@ -141,19 +147,26 @@ class ElasticTok(Tokenizable, nn.Module):
         is the first token's position (default: right after the cache); with ``sequence_group`` the
         patches are this rank's shard of a sequence split over the group (ring attention).
         """
-        kept = keep_mask[..., None]
         h, present = self.encoder_features(patches, keep_mask, past, start, sequence_group)
         z_pre = self.pre_quant(h)
         latents = Latents(z=torch.empty(0), keep=torch.empty(0))
         if isinstance(self.quantizer, FSQ):
-            z = self.quantizer(z_pre) * kept
-            latents.indices = self.quantizer.codes_to_indices(z)
+            latents.z = self.quantizer(z_pre)
         else:
-            z, posterior = self.quantizer(z_pre)
-            z = z * kept
+            latents.z, posterior = self.quantizer(z_pre)
             latents.mean, latents.logvar = posterior.mean, posterior.logvar
-        latents.z = z
-        return latents, present
+        return self.drop_tokens(latents, keep_mask), present
+
+    def drop_tokens(self, latents: Latents, keep_mask: Tensor) -> Latents:
+        """``latents`` with the tokens outside ``keep_mask`` (B, N) zeroed, FSQ indices to match."""
+        z = latents.z * keep_mask[..., None]
+        indices = self.quantizer.codes_to_indices(z) if isinstance(self.quantizer, FSQ) else None
+        return Latents(z=z, keep=latents.keep, indices=indices, mean=latents.mean, logvar=latents.logvar)
+
+    @property
+    def encoder_reads_keep(self) -> bool:
+        """Whether the encoder sees the kept mask; when not, one encoder pass serves every kept count."""
+        return self.config.encoder_mask_conditioning
 
     def encoder_features(self, patches: Tensor, keep_mask: Tensor, past: KVCache | None = None,
                          start: int | None = None, sequence_group=None) -> tuple[Tensor, KVCache]:
