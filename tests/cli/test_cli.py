@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from elastictok.media.io import VideoReader, read_image
 
@@ -58,6 +59,27 @@ def test_encode_decode_reconstruct(model_dir, photo_folder, tmp_path):
     frames = VideoReader(tmp_path / "side.mp4").read_all()
     assert frames.shape[0] == 24 and frames.shape[2] == 2 * frames.shape[1]  # side by side
     assert read_image(tmp_path / "side_tokens.png").shape[0] > 100
+
+
+def test_encode_with_two_workers_writes_the_same_tokens_in_order(model_dir, photo_folder, tmp_path):
+    """Two processes, one thread each, tokenize the inputs; a bad input is named and the rest written."""
+    from elastictok.tokenization.tokenfile import read_etok
+
+    inputs = [str(photo_folder / "pan.mp4"), str(photo_folder / "photo0.jpg"), str(photo_folder / "photo1.jpg")]
+    common = ["--model", str(model_dir), "--threshold", "mse:0.1", "--json"]
+    one = cli("encode", *inputs, "-o", str(tmp_path / "one"), *common)
+    two = cli("encode", *inputs, "-o", str(tmp_path / "two"), "--workers", "2", *common)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr
+    assert [json.loads(line)["input"] for line in two.stdout.splitlines()] == inputs
+    for name in ("pan.etok", "photo0.etok", "photo1.etok"):
+        a, b = read_etok(tmp_path / "one" / name), read_etok(tmp_path / "two" / name)
+        assert torch.equal(a.counts, b.counts) and torch.equal(a.tokens, b.tokens)
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    mixed = cli("encode", inputs[1], str(tmp_path / "bad.mp4"), "-o", str(tmp_path / "mixed"), "--workers", "2", *common)
+    assert mixed.returncode == 2 and "bad.mp4" in mixed.stderr and len(mixed.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "mixed" / "photo0.etok").exists() and not (tmp_path / "mixed" / "bad.etok").exists()
+    too_many = cli("encode", inputs[1], "-o", str(tmp_path / "x"), "--workers", "999", *common)
+    assert too_many.returncode == 2 and "workers must be" in too_many.stderr
 
 
 @pytest.mark.parametrize("args, message", [

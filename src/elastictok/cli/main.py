@@ -103,7 +103,8 @@ def _encode(args: argparse.Namespace) -> None:
                   f"{summary['output']}")
 
     with _autocast(args, model):
-        encode_files(model, args.inputs, args.output, target, options, each=show)
+        encode_files(model, args.inputs, args.output, target, options, each=show, workers=args.workers,
+                     bf16=args.dtype == "bf16")
 
 
 def _train_length_head(args: argparse.Namespace) -> None:

@@ -19,6 +19,16 @@ def _fps(text: str) -> float:
     return value
 
 
+def _workers(text: str) -> int:
+    from ..tokenization.workers import available_cores
+
+    cores = available_cores()
+    if not text.isdigit() or not 1 <= int(text) <= cores:
+        raise argparse.ArgumentTypeError(f"workers must be a whole number in [1, {cores}] (the cores this process "
+                                         f"may use), got {text!r}")
+    return int(text)
+
+
 def _window(text: str) -> int | str:
     if text == "model":
         return text
@@ -69,6 +79,8 @@ def _add_encode(sub, commands: dict) -> None:
     _add_model_args(p)
     _add_target_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object per input on stdout")
+    p.add_argument("--workers", type=_workers, default=1, help="processes tokenizing inputs side by side, each with "
+                   "an equal share of the cores (default: %(default)s, every core in this process)")
     p.set_defaults(func=commands["encode"])
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -18,6 +18,7 @@ from .options import TokenizeOptions
 from .targets import Target
 from .tokenfile import TokenizedVideo, read_etok, write_etok
 from .tokenizer import achieved_mse, check_compatible, detokenize, iter_decode
+from .workers import TokenizerPool
 
 
 def output_names(inputs: Sequence[str | Path]) -> list[str]:
@@ -34,18 +35,24 @@ def output_names(inputs: Sequence[str | Path]) -> list[str]:
 
 
 def encode_files(model, inputs: Sequence[str | Path], out_dir: str | Path, target: Target | str,
-                 options: TokenizeOptions | None = None, each: Callable[[dict], None] | None = None) -> list[dict]:
+                 options: TokenizeOptions | None = None, each: Callable[[dict], None] | None = None,
+                 workers: int = 1, bf16: bool = False) -> list[dict]:
     """Encode every input into ``out_dir`` (made only when something is written), each whole or not at all.
 
     A failed input does not stop the others; afterwards one ElasticTokError names every failed input.
-    ``each(summary)`` is called as each input is written.
+    ``each(summary)`` is called as each input is written. With ``workers`` > 1 the inputs are
+    tokenized by that many processes sharing the cores (``workers.TokenizerPool``; ``bf16`` is
+    their autocast) and written here, in input order.
     """
     check_output_dir(out_dir)
     failed: list[str] = []
     summaries: list[dict] = []
-    for source, name in zip(inputs, output_names(inputs)):
+    tokenized = _tokenize_each(model, inputs, target, options, workers, bf16)
+    for source, name, encoded in zip(inputs, output_names(inputs), tokenized):
         try:
-            summary = encode_file(model, source, out_dir, target, options, name=name)
+            if isinstance(encoded, ElasticTokError):
+                raise encoded
+            summary = write_encoded(model, encoded, source, out_dir, options, name=name)
         except ElasticTokError as exc:
             if len(inputs) == 1:
                 raise
@@ -61,12 +68,25 @@ def encode_files(model, inputs: Sequence[str | Path], out_dir: str | Path, targe
     return summaries
 
 
-def encode_file(model, source, out_dir: str | Path, target: Target | str,
-                options: TokenizeOptions | None = None, name: str | None = None) -> dict:
-    """Tokenize ``source`` into ``out_dir/<name>`` (default ``<stem>.etok``); returns the summary
-    ``elastictok encode --json`` prints. Nothing is written unless the whole input encodes."""
+def _tokenize_each(model, inputs: Sequence[str | Path], target: Target | str, options: TokenizeOptions | None,
+                   workers: int, bf16: bool) -> Iterator[TokenizedVideo | ElasticTokError]:
+    """Per input, in order: its tokens, or the error that refused it."""
+    if workers == 1:  # in this process, under the caller's threads and autocast
+        for source in inputs:
+            try:
+                yield model.tokenize(source, target, options)
+            except ElasticTokError as exc:
+                yield exc
+        return
+    with TokenizerPool(model, workers, bf16=bf16, target=target, options=options) as pool:
+        yield from pool.map(inputs)
+
+
+def write_encoded(model, encoded: TokenizedVideo, source, out_dir: str | Path,
+                  options: TokenizeOptions | None = None, name: str | None = None) -> dict:
+    """Write the tokens of ``source`` to ``out_dir/<name>`` (default ``<stem>.etok``) and return the summary
+    ``elastictok encode --json`` prints. Nothing is written unless the whole summary could be made."""
     started = time.perf_counter()
-    encoded = model.tokenize(source, target, options)
     destination = Path(out_dir) / (name or Path(source).stem + ".etok")
     counts = encoded.counts.tolist()
     mse = achieved_mse(model, encoded, source, options)
@@ -78,7 +98,7 @@ def encode_file(model, source, out_dir: str | Path, target: Target | str,
         "mean_tokens_per_block": sum(counts) / len(counts), "total_tokens": sum(counts),
         "mse": mse, "psnr": float(psnr_from_mse(torch.tensor(mse))),
         "metric": encoded.metric, "scores": encoded.scores.tolist(), "passes": encoded.passes,
-        "encoder_passes": encoded.encoder_passes, "seconds": round(seconds, 3),
+        "encoder_passes": encoded.encoder_passes, "seconds": round(encoded.seconds + seconds, 3),
     }
 
 

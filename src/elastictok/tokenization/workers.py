@@ -38,7 +38,7 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
 _worker: dict = {}  # per worker process: the model and the tokenize() keywords
 
 
-def _start_worker(model, threads: int, kwargs: dict) -> None:
+def _start_worker(model, threads: int, bf16: bool, kwargs: dict) -> None:
     from ..models.registry import from_pretrained
 
     torch.set_num_threads(threads)
@@ -48,11 +48,13 @@ def _start_worker(model, threads: int, kwargs: dict) -> None:
         pass
     _worker["model"] = (from_pretrained(model) if isinstance(model, (str, os.PathLike)) else model).eval()
     _worker["kwargs"] = kwargs
+    _worker["bf16"] = bf16
 
 
 def _tokenize_one(path: str):
     try:
-        with torch.no_grad():
+        device = next(_worker["model"].parameters()).device.type
+        with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=_worker["bf16"]):
             return _worker["model"].tokenize(path, **_worker["kwargs"])
     except ElasticTokError as exc:
         return exc
@@ -67,20 +69,21 @@ class TokenizerPool:
 
     ``model``: a model directory or bundled name (each worker loads it) or an ``ElasticTok``
     (sent to each worker once). ``kwargs`` are ``ElasticTok.tokenize`` keywords (target, search,
-    window, fps, fit...). With one worker the work runs in this process, on every core.
+    window, fps, fit...); ``bf16`` runs them under bf16 autocast. With one worker the work runs in
+    this process, on every core.
     """
 
-    def __init__(self, model, workers: int = 1, cores: int | None = None, **kwargs):
+    def __init__(self, model, workers: int = 1, cores: int | None = None, bf16: bool = False, **kwargs):
         self.workers = workers
         self.threads = threads_per_worker(workers, cores)
         self._executor = None
         if workers == 1:
             self._previous_threads = torch.get_num_threads()
-            _start_worker(model, self.threads, kwargs)
+            _start_worker(model, self.threads, bf16, kwargs)
         else:
             context = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
             self._executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                                                 initargs=(model, self.threads, kwargs))
+                                                 initargs=(model, self.threads, bf16, kwargs))
             # start every worker now (and load its model), so start-up is not counted as work
             list(self._executor.map(_ready, range(workers)))
 
