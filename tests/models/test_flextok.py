@@ -207,6 +207,19 @@ def test_config_validation():
     for name in ("flextok-tiny", "flextok-small"):
         c = FlexTokConfig.from_preset(name)
         assert c.tokens_per_block == c.registers and c.codebook_size <= 2**18
+    with pytest.raises(ElasticTokError, match="x0_loss_weight"):
+        FlexTokConfig(x0_loss_weight=float("nan"))
+
+
+def test_x0_loss_weight_adds_the_estimate_pixel_error(flex, real_video):
+    """The extra term is the x0 estimate's pixel MSE, on the same draws of t and noise."""
+    flex.train()
+    torch.manual_seed(3)
+    plain = flex(real_video)
+    flex.config.x0_loss_weight = 0.5
+    torch.manual_seed(3)
+    weighted = flex(real_video)
+    assert weighted.loss.item() == pytest.approx(plain.loss.item() + 0.5 * plain.mse.item(), rel=1e-5)
 
 
 def test_trains_and_resumes_with_the_shared_trainer(photo_folder, tmp_path):

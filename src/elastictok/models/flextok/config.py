@@ -51,6 +51,10 @@ class FlexTokConfig:
     time_mean: float = 0.8
     time_std: float = 1.0
     t_min: float = 0.05  # x0 prediction: the velocity error's 1/t weight is capped at 1/t_min
+    # Weight of a plain pixel loss on the x0 estimate beside the velocity loss. The velocity loss weighs
+    # an x0 error by 1/t^2, so near-clean samples (solved from the noisy input alone) dominate it; this
+    # term keeps the near-noise samples, which only the registers can solve, in the gradient.
+    x0_loss_weight: float = 0.0
     context_noise: float = 0.05  # training noises the previous blocks' clean frames by up to this t
     steps: int = 25  # default Euler steps of decode()
     guidance: float = 1.5  # default classifier-free guidance scale (1: none)
@@ -133,6 +137,8 @@ class FlexTokConfig:
             problems.append(f"cfg_dropout must lie in [0, 1), got {self.cfg_dropout}")
         if not 0 < self.t_min < 1 or not 0 <= self.context_noise < 1 or self.time_std <= 0:
             problems.append("t_min must lie in (0, 1), context_noise in [0, 1) and time_std > 0")
+        if not self.x0_loss_weight >= 0:
+            problems.append(f"x0_loss_weight must be >= 0, got {self.x0_loss_weight}")
         if self.steps < 1 or self.guidance < 0:
             problems.append(f"steps must be >= 1 and guidance >= 0, got {self.steps} and {self.guidance}")
         if self.window is not None and self.window < 1:

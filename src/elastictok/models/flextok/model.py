@@ -252,6 +252,7 @@ class FlexTok(Tokenizable, nn.Module):
         t ~ sigmoid(N(time_mean, time_std^2)) per (sample, block) and ``cfg_dropout`` of the blocks
         lose all their registers; in eval mode t = 1, so ``recon`` is the one-step estimate. Block b's
         context is the ground truth of the earlier blocks (noised by up to ``context_noise`` in training).
+        The loss is the velocity error, plus ``x0_loss_weight`` times the x0 estimate's pixel error.
         """
         c = self.config
         video, is_image = self.as_video(video)
@@ -289,6 +290,8 @@ class FlexTok(Tokenizable, nn.Module):
         else:
             x0_hat = x_t - tt * out
             loss = (out - (noise - x0)).pow(2).mean()
+        if c.x0_loss_weight:
+            loss = loss + c.x0_loss_weight * (x0_hat - x0).pow(2).mean()
         recon = self.unpatchify(x0_hat.flatten(1, 2))
         mse = (recon - video.float()).pow(2).mean()
         return FlexTokOutput(recon=recon.mean(1) if is_image else recon, loss=loss, mse=mse,
