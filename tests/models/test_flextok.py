@@ -209,6 +209,8 @@ def test_config_validation():
         assert c.tokens_per_block == c.registers and c.codebook_size <= 2**18
     with pytest.raises(ElasticTokError, match="x0_loss_weight"):
         FlexTokConfig(x0_loss_weight=float("nan"))
+    with pytest.raises(ElasticTokError, match="pure_noise_fraction"):
+        FlexTokConfig(pure_noise_fraction=1.0)
 
 
 def test_x0_loss_weight_adds_the_estimate_pixel_error(flex, real_video):

@@ -50,6 +50,9 @@ class FlexTokConfig:
     # flows do (JiT, Li & He 2025, use the mirror of this, P_mean = -0.8), also trains the one-step estimate.
     time_mean: float = 0.8
     time_std: float = 1.0
+    # Share of training (sample, block) pairs drawn at t = 1 exactly: pure noise, so the x0 estimate can
+    # only come from the registers (an autoencoder's training signal, which teaches the decoder to read them).
+    pure_noise_fraction: float = 0.0
     t_min: float = 0.05  # x0 prediction: the velocity error's 1/t weight is capped at 1/t_min
     # Weight of a plain pixel loss on the x0 estimate beside the velocity loss. The velocity loss weighs
     # an x0 error by 1/t^2, so near-clean samples (solved from the noisy input alone) dominate it; this
@@ -137,6 +140,8 @@ class FlexTokConfig:
             problems.append(f"cfg_dropout must lie in [0, 1), got {self.cfg_dropout}")
         if not 0 < self.t_min < 1 or not 0 <= self.context_noise < 1 or self.time_std <= 0:
             problems.append("t_min must lie in (0, 1), context_noise in [0, 1) and time_std > 0")
+        if not 0 <= self.pure_noise_fraction < 1:
+            problems.append(f"pure_noise_fraction must lie in [0, 1), got {self.pure_noise_fraction}")
         if not self.x0_loss_weight >= 0:
             problems.append(f"x0_loss_weight must be >= 0, got {self.x0_loss_weight}")
         if self.steps < 1 or self.guidance < 0:

@@ -249,8 +249,9 @@ class FlexTok(Tokenizable, nn.Module):
         """Flow-matching loss on a video (B, T, 3, H, W) or image (B, 3, H, W) in [-1, 1].
 
         ``keep`` defaults to nested dropout in training and to all tokens otherwise. In training,
-        t ~ sigmoid(N(time_mean, time_std^2)) per (sample, block) and ``cfg_dropout`` of the blocks
-        lose all their registers; in eval mode t = 1, so ``recon`` is the one-step estimate. Block b's
+        t ~ sigmoid(N(time_mean, time_std^2)) per (sample, block), or t = 1 for ``pure_noise_fraction``
+        of them, and ``cfg_dropout`` of the blocks lose all their registers; in eval mode t = 1, so
+        ``recon`` is the one-step estimate. Block b's
         context is the ground truth of the earlier blocks (noised by up to ``context_noise`` in training).
         The loss is the velocity error, plus ``x0_loss_weight`` times the x0 estimate's pixel error.
         """
@@ -267,6 +268,7 @@ class FlexTok(Tokenizable, nn.Module):
         noise = torch.randn_like(x0)
         if self.training:
             t = torch.sigmoid(torch.randn(b, n, device=x0.device) * c.time_std + c.time_mean)
+            t = t.masked_fill(torch.rand(b, n, device=x0.device) < c.pure_noise_fraction, 1.0)
             cond_keep = keep.masked_fill(torch.rand(b, n, device=x0.device) < c.cfg_dropout, 0)
         else:
             t, cond_keep = torch.ones(b, n, device=x0.device), keep
