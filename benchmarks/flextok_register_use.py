@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -34,6 +35,7 @@ VARIANTS = {  # name -> FlexTokConfig overrides
 
 def one_step_psnr(model: FlexTok, video: torch.Tensor, k: int) -> float:
     model.eval()
+    torch.manual_seed(1)  # the same noise for every variant and k
     with torch.no_grad():
         recon = model(video, k).recon
     return float(psnr_from_mse((recon - video).pow(2).mean()))
@@ -47,8 +49,8 @@ def main() -> None:
     args = parser.parse_args()
     base = FlexTokConfig.from_preset("flextok-micro", cfg_dropout=0.0)
     fpb = base.frames_per_block
-    video = torch.stack([to_model(fit_to_resolution(VideoReader(args.data / name).read_all()[:fpb], base.resolution))
-                         for name in CLIPS])  # (4, fpb, 3, H, W)
+    firsts = [torch.stack(list(islice(VideoReader(args.data / name), fpb))) for name in CLIPS]  # the first frames
+    video = torch.stack([to_model(fit_to_resolution(f, base.resolution)) for f in firsts])  # (4, fpb, 3, H, W)
     r = base.registers
     print(f"flextok-micro, {len(CLIPS)} one-block clips, {args.steps} steps, lr {args.lr}, {torch.get_num_threads()} "
           "threads\n")

@@ -4,7 +4,8 @@
                                 [--blocks N] [--length-head head.safetensors] [--lengths 50 100]
 
 Rows: fixed length (one encoder and one decoder pass per block at Mmax: the floor), plain
-bisection (the original's strategy), warm-started bisection, K-ary batched search, full search
+bisection (the original's strategy), warm-started bisection, the same with the encoder re-run for
+every candidate (the cost before one-pass encoding; only for a mask-free encoder), K-ary batched search, full search
 (the exact reference), the regression head (with --length-head) and any search added to
 ``SEARCHES`` below. Columns: wall time (best of ``--repeats`` interleaved runs) and its ratio
 to fixed length; encoder and decoder passes and candidate counts scored per block; the share of blocks whose

@@ -70,22 +70,29 @@ def test_full_search_is_the_smallest_count_meeting_the_threshold(trained_micro, 
     assert len(set(chosen)) > 1 or chosen[0] < c.tokens_per_block  # the threshold really selects
 
 
-def test_a_mask_free_encoder_runs_once_per_block_and_gives_the_plain_forward_tokens(real_video):
-    """With ``encoder_mask_conditioning=False`` every candidate count reuses one encoder pass per block;
-    the chosen tokens and scores must still be those of plain (uncached) encode and forward passes."""
+@pytest.mark.parametrize("bottleneck", ["fsq", "vae"])
+def test_a_mask_free_encoder_runs_once_per_block_and_gives_the_plain_forward_tokens(real_video, bottleneck):
+    """With ``encoder_mask_conditioning=False`` every candidate count of every stream reuses one encoder
+    pass per block; each stream's tokens and scores must still be those of its own plain (uncached)
+    encode and forward passes."""
     torch.manual_seed(0)
-    model = ElasticTok(ElasticTokConfig.from_preset("micro", encoder_mask_conditioning=False)).eval()
+    model = ElasticTok(ElasticTokConfig.from_preset("micro", encoder_mask_conditioning=False,
+                                                    bottleneck=bottleneck)).eval()
     c = model.config
-    threshold = model(real_video, c.tokens_per_block).mse.item() * 1.05
-    encoded = model.tokenize(real_video, f"mse:{threshold}", search="binary", warm_start=False, window=None)[0]
-    assert encoded.encoder_passes == 3 and encoded.passes > 3 * 3  # 3 blocks, several decoder passes each
-    keep = encoded.counts[None]
-    indices = model.encode(real_video, keep).indices[0].view(3, c.tokens_per_block)
-    expected = torch.cat([indices[k, :n] for k, n in enumerate(encoded.counts.tolist())])
-    assert torch.equal(encoded.tokens, expected)
+    videos = torch.cat([real_video, real_video.flip(-1)])  # two streams that differ
+    threshold = model(videos, c.tokens_per_block).mse.item() * 1.05
+    encoded = model.tokenize(videos, f"mse:{threshold}", search="binary", warm_start=False, window=None)
     from elastictok.metrics.quality import mse_per_block
-    errors = mse_per_block(model(real_video, keep).recon, real_video, c.frames_per_block)[0]
-    assert torch.allclose(encoded.scores, errors, atol=1e-5)
+    for row, result in enumerate(encoded):
+        assert result.encoder_passes == 3 and result.passes > 3 * 3  # 3 blocks, several decoder passes each
+        video, keep = videos[row:row + 1], result.counts[None]
+        latents = model.encode(video, keep)
+        stored = latents.indices[0] if bottleneck == "fsq" else latents.z[0].float()
+        stored = stored.view(3, c.tokens_per_block, *stored.shape[1:])
+        expected = torch.cat([stored[k, :n] for k, n in enumerate(result.counts.tolist())])
+        torch.testing.assert_close(result.tokens, expected, rtol=0, atol=1e-6)
+        errors = mse_per_block(model(video, keep).recon, video, c.frames_per_block)[0]
+        assert torch.allclose(result.scores, errors, atol=1e-5)
 
 
 @pytest.mark.parametrize("search", ["binary", "batched"])

@@ -23,7 +23,7 @@ def _workers(text: str) -> int:
     from ..tokenization.workers import available_cores
 
     cores = available_cores()
-    if not text.isdigit() or not 1 <= int(text) <= cores:
+    if not text.isdecimal() or not 1 <= int(text) <= cores:
         raise argparse.ArgumentTypeError(f"workers must be a whole number in [1, {cores}] (the cores this process "
                                          f"may use), got {text!r}")
     return int(text)

@@ -68,7 +68,7 @@ class ModelFamily(Protocol):
 
     # -- token-level core with a KV cache (the block coder)
     def encode_patches(self, patches: Tensor, keep_mask: Tensor, past: KVCache | None = None,
-                       start: int | None = None) -> tuple[Any, KVCache]: ...  # latents with .z and .indices
+                       start: int | None = None) -> tuple[Any, KVCache]: ...  # latents: .z, .indices, .rows(index)
     def encoder_features(self, patches: Tensor, keep_mask: Tensor, past: KVCache | None = None,
                          start: int | None = None) -> tuple[Tensor, KVCache]: ...
     def decode_latents(self, z: Tensor, past: KVCache | None = None,

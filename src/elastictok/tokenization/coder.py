@@ -1,8 +1,10 @@
 """The block-by-block coder: encode and decode one block at a time against cached context.
 
-Each candidate count is tried by encoding and decoding the block against the cached keys and
+Each candidate count is tried by decoding the block's kept tokens against the cached keys and
 values of the earlier blocks *as they were actually encoded*, so no earlier block is ever
 recomputed; the cache keeps at most ``window`` blocks, so memory is flat however long the video.
+The block is encoded once per candidate, or once for all of them when the model's encoder does
+not read the kept mask (``model.encoder_reads_keep``).
 Works with any model family that provides the token-level core of ``elastictok.models.base``.
 """
 
@@ -30,9 +32,9 @@ class Trial:
     counts: Tensor | None = None  # (R,) the counts tried, for coders that commit from them (FlexTok)
 
     def rows(self, index: Tensor) -> "Trial":
-        pick = lambda kv: [(k[index], v[index]) for k, v in kv]  # noqa: E731
         return Trial(self.z[index], None if self.indices is None else self.indices[index], self.recon[index],
-                     pick(self.enc_kv), pick(self.dec_kv), None if self.counts is None else self.counts[index])
+                     cache_rows(self.enc_kv, index), cache_rows(self.dec_kv, index),
+                     None if self.counts is None else self.counts[index])
 
     def kept_tokens(self, row: int, n: int) -> Tensor:
         """Row ``row``'s first ``n`` tokens as stored: code indices, or float latents."""
@@ -51,7 +53,7 @@ def stack_trials(trials: list[Trial]) -> Trial:
                  None if trials[0].counts is None else torch.cat([t.counts for t in trials]))
 
 
-def _rows(cache: KVCache | None, rows: Tensor) -> KVCache | None:
+def cache_rows(cache: KVCache | None, rows: Tensor) -> KVCache | None:
     """The cache of the streams ``rows`` (one row per trial)."""
     return None if cache is None else [(k[rows], v[rows]) for k, v in cache]
 
@@ -95,7 +97,7 @@ class BlockCoder:
         m = self.model.config.tokens_per_block
         mask = torch.arange(m, device=counts.device) < counts[:, None]
         latents, enc_kv = self._encode(patches, mask, rows)
-        recon, dec_kv = self.model.decode_latents(latents.z, _rows(self.dec_cache, rows), self.start)
+        recon, dec_kv = self.model.decode_latents(latents.z, cache_rows(self.dec_cache, rows), self.start)
         self.passes += 1
         self.evaluations += len(rows)
         return Trial(latents.z, latents.indices, self.model.unpatchify(recon.float()), enc_kv, dec_kv)
@@ -108,13 +110,13 @@ class BlockCoder:
         """
         if self.model.encoder_reads_keep:
             self.encoder_passes += 1
-            return self.model.encode_patches(patches[rows], mask, _rows(self.enc_cache, rows), self.start)
+            return self.model.encode_patches(patches[rows], mask, cache_rows(self.enc_cache, rows), self.start)
         if self._encoded is None:
             every = torch.ones(patches.shape[:2], dtype=torch.bool, device=patches.device)
             self._encoded = self.model.encode_patches(patches, every, self.enc_cache, self.start)
             self.encoder_passes += 1
         latents, enc_kv = self._encoded
-        return self.model.drop_tokens(latents.rows(rows), mask), _rows(enc_kv, rows)
+        return self.model.drop_tokens(latents.rows(rows), mask), cache_rows(enc_kv, rows)
 
     def features(self, patches: Tensor) -> Tensor:
         """(B, 2*width): mean and standard deviation over tokens of the all-kept encoder output (one pass)."""

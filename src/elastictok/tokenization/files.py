@@ -70,16 +70,30 @@ def encode_files(model, inputs: Sequence[str | Path], out_dir: str | Path, targe
 
 def _tokenize_each(model, inputs: Sequence[str | Path], target: Target | str, options: TokenizeOptions | None,
                    workers: int, bf16: bool) -> Iterator[TokenizedVideo | ElasticTokError]:
-    """Per input, in order: its tokens, or the error that refused it."""
-    if workers == 1:  # in this process, under the caller's threads and autocast
+    """Per input, in order: its tokens, or the error that refused it.
+
+    One worker runs here, under the caller's threads, autocast and model (the pool's one-worker
+    mode would set them itself). Several get an equal share of the cores each, no progress bars (they
+    would interleave), and this process keeps one thread for what it does meanwhile (writing files,
+    decoding again to report the MSE of a non-MSE target).
+    """
+    if workers == 1:
         for source in inputs:
             try:
                 yield model.tokenize(source, target, options)
             except ElasticTokError as exc:
                 yield exc
         return
-    with TokenizerPool(model, workers, bf16=bf16, target=target, options=options) as pool:
-        yield from pool.map(inputs)
+    if next(model.parameters()).device.type != "cpu":
+        raise ElasticTokError("--workers shares the CPU cores; on a GPU run one process")
+    options = TokenizeOptions.build(options, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with TokenizerPool(model, min(workers, len(inputs)), bf16=bf16, target=target, options=options) as pool:
+            yield from pool.map(inputs)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def write_encoded(model, encoded: TokenizedVideo, source, out_dir: str | Path,

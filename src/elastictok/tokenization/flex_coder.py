@@ -20,7 +20,7 @@ from ..errors import ElasticTokError
 from ..layers.transformer import KVCache
 from ..utils.runtime import module_device
 from ..utils.seeds import stable_seed
-from .coder import Trial, trim_cache
+from .coder import Trial, cache_rows, trim_cache
 
 NOISE_SEED = 0  # token files hold no seed: every FlexTok decode of block k starts from the same noise
 
@@ -71,7 +71,7 @@ class FlexBlockCoder:
         model = self.model
         z = self._encoded(patches)[rows]  # (n, R, C)
         registers = model.register_tokens(z, counts.to(z.device)[:, None])  # (n, 1, R, D)
-        past = None if self.dec_cache is None else [(k[rows], v[rows]) for k, v in self.dec_cache]
+        past = cache_rows(self.dec_cache, rows)
         noise = block_noise(model, self.blocks_done, len(rows), z.device)
         x0 = model.sample_block(registers, self.blocks_done, past, 1, model.config.guidance, None, noise=noise)
         self.passes += 1

@@ -53,9 +53,9 @@ class TokenizedVideo:
     model_name: str
     config_hash: str
     max_tokens: int
-    passes: int = 0  # decoder forward passes over the batch this input was tokenized in
+    passes: int = 0  # decoder passes that scored candidates, over the batch this input was tokenized in
     encoder_passes: int = 0  # encoder forward passes over that batch (one per block for mask-free encoders)
-    evaluations: int = 0  # candidate counts scored (block encodes+decodes) for this input
+    evaluations: int = 0  # candidate counts scored (one decoded block each) for this input
     seconds: float = 0.0
     family: str = "elastictok"  # the model family that made the tokens
     codebook_size: int | None = None  # as a token file's header states it (None: made in this process)

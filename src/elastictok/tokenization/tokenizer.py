@@ -271,11 +271,12 @@ def _tokenize_to_budget(model, inputs, target: Budget, options: TokenizeOptions)
     c = model.config
     floor_total = None
     low, high = math.log(1e-6), math.log(1.0)  # MSE on [-1, 1] pixels
-    best = None
+    best, seconds = None, 0.0
     for _ in range(10):
         mid = (low + high) / 2
         result = _tokenize_one(model, inputs, Threshold("mse", math.exp(mid)), options)
         results = result if isinstance(result, list) else [result]
+        seconds += results[0].seconds
         total = sum(int(r.counts.sum()) for r in results)
         floor_total = sum(r.n_blocks for r in results) * c.min_tokens
         if total <= target.tokens:
@@ -285,6 +286,8 @@ def _tokenize_to_budget(model, inputs, target: Budget, options: TokenizeOptions)
     if best is None:
         raise ElasticTokError(f"a budget of {target.tokens} tokens is below the minimum "
                               f"{floor_total} (Mmin={c.min_tokens} per block)")
+    for r in best if isinstance(best, list) else [best]:
+        r.seconds = seconds  # what the whole bisection took, not its last round
     return best
 
 

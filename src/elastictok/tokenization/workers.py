@@ -13,6 +13,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Iterable, Iterator
 
 import torch
@@ -88,11 +89,23 @@ class TokenizerPool:
             list(self._executor.map(_ready, range(workers)))
 
     def map(self, paths: Iterable[str | os.PathLike]) -> Iterator:
-        """Per path, in order: its ``TokenizedVideo``, or the ``ElasticTokError`` that refused it."""
+        """Per path, in order: its ``TokenizedVideo``, or the ``ElasticTokError`` that refused it
+        (also when the worker tokenizing it died, e.g. out of memory: then for every path after it)."""
         paths = [str(p) for p in paths]
         if self._executor is None:
             return (_tokenize_one(p) for p in paths)
-        return self._executor.map(_tokenize_one, paths)
+        return self._results(paths)
+
+    def _results(self, paths: list[str]) -> Iterator:
+        results, broken = self._executor.map(_tokenize_one, paths), False
+        for path in paths:
+            if not broken:
+                try:
+                    yield next(results)
+                    continue
+                except BrokenProcessPool:
+                    broken = True
+            yield ElasticTokError(f"{path}: not tokenized, a worker process died (out of memory?)")
 
     def close(self) -> None:
         if self._executor is not None:

@@ -45,7 +45,8 @@ class Latents:
     def rows(self, index: Tensor) -> "Latents":
         """The latents of the batch rows ``index``."""
         pick = lambda t: None if t is None else t[index]  # noqa: E731
-        return Latents(z=self.z[index], keep=self.keep, indices=pick(self.indices), mean=pick(self.mean),
+        keep = self.keep[index] if self.keep.numel() else self.keep  # encode_patches leaves keep empty
+        return Latents(z=self.z[index], keep=keep, indices=pick(self.indices), mean=pick(self.mean),
                        logvar=pick(self.logvar))
 
 

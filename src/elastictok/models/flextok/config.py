@@ -167,6 +167,9 @@ class FlexTokConfig:
         """Short hash of every field that changes the model's numerics (not its name)."""
         data = self.to_dict()
         data.pop("name")
+        for key, default in _FIELDS_ADDED_LATER.items():  # so models written before keep their hash
+            if data[key] == default:
+                data.pop(key)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
@@ -175,6 +178,9 @@ class FlexTokConfig:
             raise ElasticTokError(f"unknown FlexTok preset {preset!r}; choose from {', '.join(PRESETS)}")
         return dataclasses.replace(PRESETS[preset], **overrides)
 
+
+# Fields added after FlexTok models were first saved, with the value every earlier model had.
+_FIELDS_ADDED_LATER = {"x0_loss_weight": 0.0, "pure_noise_fraction": 0.0}
 
 PRESETS: dict[str, FlexTokConfig] = {
     # CPU-trainable: 64x64, 4-frame blocks of 128 pixel patches (2x8x8), 32 registers per block.

@@ -268,7 +268,8 @@ class FlexTok(Tokenizable, nn.Module):
         noise = torch.randn_like(x0)
         if self.training:
             t = torch.sigmoid(torch.randn(b, n, device=x0.device) * c.time_std + c.time_mean)
-            t = t.masked_fill(torch.rand(b, n, device=x0.device) < c.pure_noise_fraction, 1.0)
+            if c.pure_noise_fraction:
+                t = t.masked_fill(torch.rand(b, n, device=x0.device) < c.pure_noise_fraction, 1.0)
             cond_keep = keep.masked_fill(torch.rand(b, n, device=x0.device) < c.cfg_dropout, 0)
         else:
             t, cond_keep = torch.ones(b, n, device=x0.device), keep
