@@ -27,7 +27,7 @@ from ..metrics.quality import METRICS  # noqa: E402
 from ..tokenization.options import TokenizeOptions  # noqa: E402
 from ..tokenization.targets import Threshold, TokenCount  # noqa: E402
 from ..tokenization.tokenfile import TokenizedVideo  # noqa: E402
-from ..tokenization.tokenizer import source_scores  # noqa: E402
+from ..tokenization.tokenizer import read_source, source_scores, tokenize_blocks  # noqa: E402
 from ..utils.fileio import atomic_path  # noqa: E402
 from .plots import plot_tokens  # noqa: E402
 
@@ -41,8 +41,9 @@ class BlockScores:
 
 
 @torch.no_grad()
-def score_blocks(model, encoded: TokenizedVideo, source: str, window: int | None | str = "model") -> BlockScores:
-    """Decode ``encoded`` and score each block against ``source`` with every named metric."""
+def score_blocks(model, encoded: TokenizedVideo, source, window: int | None | str = "model") -> BlockScores:
+    """Decode ``encoded`` and score each block against ``source`` (a path, or its blocks already read)
+    with every named metric."""
     values = source_scores(model, encoded, source, TokenizeOptions(window=window), metrics=list(METRICS))
     return BlockScores(encoded.counts.numpy(), {k: np.array(v) for k, v in values.items()})
 
@@ -84,51 +85,69 @@ def evaluate_models(model, baselines: list, inputs: list[str], thresholds: list[
 
     Several baselines (say, one trained per fixed length) are each measured at every length; the
     baseline curve keeps, per length and threshold, the best of them, so the comparison is against
-    the strongest fixed-length tokenizer at each length.
+    the strongest fixed-length tokenizer at each length. Each input is read once and measured whole
+    before the next, so memory holds one input's frames.
     """
+    c = model.config
+    _check_comparable(model, baselines, thresholds)
+    names = baseline_names or [f"baseline{i}" for i in range(len(baselines))]
+    m = c.tokens_per_block
+    lengths = sorted({min(m, max(c.min_tokens, round(f * m))) for f in fractions})
+    tok_models = [*baselines, model]  # the model's own fixed-length curve comes last
+    fixed: list[list[list[BlockScores]]] = [[[] for _ in lengths] for _ in tok_models]  # [model][length][input]
+    adaptive: dict[str, list[tuple[TokenizedVideo, BlockScores]]] = {_name(t): [] for t in thresholds}
+    bar = tqdm(total=len(inputs) * (len(lengths) * len(tok_models) + len(thresholds)), desc="eval",
+               disable=not progress)
+    for path in inputs:
+        info, blocks = read_source(model, path)
+        blocks = list(blocks)
+        for per_length, tok_model in zip(fixed, tok_models):
+            for scores, n in zip(per_length, lengths):
+                encoded = tokenize_blocks(tok_model, info, blocks, TokenCount(n), window=window)
+                scores.append(score_blocks(tok_model, encoded, blocks, window))
+                bar.update(1)
+        for target in thresholds:
+            encoded = tokenize_blocks(model, info, blocks, target, search=search, window=window)
+            adaptive[_name(target)].append((encoded, score_blocks(model, encoded, blocks, window)))
+            bar.update(1)
+    bar.close()
+    curves = [[_length_point(scores, n, m, thresholds) for scores, n in zip(per_length, lengths)]
+              for per_length in fixed]
+    per_baseline, elastic_fixed_curve = dict(zip(names, curves[:-1])), curves[-1]
+    baseline_curve = [_best_of([curve[i] for curve in per_baseline.values()]) for i in range(len(lengths))]
+    report: dict = {"tokens_per_block": m, "min_tokens": c.min_tokens, "inputs": inputs,
+                    "blocks": sum(len(s.counts) for s in fixed[-1][0]), "thresholds": {},
+                    "baseline_fixed": baseline_curve, "baselines": per_baseline,
+                    "elastic_fixed": elastic_fixed_curve, "tokens_over_time": {}, "model_family": model.family,
+                    "baseline_families": {name: b.family for name, b in zip(names, baselines)}, "_encodings": {}}
+    for name, pairs in adaptive.items():
+        encodings, scores = [e for e, _ in pairs], [s for _, s in pairs]
+        target = next(t for t in thresholds if _name(t) == name)
+        report["thresholds"][name] = _threshold_row(scores, target, baseline_curve, elastic_fixed_curve, m)
+        report["tokens_over_time"][name] = {p: e.counts.tolist() for p, e in zip(inputs, encodings)}
+        report["_encodings"][name] = encodings
+    return report
+
+
+def _check_comparable(model, baselines: list, thresholds: list[Threshold]) -> None:
+    """Baselines tokenize the same blocks on the same token grid; thresholds are metric:value pairs."""
     c = model.config
     if not baselines:
         raise ElasticTokError("eval needs at least one fixed-length baseline")
     if any(b.config.tokens_per_block != c.tokens_per_block for b in baselines):
         raise ElasticTokError(f"model and baselines must have the same tokens per block ({c.tokens_per_block} vs "
                               f"{', '.join(str(b.config.tokens_per_block) for b in baselines)})")
+    if any((b.config.resolution, b.config.frames_per_block) != (c.resolution, c.frames_per_block) for b in baselines):
+        raise ElasticTokError("model and baselines must read the same blocks (resolution and frames per block)")
     for target in thresholds:
         if not isinstance(target, Threshold) or not isinstance(target.metric, str):
             raise ElasticTokError("eval thresholds are metric:value pairs such as mse:0.003")
-    names = baseline_names or [f"baseline{i}" for i in range(len(baselines))]
-    m = c.tokens_per_block
-    lengths = sorted({min(m, max(c.min_tokens, round(f * m))) for f in fractions})
 
-    def measure(tok_model, n: int) -> dict:
-        scores = [score_blocks(tok_model, tok_model.tokenize(path, TokenCount(n), window=window), path, window)
-                  for path in inputs]
-        return {"tokens_per_block": n, "tokens_fraction": n / m, **{name: mean_metric(scores, name) for name in METRICS},
-                "share_meeting": {_name(t): share_meeting(scores, t) for t in thresholds}}
 
-    bar = tqdm(total=len(lengths) * (1 + len(baselines)) + len(thresholds), desc="eval", disable=not progress)
-    per_baseline: dict[str, list[dict]] = {name: [] for name in names}
-    elastic_fixed_curve = []
-    for n in lengths:
-        for name, tok_model in zip(names, baselines):
-            per_baseline[name].append(measure(tok_model, n))
-            bar.update(1)
-        elastic_fixed_curve.append(measure(model, n))
-        bar.update(1)
-    baseline_curve = [_best_of([curve[i] for curve in per_baseline.values()]) for i in range(len(lengths))]
-    report: dict = {"tokens_per_block": m, "min_tokens": c.min_tokens, "inputs": inputs,
-                    "blocks": None, "thresholds": {}, "baseline_fixed": baseline_curve, "baselines": per_baseline,
-                    "elastic_fixed": elastic_fixed_curve, "tokens_over_time": {}, "model_family": model.family,
-                    "baseline_families": {name: b.family for name, b in zip(names, baselines)}}
-    for target in thresholds:
-        encodings = [model.tokenize(path, target, search=search, window=window) for path in inputs]
-        scores = [score_blocks(model, e, p, window) for e, p in zip(encodings, inputs)]
-        report["blocks"] = int(sum(len(s.counts) for s in scores))
-        report["thresholds"][_name(target)] = _threshold_row(scores, target, baseline_curve, elastic_fixed_curve, m)
-        report["tokens_over_time"][_name(target)] = {p: e.counts.tolist() for p, e in zip(inputs, encodings)}
-        report.setdefault("_encodings", {})[_name(target)] = encodings
-        bar.update(1)
-    bar.close()
-    return report
+def _length_point(scores: list[BlockScores], n: int, m: int, thresholds: list[Threshold]) -> dict:
+    """One fixed length's point of a curve: mean metrics and the share of blocks meeting each threshold."""
+    return {"tokens_per_block": n, "tokens_fraction": n / m, **{name: mean_metric(scores, name) for name in METRICS},
+            "share_meeting": {_name(t): share_meeting(scores, t) for t in thresholds}}
 
 
 def _threshold_row(scores: list[BlockScores], target: Threshold, baseline_curve: list[dict],

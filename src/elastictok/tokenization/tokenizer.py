@@ -211,10 +211,24 @@ def _tokenize_tensor(model, batch: Tensor, target: Target, options: TokenizeOpti
     return Tokenizer(model, target, options, feature_sink=sink).run(blocks, [info for info, _ in prepared], n_blocks)
 
 
+def read_source(model, source, options: TokenizeOptions | None = None) -> tuple[MediaInfo, Iterator[Tensor]]:
+    """A media file's info and its uint8 blocks (fpb, H, W, 3), fitted as ``model`` tokenizes it."""
+    c, options = model.config, options or TokenizeOptions()
+    return iter_media_blocks(source, c.resolution, c.frames_per_block, fps=options.fps, fit=options.fit,
+                             min_size=max(c.patch_size[1:]))
+
+
+def tokenize_blocks(model, info: MediaInfo, blocks: Sequence[Tensor], target: Target | str,
+                    options: TokenizeOptions | None = None, **overrides) -> TokenizedVideo:
+    """``model.tokenize(path, target)`` on the uint8 blocks of ``read_source(model, path)``, read once
+    by the caller (an evaluation tokenizes one input many times)."""
+    tokenizer = Tokenizer(model, target, options, **overrides)
+    return tokenizer.run((to_model(b)[None] for b in blocks), [info], total=len(blocks))[0]
+
+
 def _tokenize_file(model, path, target: Target, options: TokenizeOptions, sink) -> TokenizedVideo:
     c = model.config
-    info, blocks = iter_media_blocks(path, c.resolution, c.frames_per_block, fps=options.fps, fit=options.fit,
-                                     min_size=max(c.patch_size[1:]))
+    info, blocks = read_source(model, path, options)
     total = 1 if info.is_image else math.ceil((info.expected_frames or 0) / c.frames_per_block) or None
     tokenizer = Tokenizer(model, target, options, feature_sink=sink)
     return tokenizer.run((to_model(b)[None] for b in blocks), [info], total=total)[0]
@@ -364,10 +378,11 @@ def detokenize(model, encoded, window: int | None | str = "model"):
 
 def decoded_with_sources(model, encoded: TokenizedVideo, source, options: TokenizeOptions | None = None
                          ) -> Iterator[tuple[Tensor, Tensor]]:
-    """(reconstruction (fpb, 3, H, W) in [-1, 1], source block uint8 (fpb, H, W, 3)) per block, read afresh."""
-    c, options = model.config, options or TokenizeOptions()
-    _, blocks = iter_media_blocks(source, c.resolution, c.frames_per_block, fps=options.fps, fit=options.fit,
-                                  min_size=max(c.patch_size[1:]))
+    """(reconstruction (fpb, 3, H, W) in [-1, 1], source block uint8 (fpb, H, W, 3)) per block.
+
+    ``source``: the media path (read afresh) or its blocks as ``read_source`` gives them."""
+    options = options or TokenizeOptions()
+    blocks = read_source(model, source, options)[1] if isinstance(source, (str, os.PathLike)) else source
     return zip(iter_decode(model, encoded, options.window), blocks)
 
 
