@@ -3,6 +3,7 @@
 The public API, re-exported from the layers that define it (docs/architecture.md):
 
     model = ElasticTok.from_pretrained("default")          # or elastictok.from_pretrained(...) for any family
+    flex = FlexTok(FlexTokConfig.from_preset("flextok-tiny"))  # the coarse-to-fine family, same API
     encoded = model.tokenize("clip.mp4", "psnr:30")         # one path -> one TokenizedVideo
     batch = model.tokenize(videos, Threshold("mse", 0.003))  # a batch or a list -> a list
     write_etok("clip.etok", encoded, model.codebook_size)
@@ -13,6 +14,7 @@ from .errors import ElasticTokError
 from .models.base import ModelFamily
 from .models.elastictok.config import PRESETS, ElasticTokConfig
 from .models.elastictok.model import ElasticTok, ElasticTokOutput, Latents
+from .models.flextok import FlexTok, FlexTokConfig
 from .models.registry import FAMILIES, from_pretrained
 from .tokenization.options import TokenizeOptions
 from .tokenization.targets import Budget, Target, Threshold, TokenCount, parse_target
@@ -20,7 +22,8 @@ from .tokenization.tokenfile import TokenizedVideo, etok_bytes, parse_etok, read
 from .tokenization.tokenizer import detokenize, tokenize
 
 __all__ = [
-    "Budget", "ElasticTok", "ElasticTokConfig", "ElasticTokError", "ElasticTokOutput", "FAMILIES", "Latents",
+    "Budget", "ElasticTok", "ElasticTokConfig", "ElasticTokError", "ElasticTokOutput", "FAMILIES", "FlexTok",
+    "FlexTokConfig", "Latents",
     "ModelFamily", "PRESETS", "Target", "Threshold", "TokenCount", "TokenizeOptions", "TokenizedVideo",
     "detokenize", "etok_bytes", "from_pretrained", "parse_etok", "parse_target", "read_etok", "tokenize",
     "write_etok",
