@@ -218,20 +218,21 @@ def read_source(model, source, options: TokenizeOptions | None = None) -> tuple[
                              min_size=max(c.patch_size[1:]))
 
 
-def tokenize_blocks(model, info: MediaInfo, blocks: Sequence[Tensor], target: Target | str,
-                    options: TokenizeOptions | None = None, **overrides) -> TokenizedVideo:
-    """``model.tokenize(path, target)`` on the uint8 blocks of ``read_source(model, path)``, read once
-    by the caller (an evaluation tokenizes one input many times)."""
+def tokenize_blocks(model, info: MediaInfo, blocks: Iterable[Tensor], target: Target | str,
+                    options: TokenizeOptions | None = None, total: int | None = None, **overrides) -> TokenizedVideo:
+    """``model.tokenize(path, target)`` on the uint8 blocks of ``read_source(model, path)``: streamed,
+    or read once by a caller that tokenizes one input many times (an evaluation). ``total`` sizes
+    the progress bar (default: ``len(blocks)`` when it has one)."""
     tokenizer = Tokenizer(model, target, options, **overrides)
-    return tokenizer.run((to_model(b)[None] for b in blocks), [info], total=len(blocks))[0]
+    total = total if total is not None else len(blocks) if isinstance(blocks, Sequence) else None
+    return tokenizer.run((to_model(b)[None] for b in blocks), [info], total=total)[0]
 
 
 def _tokenize_file(model, path, target: Target, options: TokenizeOptions, sink) -> TokenizedVideo:
     c = model.config
     info, blocks = read_source(model, path, options)
     total = 1 if info.is_image else math.ceil((info.expected_frames or 0) / c.frames_per_block) or None
-    tokenizer = Tokenizer(model, target, options, feature_sink=sink)
-    return tokenizer.run((to_model(b)[None] for b in blocks), [info], total=total)[0]
+    return tokenize_blocks(model, info, blocks, target, options, total=total, feature_sink=sink)
 
 
 def _tokenize_one(model, inputs, target: Target, options: TokenizeOptions, sink=None):
