@@ -578,6 +578,7 @@ HOSTILE = [
     case("header-codebook-larger-than-model", dict(codebook=10**6, tokens=torch.tensor([100000, 5, 6, 7])), "codebook"),
     case("header-codebook-smaller-than-model", dict(codebook=100, tokens=torch.tensor([1, 2, 3, 4])), "codebook"),
     case("header-other-model", dict(config_hash="0123456789abcdef"), "model"),
+    case("header-other-weights", dict(weights_hash="0123456789abcdef"), "weights"),
     case("header-vae-tokens-for-fsq-model", dict(codebook=0, tokens=torch.zeros(4, 6)), "bottleneck"),
     case("header-count-below-min-tokens", dict(counts=[1]), "tokens"),
     case("header-image-with-three-blocks", dict(counts=[4, 4, 4]), "image"),

@@ -202,6 +202,12 @@ def test_token_file_round_trip_and_model_check(trained_micro, micro, real_video,
     other = type(micro)(micro.config.__class__.from_preset("micro", width=64, name="other"))
     with pytest.raises(ElasticTokError, match="made by model"):
         other.detokenize(back)
+    retrained = type(model)(model.config)  # the same config, other weights: its tokens mean something else
+    assert retrained.config.fingerprint() == back.config_hash
+    with pytest.raises(ElasticTokError, match="other weights"):
+        retrained.detokenize(back)
+    retrained.load_state_dict(model.state_dict())
+    torch.testing.assert_close(retrained.detokenize(back), model.detokenize(encoded))
 
 
 def test_token_file_holds_codebooks_beyond_int32(real_video, tmp_path):
@@ -293,21 +299,28 @@ def test_public_api_batched_in_batched_out(micro, real_video, photo_folder):
         micro.tokenize(photo, 0.5)
 
 
-def test_version_1_token_files_without_a_checksum_still_read(micro, real_video, tmp_path):
-    """Files written before the checksum (version 1) decode; a damaged version 2 file is refused."""
+def test_older_token_files_still_read(micro, real_video, tmp_path):
+    """Files written before the checksum (version 1) and before the weights digest (version 2) decode;
+    a damaged file is refused."""
     import json
 
     from safetensors.torch import load, save
 
-    from elastictok.tokenization.tokenfile import etok_bytes, parse_etok
+    from elastictok.tokenization.tokenfile import _checksum, etok_bytes, parse_etok
 
     encoded = micro.tokenize(real_video[:1, :4], "tokens:4")[0]
     data = etok_bytes(encoded, micro.codebook_size)
     header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])["__metadata__"]
-    assert header["version"] == "2" and len(header["checksum"]) == 64
-    old = {k: v for k, v in header.items() if k != "checksum"} | {"version": "1"}
-    back = parse_etok(save(load(data), metadata=old))
-    assert back.counts.tolist() == encoded.counts.tolist() and torch.equal(back.tokens, encoded.tokens)
+    assert header["version"] == "3" and len(header["checksum"]) == 64
+    assert header["weights_hash"] == micro.weights_digest() != type(micro)(micro.config).weights_digest()
+    v2 = {k: v for k, v in header.items() if k not in ("checksum", "weights_hash")} | {"version": "2"}
+    v2["checksum"] = _checksum(v2, load(data))
+    v1 = {k: v for k, v in v2.items() if k != "checksum"} | {"version": "1"}
+    for old in (v1, v2):
+        back = parse_etok(save(load(data), metadata=old))
+        assert back.counts.tolist() == encoded.counts.tolist() and torch.equal(back.tokens, encoded.tokens)
+        assert back.weights_hash == ""
+        torch.testing.assert_close(micro.detokenize(back), micro.detokenize(encoded))
     damaged = dict(header, source="elsewhere.mp4")
     with pytest.raises(ElasticTokError, match="checksum"):
         parse_etok(save(load(data), metadata=damaged))

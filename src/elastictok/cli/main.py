@@ -79,9 +79,13 @@ def _autocast(args: argparse.Namespace, model):
 
     import torch
 
+    from ..utils.runtime import warn_if_slow_bf16
+
     if args.dtype == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16)
+    device_type = next(model.parameters()).device.type
+    warn_if_slow_bf16(device_type)
+    return torch.autocast(device_type, dtype=torch.bfloat16)
 
 
 def _encode(args: argparse.Namespace) -> None:

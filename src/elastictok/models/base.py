@@ -19,6 +19,7 @@ layer never imports the one above it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 
@@ -120,3 +121,14 @@ class Tokenizable:
         """Decode a ``TokenizedVideo`` or .etok path to (T, 3, H, W), or (3, H, W) for an image; a list
         of them to a list, decoded together (see ``elastictok.tokenization.tokenizer.detokenize``)."""
         return _tokenization("detokenize")(self, encoded, window)
+
+    def weights_digest(self) -> str:
+        """SHA-256 (16 hex digits) of the weights as float32, so that a token file names the exact weights
+        that made it: float16 files, bf16 autocast and any device give the same digest."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.state_dict().items()):
+            values = tensor.detach().to("cpu", torch.float32).contiguous() if tensor.is_floating_point() \
+                else tensor.detach().cpu().contiguous()
+            digest.update(f"{name}:{values.dtype}:{tuple(values.shape)}".encode())
+            digest.update(values.view(torch.uint8).numpy().tobytes() if values.numel() else b"")
+        return digest.hexdigest()[:16]

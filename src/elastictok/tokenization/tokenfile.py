@@ -7,8 +7,10 @@ Tensors:
              or float32 (sum(counts), C) VAE latents;
              block k's tokens are the k-th run of ``counts[k]`` entries, in the model's token order.
 Header (safetensors string metadata):
-  ``format`` = "elastictok-tokens", ``version`` = "2" (version 1 files still read), ``model_name``,
-  ``config_hash`` (a hash of the model's config: decoding with another model is refused), ``max_tokens``,
+  ``format`` = "elastictok-tokens", ``version`` = "3" (versions 1 and 2 still read), ``model_name``,
+  ``config_hash`` (a hash of the model's config: decoding with another model is refused),
+  ``weights_hash`` (version 3: a digest of the weights, so that another training of the same config
+  is refused too; older files have none and skip that check), ``max_tokens``,
   ``codebook_size`` (FSQ; 0 for VAE), ``metric``, ``fps`` ("" for images), ``height``/``width`` (original size), ``frames``
   (real frames; the last block may be padding past them), ``is_image``, ``source``, and
   ``counts``/``scores`` again as JSON lists so that tools can read them without tensors, and
@@ -36,8 +38,8 @@ from ..media.blocks import MediaInfo
 from ..media.io import MAX_FPS, MAX_SIDE
 from ..utils.fileio import atomic_path
 
-FORMAT, VERSION = "elastictok-tokens", "2"
-READABLE_VERSIONS = ("1", "2")
+FORMAT, VERSION = "elastictok-tokens", "3"
+READABLE_VERSIONS = ("1", "2", "3")
 MAX_FILE_BYTES = 2**31
 
 
@@ -59,6 +61,7 @@ class TokenizedVideo:
     seconds: float = 0.0
     family: str = "elastictok"  # the model family that made the tokens
     codebook_size: int | None = None  # as a token file's header states it (None: made in this process)
+    weights_hash: str = ""  # the making model's weights_digest() ("" in files older than version 3)
 
     @property
     def n_blocks(self) -> int:
@@ -92,7 +95,7 @@ def etok_bytes(encoded: TokenizedVideo, codebook_size: int) -> bytes:
         "width": str(info.size[1]), "frames": str(info.frames), "is_image": str(int(info.is_image)),
         "source": info.source, "counts": json.dumps(encoded.counts.tolist()),
         "scores": json.dumps([None if math.isnan(s) else s for s in encoded.scores.tolist()]),
-        "family": encoded.family,
+        "family": encoded.family, "weights_hash": encoded.weights_hash,
     }
     tensors = {"counts": encoded.counts.to(torch.int32).contiguous(), "scores": encoded.scores.float().contiguous(),
                "tokens": tokens.contiguous()}
@@ -174,7 +177,8 @@ def _validate(path: Path, header: dict[str, str], tensors: dict[str, torch.Tenso
     return TokenizedVideo(counts=tensors["counts"].long(), tokens=tokens.long() if codebook > 0 else tokens,
                           scores=tensors["scores"], metric=fields["metric"], info=info,
                           model_name=fields["model_name"], config_hash=fields["config_hash"],
-                          max_tokens=fields["max_tokens"], family=fields["family"], codebook_size=codebook)
+                          max_tokens=fields["max_tokens"], family=fields["family"], codebook_size=codebook,
+                          weights_hash=fields["weights_hash"])
 
 
 def _fields(header: dict[str, str]) -> dict:
@@ -186,6 +190,7 @@ def _fields(header: dict[str, str]) -> dict:
         "is_image": header["is_image"] == "1", "listed_counts": json.loads(header["counts"]),
         "model_name": header["model_name"], "config_hash": header["config_hash"], "metric": header["metric"],
         "source": header["source"], "family": header.get("family", "elastictok"),
+        "weights_hash": header["weights_hash"] if header["version"] not in ("1", "2") else "",
     }
 
 

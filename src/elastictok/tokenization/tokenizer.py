@@ -52,13 +52,15 @@ class _Stream:
     scores: list[float] = field(default_factory=list)
     tokens: list[Tensor] = field(default_factory=list)
 
-    def result(self, model, metric: str, coder: BlockCoder, seconds: float, streams: int) -> TokenizedVideo:
+    def result(self, model, metric: str, coder: BlockCoder, seconds: float, streams: int,
+               weights_hash: str) -> TokenizedVideo:
         c = model.config
         return TokenizedVideo(counts=torch.tensor(self.counts), tokens=torch.cat(self.tokens),
                               scores=torch.tensor(self.scores), metric=metric, info=self.info, model_name=c.name,
                               config_hash=c.fingerprint(), max_tokens=c.tokens_per_block, passes=coder.passes,
                               encoder_passes=coder.encoder_passes,
-                              evaluations=coder.evaluations // streams, seconds=seconds, family=model.family)
+                              evaluations=coder.evaluations // streams, seconds=seconds, family=model.family,
+                              weights_hash=weights_hash)
 
 
 def check_token_count(model, target: Target) -> None:
@@ -113,7 +115,8 @@ class Tokenizer:
         if coder.blocks_done == 0:
             raise ElasticTokError("empty input: no frames to tokenize")
         seconds = time.perf_counter() - started
-        return [s.result(self.model, self.scorer.name, coder, seconds, len(streams)) for s in streams]
+        weights_hash = self.model.weights_digest()
+        return [s.result(self.model, self.scorer.name, coder, seconds, len(streams), weights_hash) for s in streams]
 
     def _decide(self, coder: BlockCoder, block: Tensor, previous: Tensor | None) -> tuple[Tensor, Trial, Tensor]:
         """Choose each stream's count for this block; return counts, the committed trial and scores."""
@@ -307,7 +310,8 @@ def _tokenize_to_budget(model, inputs, target: Budget, options: TokenizeOptions)
 
 
 # ---- decoding ----------------------------------------------------------------------------------------------
-def check_compatible(model, encoded: TokenizedVideo) -> None:
+def check_compatible(model, encoded: TokenizedVideo, weights_hash: str | None = None) -> None:
+    """Refuse tokens that ``model`` did not make (``weights_hash``: its ``weights_digest()``, if known)."""
     c = model.config
     if encoded.family != model.family:
         raise ElasticTokError(f"these tokens were made by a {encoded.family} model; {c.name!r} is a {model.family} "
@@ -315,6 +319,10 @@ def check_compatible(model, encoded: TokenizedVideo) -> None:
     if encoded.config_hash != c.fingerprint():
         raise ElasticTokError(f"these tokens were made by model {encoded.model_name!r} (config {encoded.config_hash}), "
                               f"not by this model {c.name!r} (config {c.fingerprint()}); decode with the same model")
+    if encoded.weights_hash and encoded.weights_hash != (weights_hash or model.weights_digest()):
+        raise ElasticTokError(f"these tokens were made by other weights of model {encoded.model_name!r} (weights "
+                              f"{encoded.weights_hash}, this model's {weights_hash or model.weights_digest()}); "
+                              "decode with the same model")
     if encoded.tokens.is_floating_point() == (model.codebook_size > 0):
         raise ElasticTokError("token type does not match the model's bottleneck")
     _check_fields(model, encoded)
@@ -364,8 +372,9 @@ def detokenize(model, encoded, window: int | None | str = "model"):
     """
     single = not isinstance(encoded, (list, tuple))
     items = [read_etok(e) if isinstance(e, (str, os.PathLike)) else e for e in ([encoded] if single else encoded)]
+    weights_hash = model.weights_digest()
     for item in items:
-        check_compatible(model, item)
+        check_compatible(model, item, weights_hash)
     window = TokenizeOptions(window=window).resolve_window(model)
     videos: list[Tensor | None] = [None] * len(items)
     for n_blocks in sorted({item.n_blocks for item in items}):

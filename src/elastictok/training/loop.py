@@ -29,6 +29,7 @@ from ..errors import ElasticTokError
 from ..metrics.quality import psnr, psnr_from_mse
 from ..models.registry import config_from_preset, model_class_for
 from ..utils.fileio import atomic_path
+from ..utils.runtime import warn_if_slow_bf16
 from ..utils.seeds import stable_seed
 from .checkpoint import Checkpoint, FileCheckpoint, TrainState, checkpoint_for
 from .datasets import MediaCollection, TrainBatches, eval_clips
@@ -394,6 +395,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     out_dir = Path(cfg.out_dir)
     world, device = setup(cfg.device)
     _check_layout(cfg, world)
+    if cfg.bf16:
+        warn_if_slow_bf16(device.type)
     checkpoint = checkpoint_for(out_dir, world.distributed)
     resuming = resume and checkpoint.exists()
     state = _build_state(cfg, world, device, None if resuming else cfg.init_from)
