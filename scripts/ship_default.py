@@ -1,11 +1,11 @@
-"""Copy trained runs into the package (the default model) and baselines/ (its baselines), in float16.
+"""Copy trained runs into the package (the bundled models) and baselines/ (their baselines), in float16.
 
     python scripts/ship_default.py [RUN ...] [--runs runs]
 
 Each RUN is a run folder name under --runs (written by `elastictok train --config configs/RUN.yaml`);
-without any, all of them: default-long (the bundled default), default-fixed-0.25, default-fixed-0.5
-and default-full (its fixed-length baselines). Writes config.json + model.safetensors with float16
-weights (loading casts them back to float32).
+without any, all of them: default-long (the bundled `default`), flextok-tiny (the bundled `flextok`),
+default-fixed-0.25, default-fixed-0.5 and default-full (the default's fixed-length baselines). Writes
+config.json + model.safetensors with float16 weights (loading casts them back to float32).
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from pathlib import Path
 
 import torch
 
-from elastictok import ElasticTok
+from elastictok.models.registry import from_pretrained
 from elastictok.training.loop import TrainConfig
 
 ROOT = Path(__file__).parents[1]
 DESTINATIONS = {
     "default-long": ROOT / "src/elastictok/weights/default",
+    "flextok-tiny": ROOT / "src/elastictok/weights/flextok",
     "default-fixed-0.25": ROOT / "baselines/default-fixed-0.25",
     "default-fixed-0.5": ROOT / "baselines/default-fixed-0.5",
     "default-full": ROOT / "baselines/default-full",
@@ -38,7 +39,7 @@ def main() -> int:
         parser.error(f"unknown runs {', '.join(unknown)}; choose from {', '.join(DESTINATIONS)}")
     for run in args.names or DESTINATIONS:
         destination = DESTINATIONS[run]
-        model = ElasticTok.from_pretrained(args.runs / run / "model")
+        model = from_pretrained(args.runs / run / "model")
         # The inference window is the context trained on (TrainConfig.model_config), also for runs
         # written before config.window existed.
         model.config.window = TrainConfig.from_yaml(args.runs / run / "train_config.yaml").model_config().window

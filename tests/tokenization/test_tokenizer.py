@@ -274,6 +274,8 @@ def test_regression_head_trains_predicts_and_round_trips(trained_micro, real_vid
     other = type(model)(c.__class__.from_preset("micro", width=64, name="other"))
     with pytest.raises(ElasticTokError, match="another model"):
         LengthHead.load(tmp_path / "head.safetensors", other)
+    with pytest.raises(ElasticTokError, match="other weights"):
+        LengthHead.load(tmp_path / "head.safetensors", type(model)(c))
 
 
 def test_public_api_batched_in_batched_out(micro, real_video, photo_folder):

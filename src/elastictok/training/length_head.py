@@ -32,7 +32,7 @@ def train_length_head(model, inputs: list, target: Threshold, search: str = "bin
                       eval_inputs: list | None = None, **kwargs) -> tuple[LengthHead, HeadReport]:
     features, counts = collect(model, inputs, target, search, **kwargs)
     m = model.config.tokens_per_block
-    head = LengthHead(model.config.width, str(target), model.config.fingerprint())
+    head = LengthHead(model.config.width, str(target), model.config.fingerprint(), weights_hash=model.weights_digest())
     optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3, weight_decay=1e-4)
     labels = counts.float() / m
     for _ in range(steps):
