@@ -108,11 +108,17 @@ def test_tokenize_corpus_plain_torchrun_and_resume(trained_micro, photo_folder, 
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"{summary.tokens} tokens" in result.stdout
-    ranked = _members(tmp_path / "ranked")
-    assert ranked.keys() == members.keys()
-    for key, payload in members.items():  # safetensors orders header metadata arbitrarily: compare contents
-        if key.endswith(".etok"):
-            a, b = parse_etok(payload), parse_etok(ranked[key])
-            assert torch.equal(a.counts, b.counts) and torch.equal(a.tokens, b.tokens) and a.info == b.info
-        else:
-            assert payload == ranked[key]
+    pooled = subprocess.run([sys.executable, "-m", "elastictok.cli", "tokenize-corpus", str(corpus),
+                             str(tmp_path / "pooled"), "--model", str(model_dir), "--threshold", "mse:0.2",
+                             "--shard-size", "2", "--no-progress", "--workers", "2"],
+                            capture_output=True, text=True, timeout=120)
+    assert pooled.returncode == 0, pooled.stderr[-2000:]
+    assert f"{summary.tokens} tokens" in pooled.stdout
+    for other in (_members(tmp_path / "ranked"), _members(tmp_path / "pooled")):
+        assert other.keys() == members.keys()
+        for key, payload in members.items():  # safetensors orders header metadata arbitrarily: compare contents
+            if key.endswith(".etok"):
+                a, b = parse_etok(payload), parse_etok(other[key])
+                assert torch.equal(a.counts, b.counts) and torch.equal(a.tokens, b.tokens) and a.info == b.info
+            else:
+                assert payload == other[key]

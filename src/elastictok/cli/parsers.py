@@ -79,9 +79,13 @@ def _add_encode(sub, commands: dict) -> None:
     _add_model_args(p)
     _add_target_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object per input on stdout")
+    _add_workers_arg(p)
+    p.set_defaults(func=commands["encode"])
+
+
+def _add_workers_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=_workers, default=1, help="processes tokenizing inputs side by side, each with "
                    "an equal share of the cores (default: %(default)s, every core in this process)")
-    p.set_defaults(func=commands["encode"])
 
 
 def _add_decode(sub, commands: dict) -> None:
@@ -113,6 +117,7 @@ def _add_tokenize_corpus(sub, commands: dict) -> None:
     p.add_argument("sources", nargs="+", metavar="SRC", help="folders or files")
     p.add_argument("destination", metavar="DST", help="output folder")
     p.add_argument("--shard-size", type=int, default=100, help="inputs per shard (default: %(default)s)")
+    _add_workers_arg(p)
     _add_model_args(p)
     _add_target_args(p)
     p.set_defaults(func=commands["tokenize-corpus"])

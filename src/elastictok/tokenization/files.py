@@ -47,7 +47,7 @@ def encode_files(model, inputs: Sequence[str | Path], out_dir: str | Path, targe
     check_output_dir(out_dir)
     failed: list[str] = []
     summaries: list[dict] = []
-    tokenized = _tokenize_each(model, inputs, target, options, workers, bf16)
+    tokenized = tokenize_each(model, inputs, target, options, workers, bf16)
     for source, name, encoded in zip(inputs, output_names(inputs), tokenized):
         try:
             if isinstance(encoded, ElasticTokError):
@@ -68,8 +68,8 @@ def encode_files(model, inputs: Sequence[str | Path], out_dir: str | Path, targe
     return summaries
 
 
-def _tokenize_each(model, inputs: Sequence[str | Path], target: Target | str, options: TokenizeOptions | None,
-                   workers: int, bf16: bool) -> Iterator[TokenizedVideo | ElasticTokError]:
+def tokenize_each(model, inputs: Sequence[str | Path], target: Target | str, options: TokenizeOptions | None = None,
+                  workers: int = 1, bf16: bool = False) -> Iterator[TokenizedVideo | ElasticTokError]:
     """Per input, in order: its tokens, or the error that refused it.
 
     One worker runs here, under the caller's threads, autocast and model (the pool's one-worker

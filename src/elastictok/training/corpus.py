@@ -1,6 +1,8 @@
 """Tokenize a whole corpus into WebDataset shards of .etok files, under plain python or torchrun.
 
 Inputs (sorted) are grouped into shards of ``shard_size``; shard s belongs to rank s % world.
+On one machine without torchrun, ``workers`` processes share the cores instead
+(``tokenization.workers.TokenizerPool``: cores // workers threads each).
 Each finished shard is ``DST/tokens-NNNNNN.tar`` (``KEY.etok`` + ``KEY.json`` per input) with a
 ``tokens-NNNNNN.json`` summary beside it, both renamed into place only when complete: after a
 crash, rerunning skips every finished shard. Unreadable inputs are listed, not fatal.
@@ -23,6 +25,8 @@ from tqdm import tqdm
 from ..media.io import list_media
 from ..errors import ElasticTokError
 from ..utils.fileio import atomic_path
+from ..tokenization.files import tokenize_each
+from ..tokenization.options import TokenizeOptions
 from ..tokenization.targets import Target
 from ..utils.runtime import distributed_ready, rank_and_world_size
 from ..tokenization.tokenfile import etok_bytes
@@ -64,52 +68,37 @@ def _add_bytes(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
 
 
 def tokenize_corpus(model, sources: list, destination: str | Path, target: Target, search: str = "binary",
-                    shard_size: int = 100, window: int | None | str = "model", progress: bool = True) -> CorpusSummary:
+                    shard_size: int = 100, window: int | None | str = "model", progress: bool = True,
+                    workers: int = 1) -> CorpusSummary:
     """Tokenize every image and video under ``sources``; returns the summary over all ranks."""
     destination = Path(destination)
-    destination.mkdir(parents=True, exist_ok=True)
     files = list_media(sources)
     if not files:
         raise ElasticTokError(f"no images or videos under {', '.join(map(str, sources))}")
     distributed = distributed_ready()
+    if distributed and workers > 1:
+        raise ElasticTokError("--workers shares one machine's cores; under torchrun every rank is the worker")
+    destination.mkdir(parents=True, exist_ok=True)
     rank, world = rank_and_world_size()
     root = Path(sources[0]) if len(sources) == 1 and Path(sources[0]).is_dir() else None
     n_shards = -(-len(files) // shard_size)
-    mine = [s for s in range(n_shards) if s % world == rank]
+    shards = {s: files[s * shard_size:(s + 1) * shard_size] for s in range(n_shards) if s % world == rank}
     local = CorpusSummary()
-    bar = tqdm(total=sum(len(files[s * shard_size:(s + 1) * shard_size]) for s in mine), unit="file",
-               desc=f"rank {rank}", disable=not progress, position=rank)
-    for shard in mine:
-        members = files[shard * shard_size:(shard + 1) * shard_size]
-        tar_path = destination / f"tokens-{shard:06d}.tar"
-        summary_path = destination / f"tokens-{shard:06d}.json"
-        if tar_path.exists() and summary_path.exists():
-            local.add(json.loads(summary_path.read_text()), written=False)
+    bar = tqdm(total=sum(map(len, shards.values())), unit="file", desc=f"rank {rank}", disable=not progress,
+               position=rank)
+    pending = {}
+    for shard, members in shards.items():
+        summary = destination / f"tokens-{shard:06d}.json"
+        if summary.exists() and summary.with_suffix(".tar").exists():
+            local.add(json.loads(summary.read_text()), written=False)
             bar.update(len(members))
-            continue
-        record = {"inputs": len(members), "failed": [], "blocks": 0, "tokens": 0, "max_tokens": 0}
-        with atomic_path(tar_path) as tmp, tarfile.open(tmp, "w") as tar:
-            for index, path in enumerate(members):
-                key = str(path.relative_to(root).with_suffix("")) if root else f"{shard:06d}-{index:05d}-{path.stem}"
-                key = key.replace("/", "__").replace(".", "_")
-                try:
-                    with torch.no_grad():
-                        encoded = model.tokenize(str(path), target, search=search, window=window)
-                except ElasticTokError as exc:
-                    log.warning("skipping %s", exc)
-                    record["failed"].append(str(path))
-                    bar.update(1)
-                    continue
-                counts = encoded.counts.tolist()
-                _add_bytes(tar, f"{key}.etok", etok_bytes(encoded, model.codebook_size))
-                _add_bytes(tar, f"{key}.json", json.dumps({"source": str(path), "tokens_per_block": counts}).encode())
-                record["blocks"] += len(counts)
-                record["tokens"] += sum(counts)
-                record["max_tokens"] += len(counts) * encoded.max_tokens
-                bar.update(1)
-        with atomic_path(summary_path) as tmp:
-            tmp.write_text(json.dumps(record))
-        local.add(record, written=True)
+        else:
+            pending[shard] = members
+    options = TokenizeOptions(search=search, window=window, progress=False)
+    with torch.no_grad():
+        results = tokenize_each(model, [p for members in pending.values() for p in members], target, options, workers)
+        for shard, members in pending.items():
+            local.add(_write_shard(model, destination, shard, members, results, root, bar), written=True)
     bar.close()
     fields = ("inputs", "shards_written", "shards_skipped", "failed", "blocks", "tokens", "max_tokens")
     if distributed:
@@ -117,3 +106,26 @@ def tokenize_corpus(model, sources: list, destination: str | Path, target: Targe
         dist.all_reduce(totals)
         return CorpusSummary(*totals.tolist())
     return local
+
+
+def _write_shard(model, destination: Path, shard: int, members: list[Path], results, root: Path | None, bar) -> dict:
+    """Write ``tokens-NNNNNN.tar`` and its summary from the next ``len(members)`` of ``results``; return the summary."""
+    record = {"inputs": len(members), "failed": [], "blocks": 0, "tokens": 0, "max_tokens": 0}
+    with atomic_path(destination / f"tokens-{shard:06d}.tar") as tmp, tarfile.open(tmp, "w") as tar:
+        for index, (path, encoded) in enumerate(zip(members, results)):
+            bar.update(1)
+            if isinstance(encoded, ElasticTokError):
+                log.warning("skipping %s", encoded)
+                record["failed"].append(str(path))
+                continue
+            key = str(path.relative_to(root).with_suffix("")) if root else f"{shard:06d}-{index:05d}-{path.stem}"
+            key = key.replace("/", "__").replace(".", "_")
+            counts = encoded.counts.tolist()
+            _add_bytes(tar, f"{key}.etok", etok_bytes(encoded, model.codebook_size))
+            _add_bytes(tar, f"{key}.json", json.dumps({"source": str(path), "tokens_per_block": counts}).encode())
+            record["blocks"] += len(counts)
+            record["tokens"] += sum(counts)
+            record["max_tokens"] += len(counts) * encoded.max_tokens
+    with atomic_path(destination / f"tokens-{shard:06d}.json") as tmp:
+        tmp.write_text(json.dumps(record))
+    return record
