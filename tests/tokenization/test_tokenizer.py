@@ -208,6 +208,10 @@ def test_token_file_round_trip_and_model_check(trained_micro, micro, real_video,
         retrained.detokenize(back)
     retrained.load_state_dict(model.state_dict())
     torch.testing.assert_close(retrained.detokenize(back), model.detokenize(encoded))
+    model.save_pretrained(tmp_path / "shipped", dtype=torch.float16)  # how a model ships: its tokens still decode
+    shipped = type(model).from_pretrained(tmp_path / "shipped")
+    assert shipped.weights_digest() == model.weights_digest()
+    torch.testing.assert_close(shipped.detokenize(back), model.detokenize(encoded), atol=2e-2, rtol=0)
 
 
 def test_token_file_holds_codebooks_beyond_int32(real_video, tmp_path):

@@ -77,6 +77,23 @@ def _members(folder) -> dict[str, bytes]:
     return out
 
 
+def test_a_dead_worker_leaves_its_shard_for_the_rerun(trained_micro, photo_folder, tmp_path):
+    """Inputs a dead worker never tokenized are not recorded as failed: the shard stays unfinished."""
+    from tqdm import tqdm
+
+    from elastictok.training.corpus import _write_shard, tokenize_corpus
+    from elastictok.tokenization.workers import WorkerDiedError
+
+    members = sorted(photo_folder.glob("photo*.jpg"))[:2]
+    first = trained_micro.tokenize(str(members[0]), "mse:0.2")
+    results = iter([first, WorkerDiedError(f"{members[1]}: not tokenized, a worker process died")])
+    with pytest.raises(WorkerDiedError):
+        _write_shard(trained_micro, tmp_path, 0, members, results, None, tqdm(disable=True))
+    assert list(tmp_path.iterdir()) == []
+    summary = tokenize_corpus(trained_micro, members, tmp_path, "mse:0.2", shard_size=2, progress=False)
+    assert (summary.shards_written, summary.failed, summary.inputs) == (1, 0, 2)
+
+
 def test_tokenize_corpus_plain_torchrun_and_resume(trained_micro, photo_folder, tmp_path):
     from elastictok.training.corpus import tokenize_corpus
     from elastictok.tokenization.targets import parse_target

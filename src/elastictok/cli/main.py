@@ -167,9 +167,10 @@ def _tokenize_corpus(args: argparse.Namespace) -> None:
 
     world, _ = setup(args.device or "auto")
     model = _load_model(args).eval()
-    summary = tokenize_corpus(model, args.sources, args.destination, _target(args), search=args.search,
-                              shard_size=args.shard_size, window=args.window, progress=not args.no_progress,
-                              workers=args.workers)
+    with _autocast(args, model):
+        summary = tokenize_corpus(model, args.sources, args.destination, _target(args), _options(args, model),
+                                  shard_size=args.shard_size, progress=not args.no_progress, workers=args.workers,
+                                  bf16=args.dtype == "bf16")
     if world.main:
         print(summary.line())
 

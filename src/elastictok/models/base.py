@@ -123,12 +123,12 @@ class Tokenizable:
         return _tokenization("detokenize")(self, encoded, window)
 
     def weights_digest(self) -> str:
-        """SHA-256 (16 hex digits) of the weights as float32, so that a token file names the exact weights
-        that made it: float16 files, bf16 autocast and any device give the same digest."""
+        """SHA-256 (16 hex digits) of the weights rounded to float16, so that a token file names the weights
+        that made it: a float32 run and its float16 shipped copy, bf16 autocast and any device agree."""
         digest = hashlib.sha256()
         for name, tensor in sorted(self.state_dict().items()):
-            values = tensor.detach().to("cpu", torch.float32).contiguous() if tensor.is_floating_point() \
-                else tensor.detach().cpu().contiguous()
-            digest.update(f"{name}:{values.dtype}:{tuple(values.shape)}".encode())
-            digest.update(values.view(torch.uint8).numpy().tobytes() if values.numel() else b"")
+            values = tensor.detach().cpu()
+            values = (values.half() if values.is_floating_point() else values).reshape(-1).contiguous()
+            digest.update(f"{name}:{values.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(values.view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()[:16]

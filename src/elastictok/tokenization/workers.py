@@ -36,6 +36,10 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
     return max(1, (cores or available_cores()) // workers)
 
 
+class WorkerDiedError(ElasticTokError):
+    """An input was not tokenized because a worker process died: not a fault of the input."""
+
+
 _worker: dict = {}  # per worker process: the model and the tokenize() keywords
 
 
@@ -90,7 +94,8 @@ class TokenizerPool:
 
     def map(self, paths: Iterable[str | os.PathLike]) -> Iterator:
         """Per path, in order: its ``TokenizedVideo``, or the ``ElasticTokError`` that refused it
-        (also when the worker tokenizing it died, e.g. out of memory: then for every path after it)."""
+        (a ``WorkerDiedError`` when the worker tokenizing it died, e.g. out of memory: then for every
+        path after it)."""
         paths = [str(p) for p in paths]
         if self._executor is None:
             return (_tokenize_one(p) for p in paths)
@@ -105,11 +110,11 @@ class TokenizerPool:
                     continue
                 except BrokenProcessPool:
                     broken = True
-            yield ElasticTokError(f"{path}: not tokenized, a worker process died (out of memory?)")
+            yield WorkerDiedError(f"{path}: not tokenized, a worker process died (out of memory?)")
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown()
+        if self._executor is not None:  # inputs still queued (the caller stopped early) are dropped
+            self._executor.shutdown(cancel_futures=True)
         else:
             torch.set_num_threads(self._previous_threads)
             _worker.clear()

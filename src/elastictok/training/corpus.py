@@ -5,11 +5,13 @@ On one machine without torchrun, ``workers`` processes share the cores instead
 (``tokenization.workers.TokenizerPool``: cores // workers threads each).
 Each finished shard is ``DST/tokens-NNNNNN.tar`` (``KEY.etok`` + ``KEY.json`` per input) with a
 ``tokens-NNNNNN.json`` summary beside it, both renamed into place only when complete: after a
-crash, rerunning skips every finished shard. Unreadable inputs are listed, not fatal.
+crash, rerunning skips every finished shard. Unreadable inputs are listed, not fatal; a dead
+worker process stops the run before its shard is finished, so a rerun tokenizes that shard again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -27,6 +29,7 @@ from ..errors import ElasticTokError
 from ..utils.fileio import atomic_path
 from ..tokenization.files import tokenize_each
 from ..tokenization.options import TokenizeOptions
+from ..tokenization.workers import WorkerDiedError
 from ..tokenization.targets import Target
 from ..utils.runtime import distributed_ready, rank_and_world_size
 from ..tokenization.tokenfile import etok_bytes
@@ -67,10 +70,14 @@ def _add_bytes(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
     tar.addfile(info, io.BytesIO(payload))
 
 
-def tokenize_corpus(model, sources: list, destination: str | Path, target: Target, search: str = "binary",
-                    shard_size: int = 100, window: int | None | str = "model", progress: bool = True,
-                    workers: int = 1) -> CorpusSummary:
-    """Tokenize every image and video under ``sources``; returns the summary over all ranks."""
+def tokenize_corpus(model, sources: list, destination: str | Path, target: Target,
+                    options: TokenizeOptions | None = None, shard_size: int = 100, progress: bool = True,
+                    workers: int = 1, bf16: bool = False) -> CorpusSummary:
+    """Tokenize every image and video under ``sources``; returns the summary over all ranks.
+
+    ``options`` say how each input is tokenized (search, window, fps ...); ``workers`` processes
+    share the cores (``bf16``: their autocast; with one worker, the caller's threads and autocast).
+    """
     destination = Path(destination)
     files = list_media(sources)
     if not files:
@@ -94,9 +101,9 @@ def tokenize_corpus(model, sources: list, destination: str | Path, target: Targe
             bar.update(len(members))
         else:
             pending[shard] = members
-    options = TokenizeOptions(search=search, window=window, progress=False)
-    with torch.no_grad():
-        results = tokenize_each(model, [p for members in pending.values() for p in members], target, options, workers)
+    options = TokenizeOptions.build(options, progress=False)
+    inputs = [p for members in pending.values() for p in members]
+    with torch.no_grad(), contextlib.closing(tokenize_each(model, inputs, target, options, workers, bf16)) as results:
         for shard, members in pending.items():
             local.add(_write_shard(model, destination, shard, members, results, root, bar), written=True)
     bar.close()
@@ -114,6 +121,8 @@ def _write_shard(model, destination: Path, shard: int, members: list[Path], resu
     with atomic_path(destination / f"tokens-{shard:06d}.tar") as tmp, tarfile.open(tmp, "w") as tar:
         for index, (path, encoded) in enumerate(zip(members, results)):
             bar.update(1)
+            if isinstance(encoded, WorkerDiedError):
+                raise encoded  # not the input's fault: leave the shard unfinished for a rerun
             if isinstance(encoded, ElasticTokError):
                 log.warning("skipping %s", encoded)
                 record["failed"].append(str(path))

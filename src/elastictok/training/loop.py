@@ -395,7 +395,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     out_dir = Path(cfg.out_dir)
     world, device = setup(cfg.device)
     _check_layout(cfg, world)
-    if cfg.bf16:
+    if cfg.bf16 and world.main:
         warn_if_slow_bf16(device.type)
     checkpoint = checkpoint_for(out_dir, world.distributed)
     resuming = resume and checkpoint.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import platform
 
 import torch
 
@@ -13,14 +14,15 @@ log = logging.getLogger(__name__)
 
 
 def native_bf16(device_type: str) -> bool:
-    """Whether bf16 autocast is fast on this device: a CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX.
-    Elsewhere (e.g. an AVX2-only CPU) torch emulates it and runs several times slower than float32."""
+    """Whether bf16 autocast is fast on this device: a CUDA GPU with bf16 units, or an x86 CPU with
+    AVX512-BF16 or AMX. Elsewhere on x86 (e.g. AVX2 only) torch emulates it, several times slower than
+    float32. Other CPUs (ARM) and devices have no probe here: the user's choice is trusted."""
     if device_type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device_type == "cpu":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device_type == "cpu" and platform.machine().lower() in ("x86_64", "amd64"):
         probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
         return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
-    return True  # mps and others: no probe; trust the user's choice
+    return True
 
 
 def warn_if_slow_bf16(device_type: str) -> None:
