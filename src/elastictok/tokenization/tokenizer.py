@@ -319,10 +319,11 @@ def check_compatible(model, encoded: TokenizedVideo, weights_hash: str | None = 
     if encoded.config_hash != c.fingerprint():
         raise ElasticTokError(f"these tokens were made by model {encoded.model_name!r} (config {encoded.config_hash}), "
                               f"not by this model {c.name!r} (config {c.fingerprint()}); decode with the same model")
-    if encoded.weights_hash and encoded.weights_hash != (weights_hash or model.weights_digest()):
-        raise ElasticTokError(f"these tokens were made by other weights of model {encoded.model_name!r} (weights "
-                              f"{encoded.weights_hash}, this model's {weights_hash or model.weights_digest()}); "
-                              "decode with the same model")
+    if encoded.weights_hash:
+        weights_hash = weights_hash or model.weights_digest()
+        if encoded.weights_hash != weights_hash:
+            raise ElasticTokError(f"these tokens were made by other weights of model {encoded.model_name!r} (weights "
+                                  f"{encoded.weights_hash}, this model's {weights_hash}); decode with the same model")
     if encoded.tokens.is_floating_point() == (model.codebook_size > 0):
         raise ElasticTokError("token type does not match the model's bottleneck")
     _check_fields(model, encoded)
