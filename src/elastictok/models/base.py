@@ -19,7 +19,9 @@ layer never imports the one above it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
 from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 
@@ -50,6 +52,53 @@ class FamilyConfig(Protocol):
     def fingerprint(self) -> str: ...  # hash of the numerics; token files record it
 
     def to_dict(self) -> dict[str, Any]: ...
+
+
+def check_counts(keep: Tensor | int, batch: int, n_blocks: int, bounds: tuple[str, int, int],
+                 device: torch.device) -> Tensor:
+    """Kept tokens per block as a long tensor (B, n_blocks) on ``device``, from an int or an integer tensor,
+    each count within ``bounds`` (its name for messages, low, high); anything else is refused in one line."""
+    name, low, high = bounds
+    if isinstance(keep, int):
+        keep = torch.full((batch, n_blocks), keep, dtype=torch.long, device=device)
+    if not isinstance(keep, Tensor) or keep.is_floating_point() or keep.is_complex():
+        raise ElasticTokError("keep must be an int or an integer tensor (B, n_blocks)")
+    if keep.shape != (batch, n_blocks):
+        raise ElasticTokError(f"keep must have shape (B, n_blocks) = ({batch}, {n_blocks}), got {tuple(keep.shape)}")
+    if keep.numel() and (keep.min() < low or keep.max() > high):
+        raise ElasticTokError(f"keep counts must lie in {name} = [{low}, {high}], got [{int(keep.min())}, {int(keep.max())}]")
+    return keep.to(device=device, dtype=torch.long)
+
+
+class ConfigFile:
+    """``to_dict``, ``from_dict`` and ``fingerprint`` for a family's config dataclass.
+
+    ``fields_added_later`` maps each field added after models were first saved to the value every
+    earlier model had: at that value a field stays out of the fingerprint, so older token files and
+    checkpoints still match the config they were made with.
+    """
+
+    fields_added_later: ClassVar[dict[str, Any]] = {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        """The config saved as ``data``; unknown fields are refused in one line, not ignored."""
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ElasticTokError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
+        return cls(**data)
+
+    def fingerprint(self) -> str:
+        """Short hash of every field that changes the model's numerics (not its name)."""
+        data = self.to_dict()
+        data.pop("name")
+        for key, default in self.fields_added_later.items():
+            if data[key] == default:
+                data.pop(key)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @runtime_checkable
@@ -124,11 +173,21 @@ class Tokenizable:
 
     def weights_digest(self) -> str:
         """SHA-256 (16 hex digits) of the weights rounded to float16, so that a token file names the weights
-        that made it: a float32 run and its float16 shipped copy, bf16 autocast and any device agree."""
+        that made it: a float32 run and its float16 shipped copy, bf16 autocast and any device agree.
+
+        Remembered until a weight changes (in-place updates bump a tensor's version counter, loading or
+        moving the model replaces its storage), so tokenizing or decoding many files hashes once. Writes
+        through ``tensor.data`` bypass the counter: after one, ``del model._weights_digest``."""
+        state = self.state_dict()
+        version = tuple((tensor.data_ptr(), tensor._version) for tensor in state.values())
+        remembered = getattr(self, "_weights_digest", None)
+        if remembered is not None and remembered[0] == version:
+            return remembered[1]
         digest = hashlib.sha256()
-        for name, tensor in sorted(self.state_dict().items()):
+        for name, tensor in sorted(state.items()):
             values = tensor.detach().cpu()
             values = (values.half() if values.is_floating_point() else values).reshape(-1).contiguous()
             digest.update(f"{name}:{values.dtype}:{tuple(tensor.shape)}".encode())
             digest.update(values.view(torch.uint8).numpy().tobytes())
-        return digest.hexdigest()[:16]
+        self._weights_digest = (version, digest.hexdigest()[:16])
+        return self._weights_digest[1]

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from ...errors import ElasticTokError
+from ..base import ConfigFile
 
 
 @dataclass
-class ElasticTokConfig:
+class ElasticTokConfig(ConfigFile):
     """Everything that fixes an ElasticTok model's shape and numerics.
 
     Derived quantities (tokens per block, patch dimension, the default Mmin) are
     properties or filled in by ``__post_init__`` so they cannot disagree with the
     fields they come from.
     """
+
+    # Fields added after token files were first written, with the value every earlier model had.
+    fields_added_later: ClassVar[dict[str, Any]] = {
+        "encoder_mask_conditioning": True, "output_head": "linear", "head_channels": 32}
 
     resolution: tuple[int, int] = (64, 64)  # (H, W) of every frame
     frames_per_block: int = 4
@@ -135,28 +138,6 @@ class ElasticTokConfig:
         if problems:
             raise ElasticTokError("invalid ElasticTokConfig: " + "; ".join(problems))
 
-    # ---- serialisation --------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ElasticTokConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ElasticTokError(f"unknown ElasticTokConfig fields: {', '.join(unknown)}")
-        return cls(**data)
-
-    def fingerprint(self) -> str:
-        """Short hash of every field that changes the model's numerics (not its name)."""
-        data = self.to_dict()
-        data.pop("name")
-        for key, default in _FIELDS_ADDED_LATER.items():  # so models written before keep their hash
-            if data[key] == default:
-                data.pop(key)
-        blob = json.dumps(data, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
-
     @classmethod
     def from_preset(cls, preset: str, **overrides: Any) -> "ElasticTokConfig":
         """A named preset with fields replaced; a derived Mmin is derived again from the new shape."""
@@ -168,8 +149,6 @@ class ElasticTokConfig:
         return dataclasses.replace(base, **overrides)
 
 
-# Fields added after token files were first written, with the value every earlier model had.
-_FIELDS_ADDED_LATER = {"encoder_mask_conditioning": True, "output_head": "linear", "head_channels": 32}
 
 
 def _preset(**kwargs: Any) -> ElasticTokConfig:

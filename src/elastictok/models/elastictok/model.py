@@ -26,7 +26,7 @@ from ...errors import ElasticTokError
 from ...utils.blocks import image_as_block
 from ...utils.fileio import atomic_path
 from ...layers.transformer import KVCache, Transformer
-from ..base import Tokenizable
+from ..base import Tokenizable, check_counts
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -328,19 +328,10 @@ class ElasticTok(Tokenizable, nn.Module):
         return x, is_image
 
     def _check_keep(self, keep: Tensor | int | None, batch: int, n_blocks: int, device: torch.device) -> Tensor:
+        """Counts (B, n_blocks) in [Mmin, Mmax]; None keeps every token."""
         c = self.config
-        if keep is None:
-            keep = c.tokens_per_block
-        if isinstance(keep, int):
-            keep = torch.full((batch, n_blocks), keep, dtype=torch.long, device=device)
-        if not isinstance(keep, Tensor) or keep.is_floating_point() or keep.is_complex():
-            raise ElasticTokError("keep must be an int or an integer tensor (B, n_blocks)")
-        if keep.shape != (batch, n_blocks):
-            raise ElasticTokError(f"keep must have shape (B, n_blocks) = ({batch}, {n_blocks}), got {tuple(keep.shape)}")
-        if keep.numel() and (keep.min() < c.min_tokens or keep.max() > c.tokens_per_block):
-            raise ElasticTokError(f"keep counts must lie in [Mmin, Mmax] = [{c.min_tokens}, {c.tokens_per_block}], "
-                                  f"got [{int(keep.min())}, {int(keep.max())}]")
-        return keep.to(device=device, dtype=torch.long)
+        keep = c.tokens_per_block if keep is None else keep
+        return check_counts(keep, batch, n_blocks, ("[Mmin, Mmax]", c.min_tokens, c.tokens_per_block), device)
 
     # ---- files --------------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:

@@ -8,13 +8,12 @@ names (``resolution``, ``frames_per_block``, ``tokens_per_block``, ``min_tokens`
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from ...errors import ElasticTokError
+from ..base import ConfigFile
 
 FAMILY = "flextok"
 MAX_CODEBOOK = 2**18  # codes per token; larger codebooks make the tokens hard to model downstream
@@ -24,8 +23,11 @@ INPUT_STAGES = ("pixels",)
 
 
 @dataclass
-class FlexTokConfig:
+class FlexTokConfig(ConfigFile):
     """Everything that fixes a FlexTok model's shape, training objective and default sampler."""
+
+    # Fields added after FlexTok models were first saved, with the value every earlier model had.
+    fields_added_later: ClassVar[dict[str, Any]] = {"x0_loss_weight": 0.0, "pure_noise_fraction": 0.0}
 
     family: str = FAMILY  # model family written to config.json; always "flextok" here
     resolution: tuple[int, int] = (64, 64)  # (H, W) of every frame
@@ -151,27 +153,6 @@ class FlexTokConfig:
         if problems:
             raise ElasticTokError("invalid FlexTokConfig: " + "; ".join(problems))
 
-    # ---- serialisation --------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "FlexTokConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ElasticTokError(f"unknown FlexTokConfig fields: {', '.join(unknown)}")
-        return cls(**data)
-
-    def fingerprint(self) -> str:
-        """Short hash of every field that changes the model's numerics (not its name)."""
-        data = self.to_dict()
-        data.pop("name")
-        for key, default in _FIELDS_ADDED_LATER.items():  # so models written before keep their hash
-            if data[key] == default:
-                data.pop(key)
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
     @classmethod
     def from_preset(cls, preset: str, **overrides: Any) -> "FlexTokConfig":
         if preset not in PRESETS:
@@ -179,8 +160,6 @@ class FlexTokConfig:
         return dataclasses.replace(PRESETS[preset], **overrides)
 
 
-# Fields added after FlexTok models were first saved, with the value every earlier model had.
-_FIELDS_ADDED_LATER = {"x0_loss_weight": 0.0, "pure_noise_fraction": 0.0}
 
 PRESETS: dict[str, FlexTokConfig] = {
     # CPU-trainable: 64x64, 4-frame blocks of 128 pixel patches (2x8x8), 32 registers per block.

@@ -33,7 +33,7 @@ from ...layers.bottlenecks import FSQ
 from ...layers.conditioning import TimestepEmbedder, modulate, rms_norm
 from ...layers.transformer import KVCache, RMSNorm, TransformerBlock, rope_angles
 from ...utils.fileio import atomic_path
-from ..base import Tokenizable
+from ..base import Tokenizable, check_counts
 from ..pretrained import resolve_model_path
 from .blocks import INPUT_STAGE_CLASSES, AdaLNBlock, decoder_mask, encoder_mask
 from .config import FAMILY, FlexTokConfig
@@ -419,17 +419,8 @@ class FlexTok(Tokenizable, nn.Module):
         return x, is_image
 
     def _check_keep(self, keep: Tensor | int | None, batch: int, n_blocks: int, device: torch.device) -> Tensor:
-        """Counts (B, n_blocks) in [0, R]; 0 keeps no token (the null condition)."""
-        keep = self.r if keep is None else keep
-        if isinstance(keep, int):
-            keep = torch.full((batch, n_blocks), keep, dtype=torch.long, device=device)
-        if not isinstance(keep, Tensor) or keep.is_floating_point() or keep.is_complex():
-            raise ElasticTokError("keep must be an int or an integer tensor (B, n_blocks)")
-        if keep.shape != (batch, n_blocks):
-            raise ElasticTokError(f"keep must have shape (B, n_blocks) = ({batch}, {n_blocks}), got {tuple(keep.shape)}")
-        if keep.numel() and (keep.min() < 0 or keep.max() > self.r):
-            raise ElasticTokError(f"keep counts must lie in [0, {self.r}], got [{int(keep.min())}, {int(keep.max())}]")
-        return keep.to(device=device, dtype=torch.long)
+        """Counts (B, n_blocks) in [0, R]; 0 keeps no token (the null condition), None every one."""
+        return check_counts(self.r if keep is None else keep, batch, n_blocks, ("[0, R]", 0, self.r), device)
 
     # ---- files -------------------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
