@@ -64,7 +64,8 @@ def real_video(micro) -> torch.Tensor:
 @pytest.fixture(scope="session")
 def trained_micro(photo_folder, tmp_path_factory) -> ElasticTok:
     """The micro preset trained for a few seconds on real photos: quality rises with the token count."""
-    from elastictok.training.loop import TrainConfig, train
+    from elastictok.training.config import TrainConfig
+    from elastictok.training.loop import train
 
     out = tmp_path_factory.mktemp("trained-micro")
     cfg = TrainConfig(model="micro", data=[str(photo_folder)], out_dir=str(out), steps=150, batch_size=4, n_blocks=2,

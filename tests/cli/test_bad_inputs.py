@@ -11,6 +11,7 @@ run says what it skipped and writes the rest.
 from __future__ import annotations
 
 import io
+import os
 import json
 import math
 import random
@@ -27,7 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from elastictok import ElasticTok, ElasticTokConfig
+from elastictok import ElasticTok, ElasticTokConfig, ElasticTokError
 from elastictok.cli import main
 from elastictok.media.io import VideoReader, write_video
 from elastictok.models.pretrained import sample_video
@@ -325,6 +326,8 @@ BAD_ARGUMENTS = [
     case("tokens-zero", ["--tokens", "0"], "positive"),
     case("budget-zero", ["--budget", "0"], "positive"),
     case("window-zero", ["--window", "0"], "window"),
+    case("window-2-to-the-70", ["--window", str(2**70)], "window"),
+    case("length-head-without-regression", ["--length-head", "head.safetensors"], "--search regression"),
     case("dtype-fp8", ["--dtype", "fp8"], "dtype"),
     case("fit-stretch", ["--fit", "stretch"], "fit"),
     case("search-unknown", ["--search", "magic"], "search"),
@@ -619,7 +622,165 @@ def test_atomic_writer_cleans_up_when_the_rename_fails(tmp_path):
     from elastictok.utils.fileio import atomic_path
 
     (tmp_path / "target").mkdir()
-    with pytest.raises(OSError):
+    with pytest.raises(ElasticTokError, match=r"target: cannot write"):  # names the target, not the temp file
         with atomic_path(tmp_path / "target") as tmp:
             tmp.write_bytes(b"x")
     no_temporaries(tmp_path)
+
+
+# ---- special files, raw headers, odd names (found by a bad-input hunt) ---------------------------------------
+@pytest.mark.parametrize("command, name", [
+    case("fifo-as-etok", "decode", "pipe.etok"),
+    case("fifo-as-image", "encode", "pipe.png"),
+    case("fifo-as-video", "encode", "pipe.mp4"),
+    case("device-as-etok", "decode", "zeros.etok"),
+])
+def test_pipes_and_devices_are_refused_not_read(model_dir, tmp_path, command, name):
+    path = tmp_path / name
+    if name.startswith("pipe"):
+        os.mkfifo(path)  # a read would wait forever for a writer
+    else:
+        path.symlink_to("/dev/zero")  # a read would never end
+    output = tmp_path / ("x.png" if command == "decode" else "out")
+    run = cli(command, path, "-o", output, *encode_args(model_dir, *(["--tokens", "4"] if command == "encode" else [])),
+              timeout=20)
+    assert_refused(run, name, "pipe or device")
+    assert not output.exists()
+
+
+def raw_header(good: Path, tmp_path: Path, **fields: str) -> Path:
+    """``good`` with header fields replaced by raw text and a checksum that matches them."""
+    from safetensors.torch import load, save
+
+    from elastictok.tokenization.tokenfile import _checksum
+
+    data = good.read_bytes()
+    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])["__metadata__"]
+    tensors = load(data)
+    header.update(fields)
+    header["checksum"] = _checksum(header, tensors)
+    path = tmp_path / "raw.etok"
+    path.write_bytes(save(tensors, metadata=header))
+    return path
+
+
+@pytest.mark.parametrize("fields, word", [
+    case("header-counts-nested-100000-deep", {"counts": "[" * 100000}, "malformed"),
+    case("header-max-tokens-2-to-the-70", {"max_tokens": str(2**70)}, "out of range"),
+    case("header-codebook-2-to-the-70", {"codebook_size": str(2**70)}, "out of range"),
+    case("header-version-1-nested-counts", {"version": "1", "counts": "[" * 100000}, "malformed"),
+])
+def test_raw_hostile_headers_are_refused(model_dir, good_etok, tmp_path, fields, word):
+    etok = raw_header(good_etok, tmp_path, **fields)
+    before = snapshot(tmp_path)
+    assert_refused(decode(model_dir, etok, tmp_path / "out" / "x.png"), word)
+    assert_nothing_left(tmp_path, before)
+
+
+def test_a_name_that_is_not_utf8_still_encodes(corpus, model_dir, tmp_path):
+    odd = tmp_path / os.fsdecode(b"bad\xff.png")  # a byte that is not UTF-8, as some file systems hold
+    odd.write_bytes(corpus["good_png"].read_bytes())
+    run = cli("encode", corpus["good_png"], odd, "-o", tmp_path / "out", *encode_args(model_dir, "--tokens", "4"))
+    assert run.crash is None and run.code == 0, str(run)
+    assert len(list((tmp_path / "out").glob("*.etok"))) == 2
+
+
+EVAL = ["eval", "{png}", "--out", "{tmp}/o", "--baseline", "{model}", "--fractions"]
+
+
+@pytest.mark.parametrize("args, word", [
+    case("eval-fractions-nan", [*EVAL, "nan"], "fractions"),
+    case("eval-fractions-inf", [*EVAL, "inf"], "fractions"),
+    case("eval-fractions-zero", [*EVAL, "0"], "fractions"),
+    case("eval-fractions-two", [*EVAL, "2"], "fractions"),
+    case("corpus-shard-size-zero", ["tokenize-corpus", "{png}", "{tmp}/o", "--shard-size", "0"], "shard-size"),
+    case("corpus-shard-size-negative", ["tokenize-corpus", "{png}", "{tmp}/o", "--shard-size", "-3"], "shard-size"),
+    case("data-shard-size-zero", ["data", "shard", "{png}", "{tmp}/o", "--shard-size", "0"], "shard-size"),
+    case("length-head-steps-zero", ["train-length-head", "{png}", "-o", "{tmp}/h.safetensors", "--steps", "0"],
+         "steps"),
+    case("decode-o-is-the-input", ["decode", "{tmp}/x.png", "-o", "{tmp}/x.png"], "is the input"),
+    case("reconstruct-o-is-the-input", ["reconstruct", "{tmp}/x.png", "-o", "{tmp}/x.png"], "is the input"),
+    case("reconstruct-plot-path-is-a-folder", ["reconstruct", "{png}", "-o", "{tmp}/r.png"], "r_tokens.png"),
+])
+def test_bad_arguments_of_every_command_are_refused(corpus, model_dir, tmp_path, args, word):
+    (tmp_path / "x.png").write_bytes(corpus["good_png"].read_bytes())
+    (tmp_path / "r_tokens.png").mkdir()
+    before = snapshot(tmp_path)
+    argv = [a.format(png=corpus["good_png"], tmp=tmp_path, model=model_dir) for a in args]
+    model = [] if argv[0] == "data" else ["--model", model_dir, "--no-progress"]
+    assert_refused(cli(*argv, *model), word)
+    assert_nothing_left(tmp_path, before)
+    assert (tmp_path / "x.png").read_bytes() == corpus["good_png"].read_bytes()
+
+
+def test_an_output_that_cannot_be_written_fails_that_input_only(corpus, model_dir, tmp_path):
+    out = tmp_path / "out"
+    (out / "good.etok").mkdir(parents=True)  # where the image's tokens would go
+    run = cli("encode", corpus["good_png"], corpus["root"] / "x" / "b.png", "-o", out,
+              *encode_args(model_dir, "--tokens", "4"))
+    line = assert_refused(run, "1 of 2", "good.etok", "cannot write")
+    assert ".tmp" not in line
+    assert [p.name for p in out.glob("*.etok") if p.is_file()] == ["b.etok"]
+    no_temporaries(tmp_path)
+
+
+def test_an_official_config_that_is_not_an_object_is_refused(tmp_path):
+    (tmp_path / "list.json").write_text("[1]")
+    (tmp_path / "params").write_bytes(b"\0" * 16)
+    run = cli("convert-official", tmp_path / "params", "--official-config", tmp_path / "list.json",
+              "-o", tmp_path / "out", "--no-progress")
+    assert_refused(run, "list.json")
+    assert not (tmp_path / "out").exists()
+
+
+# ---- training configs ------------------------------------------------------------------------------------------
+BAD_TRAIN_CONFIGS = [
+    case("train-betas-number", "betas: 5", "betas"),
+    case("train-betas-three", "betas: [0.9, 0.9, 0.9]", "betas"),
+    case("train-key-not-text", "1: 2", "unknown"),
+    case("train-steps-text", "steps: abc", "steps"),
+    case("train-steps-negative", "steps: -1", "steps"),
+    case("train-batch-size-zero", "batch_size: 0", "batch_size"),
+    case("train-log-every-zero", "log_every: 0", "log_every"),
+    case("train-checkpoint-every-zero", "checkpoint_every: 0", "checkpoint_every"),
+    case("train-lr-text", "lr: fast", "lr"),
+    case("train-overrides-list", "model_overrides: [1, 2]", "model_overrides"),
+    case("train-overrides-unknown", "model_overrides: {wdith: 3}", "wdith"),
+    case("train-overrides-wrong-type", "model_overrides: {width: abc}", "width"),
+    case("train-ema-decay-5", "ema_decay: 5", "ema_decay"),
+    case("train-num-workers-negative", "num_workers: -1", "num_workers"),
+    case("train-device-banana", "device: banana", "banana"),
+    case("train-grad-accum-zero", "grad_accum: 0", "grad_accum"),
+    case("train-image-fraction-2", "image_fraction: 2", "image_fraction"),
+    case("train-max-minutes-negative", "max_minutes: -1", "max_minutes"),
+    case("train-schedule-linear", "schedule: linear", "schedule"),
+    case("train-distributed-banana", "distributed: banana", "distributed"),
+    case("train-data-a-string", "data: /", "data"),
+    case("train-yaml-syntax", "steps: [1", "YAML"),
+    case("train-yaml-python-tag", "steps: !!python/object:os.system {}", "YAML"),
+    case("train-not-utf8", b"\xff\xfe\x00steps", "cannot read"),
+]
+
+
+@pytest.mark.parametrize("line, word", BAD_TRAIN_CONFIGS)
+def test_bad_training_configs_are_refused_before_any_work(corpus, tmp_path, line, word):
+    config = tmp_path / "bad.yaml"
+    base = f"model: micro\ndata: [{corpus['good_png']}]\nout_dir: {tmp_path / 'run'}\nsteps: 1\n"
+    config.write_bytes(line if isinstance(line, bytes) else (base + line + "\n").encode())
+    assert_refused(cli("train", "--config", config, "--no-progress"), word)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flag, value", [("--steps", "-1"), ("--num-workers", "-1"), ("--max-minutes", "nan")])
+def test_bad_training_flags_are_refused(corpus, tmp_path, flag, value):
+    config = tmp_path / "ok.yaml"
+    config.write_text(f"model: micro\ndata: [{corpus['good_png']}]\nout_dir: {tmp_path / 'run'}\nsteps: 1\n")
+    assert_refused(cli("train", "--config", config, flag, value, "--no-progress"), flag[2:].replace("-", "_"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_corpus_run_where_every_input_fails_exits_2(corpus, model_dir, tmp_path):
+    run = cli("tokenize-corpus", corpus["garbage_png"], corpus["zero_mp4"], tmp_path / "shards",
+              *encode_args(model_dir, "--tokens", "4"))
+    assert run.crash is None and run.code == 2, str(run)
+    assert "all 2 inputs failed" in run.err.strip().splitlines()[-1]

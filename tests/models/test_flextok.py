@@ -227,7 +227,8 @@ def test_x0_loss_weight_adds_the_estimate_pixel_error(flex, real_video):
 def test_trains_and_resumes_with_the_shared_trainer(photo_folder, tmp_path):
     from safetensors.torch import load_file
 
-    from elastictok.training.loop import TrainConfig, train
+    from elastictok.training.config import TrainConfig
+    from elastictok.training.loop import train
 
     def config(out, **overrides):
         return TrainConfig(model="flextok-micro", data=[str(photo_folder)], eval_data=[str(photo_folder / "photo0.jpg")],
@@ -259,7 +260,7 @@ def test_token_mask_drops_any_token(flex, real_video):
 
 def test_registry_picks_the_family_by_preset_and_by_saved_config(tmp_path):
     from elastictok.models.registry import config_from_preset, from_pretrained, model_class_for
-    from elastictok.training.loop import TrainConfig
+    from elastictok.training.config import TrainConfig
 
     config = TrainConfig.from_yaml("configs/flextok-tiny.yaml").model_config()
     assert isinstance(config, FlexTokConfig) and model_class_for(config) is FlexTok

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from conftest import free_port
 
-from elastictok.training.loop import TrainConfig, train
+from elastictok.training.config import TrainConfig
+from elastictok.training.loop import train
 
 
 def config(photo_folder, out, **overrides) -> TrainConfig:

@@ -89,7 +89,8 @@ def test_bad_samples_are_skipped(shard_dir, tmp_path):
 
 
 def test_training_from_shards_counts_bad_samples(shard_dir, tmp_path):
-    from elastictok.training.loop import TrainConfig, train
+    from elastictok.training.config import TrainConfig
+    from elastictok.training.loop import train
     folder = tmp_path / "shards"
     folder.mkdir()
     for shard in list_shards([shard_dir]):

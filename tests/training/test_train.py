@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 
 from elastictok import ElasticTok, ElasticTokError
 from elastictok.training.masks import KeepSampler
-from elastictok.training.loop import TrainConfig, evaluate, lr_factor, train
+from elastictok.training.config import TrainConfig
+from elastictok.training.loop import evaluate, lr_factor, train
 
 
 def micro_config(folder: Path, out: Path, **overrides) -> TrainConfig:

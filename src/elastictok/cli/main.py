@@ -15,7 +15,8 @@ from .parsers import add_subcommands
 
 # ---- commands: each reads its arguments, calls one library function and prints ---------------------------------
 def _train(args: argparse.Namespace) -> None:
-    from ..training.loop import TrainConfig, train
+    from ..training.config import TrainConfig
+    from ..training.loop import train
 
     cfg = TrainConfig.from_yaml(args.config, steps=args.steps, out_dir=args.out_dir, max_minutes=args.max_minutes,
                                 device=args.device, num_workers=args.num_workers)
@@ -65,6 +66,8 @@ def _options(args: argparse.Namespace, model, progress: bool = True):
     from ..tokenization.options import TokenizeOptions
 
     length_head = None
+    if args.length_head and args.search != "regression":
+        raise ElasticTokError("--length-head is read by --search regression only; add it, or drop --length-head")
     if args.search == "regression":
         if not args.length_head:
             raise ElasticTokError("--search regression needs --length-head FILE (made by elastictok train-length-head)")
@@ -134,7 +137,7 @@ def _decode(args: argparse.Namespace) -> None:
     from ..tokenization.tokenfile import read_etok
     from ..utils.fileio import check_output_file
 
-    check_output_file(args.output)
+    check_output_file(args.output, args.tokens_file)
     encoded = read_etok(args.tokens_file)
     model = _load_model(args)
     with _autocast(args, model):
@@ -146,7 +149,7 @@ def _reconstruct(args: argparse.Namespace) -> None:
     from ..evaluation.plots import reconstruct_side_by_side
     from ..utils.fileio import check_output_file
 
-    check_output_file(args.output)
+    check_output_file(args.output, args.input)
     model = _load_model(args)
     with _autocast(args, model):
         print(reconstruct_side_by_side(model, args.input, args.output, _target(args), _options(args, model)))
@@ -173,19 +176,19 @@ def _tokenize_corpus(args: argparse.Namespace) -> None:
                                   bf16=args.dtype == "bf16")
     if world.main:
         print(summary.line())
+        if summary.inputs and summary.failed == summary.inputs:
+            raise ElasticTokError(f"all {summary.inputs} inputs failed (each is named above)")
 
 
 def _eval(args: argparse.Namespace) -> None:
     from ..evaluation.measurement import evaluate_models, summary_table, write_report
+    from ..evaluation.report import parse_fractions
     from ..tokenization.targets import parse_target
 
+    thresholds = [parse_target(t) for t in args.thresholds.split(",")]
+    fractions = parse_fractions(args.fractions)
     model = _load_model(args).eval()
     baselines = [_load_model(args, b).eval() for b in args.baseline]
-    thresholds = [parse_target(t) for t in args.thresholds.split(",")]
-    try:
-        fractions = [float(f) for f in args.fractions.split(",")]
-    except ValueError:
-        raise ElasticTokError(f"--fractions must be comma-separated numbers, got {args.fractions!r}") from None
     with _autocast(args, model):
         report = evaluate_models(model, baselines, args.inputs, thresholds, fractions, search=args.search,
                                  window=args.window, progress=not args.no_progress, baseline_names=args.baseline)

@@ -19,6 +19,12 @@ def _fps(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdecimal() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def _workers(text: str) -> int:
     from ..tokenization.workers import available_cores
 
@@ -36,8 +42,8 @@ def _window(text: str) -> int | str:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of blocks >= 1 or 'model', got {text!r}")
+    if not 1 <= value < 2**31:
+        raise argparse.ArgumentTypeError(f"expected a number of blocks in [1, 2^31) or 'model', got {text!r}")
     return value
 
 
@@ -116,7 +122,7 @@ def _add_tokenize_corpus(sub, commands: dict) -> None:
                                    "skipped when rerun after a crash.")
     p.add_argument("sources", nargs="+", metavar="SRC", help="folders or files")
     p.add_argument("destination", metavar="DST", help="output folder")
-    p.add_argument("--shard-size", type=int, default=100, help="inputs per shard (default: %(default)s)")
+    p.add_argument("--shard-size", type=_positive_int, default=100, help="inputs per shard (default: %(default)s)")
     _add_workers_arg(p)
     _add_model_args(p)
     _add_target_args(p)
@@ -170,9 +176,9 @@ def _add_data(sub, commands: dict) -> None:
                                         "layout): videos cut into clips, everything resized to a short side.")
     p.add_argument("sources", nargs="+", metavar="SRC", help="folders or files")
     p.add_argument("destination", metavar="DST", help="output folder")
-    p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default: %(default)s)")
-    p.add_argument("--clip-frames", type=int, default=32, help="frames per video clip (default: %(default)s)")
-    p.add_argument("--short-side", type=int, default=256, help="resize so the short side is at most this "
+    p.add_argument("--shard-size", type=_positive_int, default=1000, help="samples per shard (default: %(default)s)")
+    p.add_argument("--clip-frames", type=_positive_int, default=32, help="frames per video clip (default: %(default)s)")
+    p.add_argument("--short-side", type=_positive_int, default=256, help="resize so the short side is at most this "
                                                                "(default: %(default)s)")
     p.add_argument("--fps", type=_fps, help="resample videos to this frame rate")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -189,7 +195,7 @@ def _add_train_length_head(sub, commands: dict) -> None:
                                                                                      "(default: %(default)s)")
     p.add_argument("--label-search", choices=["binary", "full"], default="binary", help="labels from this search")
     p.add_argument("--eval", nargs="+", metavar="INPUT", help="held-out files: report disagreement with full search")
-    p.add_argument("--steps", type=int, default=2000, help="optimiser steps (default: %(default)s)")
+    p.add_argument("--steps", type=_positive_int, default=2000, help="optimiser steps (default: %(default)s)")
     _add_model_args(p)
     p.set_defaults(func=commands["train-length-head"])
 

@@ -21,6 +21,7 @@ from ..tokenization.targets import Target  # noqa: E402
 from ..tokenization.tokenfile import TokenizedVideo  # noqa: E402
 from ..tokenization.tokenizer import decoded_with_sources, score_block  # noqa: E402
 from ..utils.blocks import trim_padding  # noqa: E402
+from ..utils.fileio import check_output_file  # noqa: E402
 
 
 def label_frames(frames: torch.Tensor, text: str, scale: int) -> torch.Tensor:
@@ -70,10 +71,17 @@ def reconstruct_side_by_side(model, source: str, output: str | Path, target: Tar
 
 
 def _check_output(source: str, output: Path) -> None:
+    """Both outputs (OUT and OUT_tokens.png) writable, of the input's kind, and not the input itself."""
+    for path in (output, _plot_path(output)):
+        check_output_file(path, source)
     if is_video(Path(source)) and output.suffix.lower() not in (".mp4", ".mkv", ".mov"):
         raise ElasticTokError(f"{output}: the input is a video; write .mp4")
     if not is_video(Path(source)) and output.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
         raise ElasticTokError(f"{output}: the input is an image; write .png or .jpg")
+
+
+def _plot_path(output: Path) -> Path:
+    return output.with_name(output.stem + "_tokens.png")
 
 
 def write_side_by_side(model, encoded: TokenizedVideo, source: str, output: str | Path,
@@ -83,7 +91,7 @@ def write_side_by_side(model, encoded: TokenizedVideo, source: str, output: str 
     _check_output(source, output)
     c = model.config
     scale = max(1, -(-256 // min(c.resolution)))
-    plot_path = output.with_name(output.stem + "_tokens.png")
+    plot_path = _plot_path(output)
     errors = []
 
     def side_by_side():
@@ -101,7 +109,11 @@ def write_side_by_side(model, encoded: TokenizedVideo, source: str, output: str 
         with VideoWriter(output, encoded.info.fps or 24) as writer:
             for frames in pairs():
                 writer.write(frames)
-    plot_tokens({Path(source).name: encoded}, plot_path)
+    try:
+        plot_tokens({Path(source).name: encoded}, plot_path)
+    except BaseException:  # both files or neither
+        output.unlink(missing_ok=True)
+        raise
     mean = encoded.counts.float().mean().item()
     psnr = psnr_from_mse(torch.tensor(errors).mean()).item()
     return (f"{source}: {encoded.n_blocks} blocks, {mean:.1f}/{c.tokens_per_block} tokens per block "

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import ElasticTokError
-from ..utils.fileio import atomic_path
+from ..utils.fileio import atomic_path, check_input_file
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,7 @@ def is_video(path: Path) -> bool:
 
 def read_image(path: str | os.PathLike) -> torch.Tensor:
     """Any PIL-readable image (grey, RGBA, 16-bit, palette) as uint8 RGB (H, W, 3)."""
-    path = Path(path)
-    if path.is_dir():
-        raise ElasticTokError(f"{path}: is a directory, not an image")
+    path = check_input_file(path, "an image")
     try:
         with Image.open(path) as image:
             check_image_size(path, *image.size)
@@ -103,10 +101,7 @@ class VideoReader:
         check_fps(fps)
         self.target_fps = fps
         self.skipped = 0  # corrupt packets skipped by the last pass over the frames
-        if not self.path.exists():
-            raise ElasticTokError(f"{self.path}: no such file")
-        if self.path.is_dir():
-            raise ElasticTokError(f"{self.path}: is a directory, not a video")
+        check_input_file(self.path, "a video")
         try:
             with av.open(str(self.path)) as container:
                 if not container.streams.video:

@@ -51,7 +51,7 @@ class LPIPS(nn.Module):
             else:
                 state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise ElasticTokError(f"{path}: not a readable weights file ({exc})") from None
+            raise ElasticTokError(f"{path}: not a readable weights file ({str(exc).splitlines()[0][:120]})") from None
         state = {k.replace(".model.1.", ".").replace("lin", "lins."): v
                  for k, v in state.items()}
         model = cls()

@@ -66,7 +66,8 @@ def check_counts(keep: Tensor | int, batch: int, n_blocks: int, bounds: tuple[st
     if keep.shape != (batch, n_blocks):
         raise ElasticTokError(f"keep must have shape (B, n_blocks) = ({batch}, {n_blocks}), got {tuple(keep.shape)}")
     if keep.numel() and (keep.min() < low or keep.max() > high):
-        raise ElasticTokError(f"keep counts must lie in {name} = [{low}, {high}], got [{int(keep.min())}, {int(keep.max())}]")
+        raise ElasticTokError(f"keep counts must lie in {name} = [{low}, {high}], "
+                              f"got [{int(keep.min())}, {int(keep.max())}]")
     return keep.to(device=device, dtype=torch.long)
 
 
@@ -86,10 +87,18 @@ class ConfigFile:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Any:
         """The config saved as ``data``; unknown fields are refused in one line, not ignored."""
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        cls.refuse_unknown(data)
+        try:
+            return cls(**data)
+        except TypeError as exc:  # a field of the wrong type, e.g. a string where a number belongs
+            raise ElasticTokError(f"invalid {cls.__name__}: {exc}") from None
+
+    @classmethod
+    def refuse_unknown(cls, names: Any) -> None:
+        """One line naming whichever of ``names`` are not fields of this config."""
+        unknown = sorted(map(str, set(names) - {f.name for f in dataclasses.fields(cls)}))
         if unknown:
             raise ElasticTokError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
-        return cls(**data)
 
     def fingerprint(self) -> str:
         """Short hash of every field that changes the model's numerics (not its name)."""

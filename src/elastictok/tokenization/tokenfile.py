@@ -36,7 +36,7 @@ from safetensors.torch import load, save
 from ..errors import ElasticTokError
 from ..media.blocks import MediaInfo
 from ..media.io import MAX_FPS, MAX_SIDE
-from ..utils.fileio import atomic_path
+from ..utils.fileio import atomic_path, check_input_file
 
 FORMAT, VERSION = "elastictok-tokens", "3"
 READABLE_VERSIONS = ("1", "2", "3")
@@ -93,7 +93,7 @@ def etok_bytes(encoded: TokenizedVideo, codebook_size: int) -> bytes:
         "max_tokens": str(encoded.max_tokens), "codebook_size": str(codebook_size), "metric": encoded.metric,
         "fps": "" if info.fps is None else repr(float(info.fps)), "height": str(info.size[0]),
         "width": str(info.size[1]), "frames": str(info.frames), "is_image": str(int(info.is_image)),
-        "source": info.source, "counts": json.dumps(encoded.counts.tolist()),
+        "source": _text(info.source), "counts": json.dumps(encoded.counts.tolist()),
         "scores": json.dumps([None if math.isnan(s) else s for s in encoded.scores.tolist()]),
         "family": encoded.family, "weights_hash": encoded.weights_hash,
     }
@@ -101,6 +101,11 @@ def etok_bytes(encoded: TokenizedVideo, codebook_size: int) -> bytes:
                "tokens": tokens.contiguous()}
     header["checksum"] = _checksum(header, tensors)
     return save(tensors, metadata=header)
+
+
+def _text(name: str) -> str:
+    """A file name as valid UTF-8 for the header: bytes that are not (kept by Python as surrogates) become U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _checksum(header: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
@@ -115,9 +120,7 @@ def _checksum(header: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
 
 def read_etok(path: str | os.PathLike) -> TokenizedVideo:
     """Read and validate an .etok file; anything malformed raises ElasticTokError with one line."""
-    path = Path(path)
-    if path.is_dir():
-        raise ElasticTokError(f"{path}: is a directory, not a token file")
+    path = check_input_file(path, "a token file")
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
@@ -166,8 +169,8 @@ def _validate(path: Path, header: dict[str, str], tensors: dict[str, torch.Tenso
         fail("checksum mismatch: the file is damaged")
     try:
         fields = _fields(header)
-    except (KeyError, ValueError, TypeError) as exc:
-        fail(f"bad or missing header field ({exc})")
+    except (KeyError, ValueError, TypeError, RecursionError) as exc:
+        fail(f"bad or missing header field ({type(exc).__name__}: {str(exc)[:80]})")
     _check_tensors(fail, fields, tensors)
     _check_info(fail, fields, len(tensors["counts"]))
     codebook = fields["codebook"]
@@ -197,6 +200,8 @@ def _fields(header: dict[str, str]) -> dict:
 def _check_tensors(fail, fields: dict, tensors: dict[str, torch.Tensor]) -> None:
     counts, scores, tokens = tensors["counts"], tensors["scores"], tensors["tokens"]
     max_tokens, codebook = fields["max_tokens"], fields["codebook"]
+    if not 0 < max_tokens < 2**31 or not 0 <= codebook < 2**63:  # before any comparison with a tensor
+        fail(f"max_tokens {max_tokens} or codebook_size {codebook} is out of range")
     if counts.dtype != torch.int32 or counts.dim() != 1 or len(counts) == 0:
         fail("counts must be a non-empty int32 vector")
     if scores.shape != counts.shape or scores.dtype != torch.float32:

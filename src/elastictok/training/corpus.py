@@ -78,6 +78,8 @@ def tokenize_corpus(model, sources: list, destination: str | Path, target: Targe
     ``options`` say how each input is tokenized (search, window, fps ...); ``workers`` processes
     share the cores (``bf16``: their autocast; with one worker, the caller's threads and autocast).
     """
+    if shard_size < 1:
+        raise ElasticTokError(f"shard_size must be at least 1, got {shard_size}")
     destination = Path(destination)
     files = list_media(sources)
     if not files:

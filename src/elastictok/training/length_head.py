@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..errors import ElasticTokError
 from ..tokenization.length_head import LengthHead
 from ..tokenization.targets import Threshold
 from ..tokenization.tokenizer import tokenize
@@ -30,6 +31,8 @@ def collect(model, inputs: list, target: Threshold, search: str, **kwargs) -> tu
 
 def train_length_head(model, inputs: list, target: Threshold, search: str = "binary", steps: int = 2000,
                       eval_inputs: list | None = None, **kwargs) -> tuple[LengthHead, HeadReport]:
+    if steps < 1:
+        raise ElasticTokError(f"a length head trains for at least 1 step, got {steps}")
     features, counts = collect(model, inputs, target, search, **kwargs)
     m = model.config.tokens_per_block
     head = LengthHead(model.config.width, str(target), model.config.fingerprint(), weights_hash=model.weights_digest())

@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -27,11 +27,12 @@ from tqdm import tqdm
 
 from ..errors import ElasticTokError
 from ..metrics.quality import psnr, psnr_from_mse
-from ..models.registry import config_from_preset, model_class_for
+from ..models.registry import model_class_for
 from ..utils.fileio import atomic_path
 from ..utils.runtime import warn_if_slow_bf16
 from ..utils.seeds import stable_seed
 from .checkpoint import Checkpoint, FileCheckpoint, TrainState, checkpoint_for
+from .config import TrainConfig
 from .datasets import MediaCollection, TrainBatches, eval_clips
 from .distributed import World, full_state_dict, setup, wrap
 from .masks import KeepSampler
@@ -40,68 +41,6 @@ from .shards import ShardBatches, list_shards
 log = logging.getLogger(__name__)
 
 CSV_FIELDS = ["step", "loss", "mse", "kl", "lpips", "psnr", "lr", "frames_per_s", "skipped_files"]
-
-
-@dataclass
-class TrainConfig:
-    model: str = "tiny"  # preset name
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    data: list[str] = field(default_factory=list)  # folders or files of images and videos
-    eval_data: list[str] = field(default_factory=list)  # held out
-    out_dir: str = "runs/tiny"
-    steps: int = 1000
-    max_minutes: float | None = None  # stop early (with a checkpoint) after this much wall time
-    stop_at: int | None = None  # stop after this step (the schedule still spans `steps`), e.g. to match a run
-    batch_size: int = 8  # video clips per micro-batch; image batches hold batch_size * n_blocks images
-    grad_accum: int = 1
-    n_blocks: int = 1  # context length in blocks for video clips
-    image_fraction: float = 0.5  # share of batches made of images
-    fps: float | None = None  # resample training videos to this rate (None: as recorded)
-    mask: str = "elastic"  # elastic (FlexTok: its nested_dropout) | elastic+full | full | fixed:<fraction>
-    mask_lengths: int = 1  # kept lengths decoded per sample and step (one encoder pass when it is unconditioned)
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    schedule: str = "cosine"  # cosine | constant (after warmup)
-    warmup_steps: int = 100
-    weight_decay: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
-    bf16: bool = True
-    ema_decay: float | None = None
-    lpips_weights: str | None = None  # path to LPIPS-VGG weights; the term is off without it
-    lpips_weight: float = 0.1
-    eval_every: int = 200
-    eval_keep_fractions: list[float] = field(default_factory=lambda: [1 / 16, 1 / 4, 1 / 2, 1.0])
-    checkpoint_every: int = 200
-    log_every: int = 10
-    init_from: str | None = None  # progressive training: weights of another run or a model directory
-    seed: int = 0
-    distributed: str = "ddp"  # under torchrun: ddp | fsdp (FSDP2 fully_shard)
-    sequence_parallel: bool = False  # under torchrun (ddp): every rank holds the batch, a shard of its tokens
-    num_workers: int = 0
-    device: str = "auto"
-    progress: bool = True
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ElasticTokError(f"{path}: cannot read training config ({exc})") from None
-        if not isinstance(data, dict):
-            raise ElasticTokError(f"{path}: a training config is a mapping of fields")
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ElasticTokError(f"{path}: unknown training config fields: {', '.join(unknown)}")
-        if "betas" in data:
-            data["betas"] = tuple(data["betas"])
-        return cls(**data)
-
-    def model_config(self) -> Any:
-        """The preset (of any family) with overrides; unless overridden, its inference window is the context trained on."""
-        return config_from_preset(self.model, **{"window": max(1, self.n_blocks - 1), **self.model_overrides})
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:

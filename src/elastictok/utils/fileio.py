@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -13,7 +14,8 @@ class atomic_path:
     """Context manager yielding a temporary path next to ``target``; renamed onto it on success.
 
     On failure (an exception inside, or a rename that fails, e.g. onto a folder) the temporary file
-    and any folder created for it are removed: nothing is left behind.
+    and any folder created for it are removed: nothing is left behind. A file-system error becomes
+    one ElasticTokError line naming the target.
     """
 
     def __init__(self, target: str | os.PathLike):
@@ -28,9 +30,9 @@ class atomic_path:
         self.target.parent.mkdir(parents=True, exist_ok=True)
         try:
             fd, name = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=self.target.parent)
-        except OSError:
+        except OSError as exc:
             self._remove_created()
-            raise
+            raise self._error(exc) from None
         os.close(fd)
         self.tmp = Path(name)
         return self.tmp
@@ -43,12 +45,17 @@ class atomic_path:
                 os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
                 os.replace(self.tmp, self.target)
                 return
-            except OSError:
+            except OSError as error:
                 self.tmp.unlink(missing_ok=True)
                 self._remove_created()
-                raise
+                raise self._error(error) from None
         self.tmp.unlink(missing_ok=True)
         self._remove_created()
+        if isinstance(exc, OSError):  # the write itself failed (disk full, ...): name the target, not the temp file
+            raise self._error(exc) from None
+
+    def _error(self, exc: OSError) -> ElasticTokError:
+        return ElasticTokError(f"{self.target}: cannot write ({exc.strerror or exc})")
 
     def _remove_created(self) -> None:
         for folder in self.created:
@@ -70,9 +77,29 @@ def check_output_dir(out_dir: str | os.PathLike) -> None:
         raise ElasticTokError(f"-o {out_dir}: {existing} is not writable")
 
 
-def check_output_file(output: str | os.PathLike) -> None:
-    """An output file must be writable where it is named (nothing is created here)."""
+def check_output_file(output: str | os.PathLike, source: str | os.PathLike | None = None) -> None:
+    """An output file must be writable where it is named, and not be the ``source`` it is made from
+    (nothing is created here)."""
     output = Path(output)
     if output.is_dir():
         raise ElasticTokError(f"-o {output}: is a directory; name a file such as {output / 'out.png'}")
     check_output_dir(output.parent)
+    if source is not None and output.exists() and Path(source).exists() and output.samefile(source):
+        raise ElasticTokError(f"-o {output}: is the input; name another output")
+
+
+def check_input_file(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a Path if it names a regular file; a folder, pipe or device (which could hang a read or
+    never end) is refused in one line naming ``what`` was expected, e.g. "a token file"."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ElasticTokError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ElasticTokError(f"{path}: cannot read ({exc.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise ElasticTokError(f"{path}: is a directory, not {what}")
+    if not stat.S_ISREG(mode):
+        raise ElasticTokError(f"{path}: is a pipe or device, not {what}")
+    return path

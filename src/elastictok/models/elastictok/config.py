@@ -143,12 +143,11 @@ class ElasticTokConfig(ConfigFile):
         """A named preset with fields replaced; a derived Mmin is derived again from the new shape."""
         if preset not in PRESETS:
             raise ElasticTokError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        cls.refuse_unknown(overrides)
         base = PRESETS[preset]
         if "min_tokens" not in overrides and base.min_tokens == max(1, base.tokens_per_block // 16):
             overrides = {**overrides, "min_tokens": None}  # replace() would keep the old derived value
         return dataclasses.replace(base, **overrides)
-
-
 
 
 def _preset(**kwargs: Any) -> ElasticTokConfig:

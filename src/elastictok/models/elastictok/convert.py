@@ -167,6 +167,8 @@ def config_from_official_file(path: str | os.PathLike, name: str = "official") -
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise ElasticTokError(f"{path}: not a readable JSON config ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("elastic_config", data), dict):
+        raise ElasticTokError(f"{path}: not an official config (expected a JSON object of fields)")
     official = data.get("elastic_config", data)
     resolution = data.get("resolution") or official.get("resolution")
     if resolution is None:

@@ -157,8 +157,8 @@ class FlexTokConfig(ConfigFile):
     def from_preset(cls, preset: str, **overrides: Any) -> "FlexTokConfig":
         if preset not in PRESETS:
             raise ElasticTokError(f"unknown FlexTok preset {preset!r}; choose from {', '.join(PRESETS)}")
+        cls.refuse_unknown(overrides)
         return dataclasses.replace(PRESETS[preset], **overrides)
-
 
 
 PRESETS: dict[str, FlexTokConfig] = {

@@ -1,0 +1,171 @@
+"""The training run's configuration: one dataclass, read from YAML, every field checked on creation.
+
+A wrong type or an out-of-range value (``steps: -1``, ``batch_size: 0``, ``lr: fast``, a string
+where a list of paths belongs) is refused in one line before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ..errors import ElasticTokError
+from ..models.registry import config_from_preset
+from ..utils.fileio import check_input_file
+
+CHOICES = {"schedule": ("cosine", "constant"), "distributed": ("ddp", "fsdp")}
+AT_LEAST = {"steps": 1, "batch_size": 1, "grad_accum": 1, "n_blocks": 1, "mask_lengths": 1, "warmup_steps": 0,
+            "eval_every": 1, "checkpoint_every": 1, "log_every": 1, "num_workers": 0, "stop_at": 1,
+            "weight_decay": 0, "lpips_weight": 0, "grad_clip": 0, "max_minutes": 0}
+IN_UNIT = ("image_fraction", "min_lr_ratio")  # fields in [0, 1]
+POSITIVE = ("lr", "fps")  # fields > 0 (where set)
+
+
+@dataclass
+class TrainConfig:
+    """One training run: model preset, data, schedule and bookkeeping; every field is checked on creation."""
+
+    model: str = "tiny"  # preset name
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    data: list[str] = field(default_factory=list)  # folders or files of images and videos
+    eval_data: list[str] = field(default_factory=list)  # held out
+    out_dir: str = "runs/tiny"
+    steps: int = 1000
+    max_minutes: float | None = None  # stop early (with a checkpoint) after this much wall time
+    stop_at: int | None = None  # stop after this step (the schedule still spans `steps`), e.g. to match a run
+    batch_size: int = 8  # video clips per micro-batch; image batches hold batch_size * n_blocks images
+    grad_accum: int = 1
+    n_blocks: int = 1  # context length in blocks for video clips
+    image_fraction: float = 0.5  # share of batches made of images
+    fps: float | None = None  # resample training videos to this rate (None: as recorded)
+    mask: str = "elastic"  # elastic (FlexTok: its nested_dropout) | elastic+full | full | fixed:<fraction>
+    mask_lengths: int = 1  # kept lengths decoded per sample and step (one encoder pass when it is unconditioned)
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    schedule: str = "cosine"  # cosine | constant (after warmup)
+    warmup_steps: int = 100
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    bf16: bool = True
+    ema_decay: float | None = None
+    lpips_weights: str | None = None  # path to LPIPS-VGG weights; the term is off without it
+    lpips_weight: float = 0.1
+    eval_every: int = 200
+    eval_keep_fractions: list[float] = field(default_factory=lambda: [1 / 16, 1 / 4, 1 / 2, 1.0])
+    checkpoint_every: int = 200
+    log_every: int = 10
+    init_from: str | None = None  # progressive training: weights of another run or a model directory
+    seed: int = 0
+    distributed: str = "ddp"  # under torchrun: ddp | fsdp (FSDP2 fully_shard)
+    sequence_parallel: bool = False  # under torchrun (ddp): every rank holds the batch, a shard of its tokens
+    num_workers: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.betas, list):  # YAML has no tuples
+            self.betas = tuple(self.betas)
+        problems = [f"{f.name} must be {_kind(f.type)}, got {_short(getattr(self, f.name))}"
+                    for f in dataclasses.fields(self) if not _matches(getattr(self, f.name), f.type)]
+        if not problems:
+            problems = self._range_problems()
+        if problems:
+            raise ElasticTokError("invalid training config: " + "; ".join(problems))
+        self.model_config()  # the preset exists and takes the overrides
+
+
+    def _range_problems(self) -> list[str]:
+        problems = [f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
+                    for name, choices in CHOICES.items() if getattr(self, name) not in choices]
+        problems += [f"{name} must be at least {low}, got {getattr(self, name)}"
+                     for name, low in AT_LEAST.items() if getattr(self, name) is not None and getattr(self, name) < low]
+        problems += [f"{name} must lie in [0, 1], got {getattr(self, name)}"
+                     for name in IN_UNIT if not 0 <= getattr(self, name) <= 1]
+        problems += [f"{name} must be positive, got {getattr(self, name)}"
+                     for name in POSITIVE if getattr(self, name) is not None and getattr(self, name) <= 0]
+        if not all(0 <= beta < 1 for beta in self.betas):
+            problems.append(f"betas must lie in [0, 1), got {self.betas}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            problems.append(f"ema_decay must lie in (0, 1), got {self.ema_decay}")
+        if not all(0 < f <= 1 for f in self.eval_keep_fractions):
+            problems.append(f"eval_keep_fractions must lie in (0, 1], got {self.eval_keep_fractions}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, ValueError):
+                problems.append(f"device must be auto, cpu, cuda, cuda:N ..., got {self.device!r}")
+        return problems
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+        """The config in a YAML file, with ``overrides`` (None values ignored) on top."""
+        path = check_input_file(path, "a training config (YAML)")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, ValueError) as exc:  # ValueError: not UTF-8 text
+            raise ElasticTokError(f"{path}: cannot read training config ({type(exc).__name__})") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ElasticTokError(f"{path}: not valid YAML ({getattr(exc, 'problem', None) or exc}{where})") from None
+        if not isinstance(data, dict):
+            raise ElasticTokError(f"{path}: a training config is a mapping of fields")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = sorted(map(str, set(data) - {f.name for f in dataclasses.fields(cls)}))
+        if unknown:
+            raise ElasticTokError(f"{path}: unknown training config fields: {', '.join(unknown)}")
+        return cls(**data)
+
+    def model_config(self) -> Any:
+        """The preset (of any family) with overrides; unless overridden, its inference window is the context
+        trained on."""
+        try:
+            return config_from_preset(self.model, **{"window": max(1, self.n_blocks - 1), **self.model_overrides})
+        except TypeError as exc:  # an override of the wrong type
+            raise ElasticTokError(f"model_overrides: {exc}") from None
+
+
+def _matches(value: Any, kind: str) -> bool:
+    """Whether ``value`` (from YAML) fits the field annotation ``kind``, e.g. "float | None", "list[str]"."""
+    if "|" in kind:
+        return any(_matches(value, option.strip()) for option in kind.split("|"))
+    if kind == "None":
+        return value is None
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind == "str":
+        return isinstance(value, str)
+    if kind.startswith("list["):
+        return isinstance(value, list) and all(_matches(v, kind[5:-1]) for v in value)
+    if kind.startswith("tuple["):
+        parts = [p.strip() for p in kind[6:-1].split(",")]
+        return isinstance(value, tuple) and len(value) == len(parts) and all(map(_matches, value, parts))
+    if kind.startswith("dict[str"):
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    raise TypeError(f"no check for fields of type {kind}")  # a new field of a new kind: teach _matches
+
+
+KIND_WORDS = {"int": "a whole number", "float": "a finite number", "str": "text", "bool": "true or false",
+              "None": "empty", "list[str]": "a list of paths", "list[float]": "a list of numbers",
+              "tuple[float, float]": "two numbers", "dict[str, Any]": "a mapping of fields"}
+
+
+def _kind(kind: str) -> str:
+    """An annotation in words, for messages: "float | None" -> "a finite number or empty"."""
+    return " or ".join(KIND_WORDS.get(option.strip(), option.strip()) for option in kind.split("|"))
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,41 @@
+"""The training config refuses what it cannot run, in one line, before any work (``training/config.py``)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from elastictok import ElasticTokError
+from elastictok.training.config import TrainConfig
+
+
+def test_defaults_and_presets_of_both_families_are_accepted():
+    assert TrainConfig().betas == (0.9, 0.95)
+    assert TrainConfig(model="flextok-micro", model_overrides={"registers": 4}).model_config().registers == 4
+    assert TrainConfig(betas=[0.8, 0.9]).betas == (0.8, 0.9)  # YAML lists become tuples
+
+
+@pytest.mark.parametrize("fields, word", [
+    ({"steps": 0}, "steps"), ({"steps": 2.5}, "steps"), ({"steps": True}, "steps"),
+    ({"lr": math.inf}, "lr"), ({"lr": 0}, "lr"), ({"fps": -1.0}, "fps"),
+    ({"data": "videos/"}, "data"), ({"eval_keep_fractions": [0.5, 1.5]}, "eval_keep_fractions"),
+    ({"betas": (0.9, 1.0)}, "betas"), ({"min_lr_ratio": -0.1}, "min_lr_ratio"), ({"stop_at": 0}, "stop_at"),
+    ({"model": "no-such-preset"}, "no-such-preset"), ({"model_overrides": {"width": "wide"}}, "width"),
+    ({"bf16": "yes"}, "bf16"), ({"seed": None}, "seed"),
+])
+def test_bad_fields_are_refused_in_one_line(fields, word):
+    with pytest.raises(ElasticTokError, match=word) as info:
+        TrainConfig(**fields)
+    assert "\n" not in str(info.value)
+
+
+def test_yaml_reading_reports_every_problem_at_once(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: micro\nsteps: -2\nbatch_size: x\n")
+    with pytest.raises(ElasticTokError, match="batch_size must be a whole number"):  # types first, then ranges
+        TrainConfig.from_yaml(path)
+    path.write_text("model: micro\nsteps: -2\nlog_every: 0\n")
+    with pytest.raises(ElasticTokError, match="steps must be at least 1.*log_every must be at least 1"):
+        TrainConfig.from_yaml(path)
+    assert TrainConfig.from_yaml(path, steps=3, log_every=1).steps == 3  # overrides are checked the same way
