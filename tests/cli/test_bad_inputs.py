@@ -628,6 +628,15 @@ def test_atomic_writer_cleans_up_when_the_rename_fails(tmp_path):
     no_temporaries(tmp_path)
 
 
+def test_atomic_writer_passes_other_files_errors_through(tmp_path):
+    from elastictok.utils.fileio import atomic_path
+
+    with pytest.raises(FileNotFoundError):  # reading an input failed, not writing the target: say so
+        with atomic_path(tmp_path / "target"):
+            (tmp_path / "missing-input").read_bytes()
+    no_temporaries(tmp_path)
+
+
 # ---- special files, raw headers, odd names (found by a bad-input hunt) ---------------------------------------
 @pytest.mark.parametrize("command, name", [
     case("fifo-as-etok", "decode", "pipe.etok"),
@@ -759,6 +768,9 @@ BAD_TRAIN_CONFIGS = [
     case("train-yaml-syntax", "steps: [1", "YAML"),
     case("train-yaml-python-tag", "steps: !!python/object:os.system {}", "YAML"),
     case("train-not-utf8", b"\xff\xfe\x00steps", "cannot read"),
+    case("train-control-character", b"steps: 3\x07", "YAML"),
+    case("train-mask-misspelt", "mask: elastc", "elastc"),
+    case("train-mask-full-with-one-length", "mask: elastic+full", "mask_lengths"),
 ]
 
 
@@ -784,3 +796,4 @@ def test_a_corpus_run_where_every_input_fails_exits_2(corpus, model_dir, tmp_pat
               *encode_args(model_dir, "--tokens", "4"))
     assert run.crash is None and run.code == 2, str(run)
     assert "all 2 inputs failed" in run.err.strip().splitlines()[-1]
+    assert not (tmp_path / "shards").exists()  # no empty shard marked done: a rerun tries the inputs again

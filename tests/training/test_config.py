@@ -39,3 +39,16 @@ def test_yaml_reading_reports_every_problem_at_once(tmp_path):
     with pytest.raises(ElasticTokError, match="steps must be at least 1.*log_every must be at least 1"):
         TrainConfig.from_yaml(path)
     assert TrainConfig.from_yaml(path, steps=3, log_every=1).steps == 3  # overrides are checked the same way
+
+
+def test_yaml_quirks_read_as_meant(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: micro\nlr: 1e-3\neval_data:\nmodel_overrides:\n")  # YAML 1.1: 1e-3 is text
+    cfg = TrainConfig.from_yaml(path)
+    assert cfg.lr == 1e-3 and cfg.eval_data == [] and cfg.model_overrides == {}  # empty fields: their defaults
+
+
+def test_a_device_is_not_read_as_a_config(tmp_path):
+    (tmp_path / "zeros.yaml").symlink_to("/dev/zero")
+    with pytest.raises(ElasticTokError, match="larger than"):
+        TrainConfig.from_yaml(tmp_path / "zeros.yaml")

@@ -21,7 +21,7 @@ from ..tokenization.targets import Target  # noqa: E402
 from ..tokenization.tokenfile import TokenizedVideo  # noqa: E402
 from ..tokenization.tokenizer import decoded_with_sources, score_block  # noqa: E402
 from ..utils.blocks import trim_padding  # noqa: E402
-from ..utils.fileio import check_output_file  # noqa: E402
+from ..utils.fileio import atomic_path, check_output_file  # noqa: E402
 
 
 def label_frames(frames: torch.Tensor, text: str, scale: int) -> torch.Tensor:
@@ -39,7 +39,8 @@ def label_frames(frames: torch.Tensor, text: str, scale: int) -> torch.Tensor:
 
 
 def plot_tokens(encodings: dict[str, TokenizedVideo], path: str | Path, title: str = "") -> None:
-    """Tokens per block over time, one line per labelled encoding, with Mmax for reference."""
+    """Tokens per block over time, one line per labelled encoding, with Mmax for reference; a PNG, written
+    atomically."""
     fig, ax = plt.subplots(figsize=(8, 3.2), dpi=120)
     for label, encoded in encodings.items():
         fps, fpb = encoded.info.fps, None
@@ -57,8 +58,11 @@ def plot_tokens(encodings: dict[str, TokenizedVideo], path: str | Path, title: s
     if len(encodings) > 1:
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
 
 
 def reconstruct_side_by_side(model, source: str, output: str | Path, target: Target,
@@ -72,8 +76,11 @@ def reconstruct_side_by_side(model, source: str, output: str | Path, target: Tar
 
 def _check_output(source: str, output: Path) -> None:
     """Both outputs (OUT and OUT_tokens.png) writable, of the input's kind, and not the input itself."""
-    for path in (output, _plot_path(output)):
-        check_output_file(path, source)
+    check_output_file(output, source)
+    try:
+        check_output_file(_plot_path(output), source)
+    except ElasticTokError as exc:
+        raise ElasticTokError(f"{exc} (the token plot written beside -o {output})") from None
     if is_video(Path(source)) and output.suffix.lower() not in (".mp4", ".mkv", ".mov"):
         raise ElasticTokError(f"{output}: the input is a video; write .mp4")
     if not is_video(Path(source)) and output.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
@@ -103,17 +110,14 @@ def write_side_by_side(model, encoded: TokenizedVideo, source: str, output: str 
             yield torch.cat([left, right], dim=2)
 
     pairs = lambda: trim_padding(side_by_side(), 1 if encoded.info.is_image else encoded.info.frames)  # noqa: E731
-    if encoded.info.is_image:
-        write_image(output, next(pairs())[0])
-    else:
-        with VideoWriter(output, encoded.info.fps or 24) as writer:
-            for frames in pairs():
-                writer.write(frames)
-    try:
-        plot_tokens({Path(source).name: encoded}, plot_path)
-    except BaseException:  # both files or neither
-        output.unlink(missing_ok=True)
-        raise
+    with atomic_path(plot_path) as plot_tmp:  # the plot is renamed into place once the side-by-side is written
+        plot_tokens({Path(source).name: encoded}, plot_tmp)
+        if encoded.info.is_image:
+            write_image(output, next(pairs())[0])
+        else:
+            with VideoWriter(output, encoded.info.fps or 24) as writer:
+                for frames in pairs():
+                    writer.write(frames)
     mean = encoded.counts.float().mean().item()
     psnr = psnr_from_mse(torch.tensor(errors).mean()).item()
     return (f"{source}: {encoded.n_blocks} blocks, {mean:.1f}/{c.tokens_per_block} tokens per block "

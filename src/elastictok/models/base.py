@@ -71,6 +71,14 @@ def check_counts(keep: Tensor | int, batch: int, n_blocks: int, bounds: tuple[st
     return keep.to(device=device, dtype=torch.long)
 
 
+def refuse_unknown_fields(cls: type, names: Any, message: str) -> None:
+    """``message: a, b`` for whichever of ``names`` (any hashables, e.g. YAML keys) are not fields of the
+    dataclass ``cls``."""
+    unknown = sorted(map(str, set(names) - {f.name for f in dataclasses.fields(cls)}))
+    if unknown:
+        raise ElasticTokError(f"{message}: {', '.join(unknown)}")
+
+
 class ConfigFile:
     """``to_dict``, ``from_dict`` and ``fingerprint`` for a family's config dataclass.
 
@@ -96,9 +104,7 @@ class ConfigFile:
     @classmethod
     def refuse_unknown(cls, names: Any) -> None:
         """One line naming whichever of ``names`` are not fields of this config."""
-        unknown = sorted(map(str, set(names) - {f.name for f in dataclasses.fields(cls)}))
-        if unknown:
-            raise ElasticTokError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
+        refuse_unknown_fields(cls, names, f"unknown {cls.__name__} fields")
 
     def fingerprint(self) -> str:
         """Short hash of every field that changes the model's numerics (not its name)."""
@@ -180,13 +186,22 @@ class Tokenizable:
         of them to a list, decoded together (see ``elastictok.tokenization.tokenizer.detokenize``)."""
         return _tokenization("detokenize")(self, encoded, window)
 
+    def _apply(self, *args: Any, **kwargs: Any) -> Any:  # .to(), .half(), .cuda() ...: the weights may change
+        self.__dict__.pop("_weights_digest", None)
+        return super()._apply(*args, **kwargs)
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        self.__dict__.pop("_weights_digest", None)
+        return super().load_state_dict(*args, **kwargs)
+
     def weights_digest(self) -> str:
         """SHA-256 (16 hex digits) of the weights rounded to float16, so that a token file names the weights
         that made it: a float32 run and its float16 shipped copy, bf16 autocast and any device agree.
 
         Remembered until a weight changes (in-place updates bump a tensor's version counter, loading or
-        moving the model replaces its storage), so tokenizing or decoding many files hashes once. Writes
-        through ``tensor.data`` bypass the counter: after one, ``del model._weights_digest``."""
+        moving, casting or loading the model forgets it), so tokenizing or decoding many files hashes once.
+        Writes through ``tensor.data`` (and ``torch.nn.utils.vector_to_parameters``) bypass the counter:
+        after one, ``del model._weights_digest``."""
         state = self.state_dict()
         version = tuple((tensor.data_ptr(), tensor._version) for tensor in state.values())
         remembered = getattr(self, "_weights_digest", None)

@@ -105,7 +105,10 @@ def etok_bytes(encoded: TokenizedVideo, codebook_size: int) -> bytes:
 
 def _text(name: str) -> str:
     """A file name as valid UTF-8 for the header: bytes that are not (kept by Python as surrogates) become U+FFFD."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a lone surrogate that no file name holds (made through the Python API)
+        return name.encode("utf-8", "replace").decode("utf-8")
 
 
 def _checksum(header: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
@@ -185,7 +188,8 @@ def _validate(path: Path, header: dict[str, str], tensors: dict[str, torch.Tenso
 
 
 def _fields(header: dict[str, str]) -> dict:
-    """The header's fields, parsed (KeyError, ValueError or TypeError when one is missing or malformed)."""
+    """The header's fields, parsed (KeyError, ValueError, TypeError or RecursionError when one is missing or
+    malformed)."""
     return {
         "max_tokens": int(header["max_tokens"]), "codebook": int(header["codebook_size"]),
         "frames": int(header["frames"]), "height": int(header["height"]), "width": int(header["width"]),

@@ -16,8 +16,9 @@ import torch
 import yaml
 
 from ..errors import ElasticTokError
+from ..models.base import refuse_unknown_fields
 from ..models.registry import config_from_preset
-from ..utils.fileio import check_input_file
+from .masks import KeepSampler
 
 CHOICES = {"schedule": ("cosine", "constant"), "distributed": ("ddp", "fsdp")}
 AT_LEAST = {"steps": 1, "batch_size": 1, "grad_accum": 1, "n_blocks": 1, "mask_lengths": 1, "warmup_steps": 0,
@@ -78,8 +79,14 @@ class TrainConfig:
             problems = self._range_problems()
         if problems:
             raise ElasticTokError("invalid training config: " + "; ".join(problems))
-        self.model_config()  # the preset exists and takes the overrides
+        self._check_model_and_mask()
 
+    def _check_model_and_mask(self) -> None:
+        """The preset exists, takes the overrides, and can be trained with the mask mode."""
+        c = self.model_config()
+        if hasattr(c, "nested_dropout") and self.mask_lengths != 1:  # FlexTok
+            raise ElasticTokError("mask_lengths > 1 is an ElasticTok option; FlexTok keeps one length per sample")
+        KeepSampler(self.mask, c.min_tokens, c.tokens_per_block, self.mask_lengths)
 
     def _range_problems(self) -> list[str]:
         problems = [f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
@@ -105,22 +112,14 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
-        """The config in a YAML file, with ``overrides`` (None values ignored) on top."""
-        path = check_input_file(path, "a training config (YAML)")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, ValueError) as exc:  # ValueError: not UTF-8 text
-            raise ElasticTokError(f"{path}: cannot read training config ({type(exc).__name__})") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ElasticTokError(f"{path}: not valid YAML ({getattr(exc, 'problem', None) or exc}{where})") from None
-        if not isinstance(data, dict):
-            raise ElasticTokError(f"{path}: a training config is a mapping of fields")
+        """The config in a YAML file (a pipe such as ``<(sed ...)`` too), with ``overrides`` (None values ignored)
+        on top. An empty field means its default; ``1e-3``, which YAML 1.1 reads as text, is a number."""
+        data = _read_yaml(Path(path))
         data.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = sorted(map(str, set(data) - {f.name for f in dataclasses.fields(cls)}))
-        if unknown:
-            raise ElasticTokError(f"{path}: unknown training config fields: {', '.join(unknown)}")
+        refuse_unknown_fields(cls, data, f"{path}: unknown training config fields")
+        kinds = {f.name: f.type for f in dataclasses.fields(cls)}
+        data = {k: _number(v) if "float" in kinds[k] else v for k, v in data.items()
+                if v is not None or "None" in kinds[k]}
         return cls(**data)
 
     def model_config(self) -> Any:
@@ -130,6 +129,41 @@ class TrainConfig:
             return config_from_preset(self.model, **{"window": max(1, self.n_blocks - 1), **self.model_overrides})
         except TypeError as exc:  # an override of the wrong type
             raise ElasticTokError(f"model_overrides: {exc}") from None
+
+
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _read_yaml(path: Path) -> dict:
+    """A YAML mapping from ``path``, read whole up to 1 MiB (so a device such as /dev/zero cannot hang it)."""
+    try:
+        with open(path, "rb") as file:
+            raw = file.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ElasticTokError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes, not a training config")
+        data = yaml.safe_load(raw.decode("utf-8")) or {}
+    except OSError as exc:
+        raise ElasticTokError(f"{path}: cannot read training config ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ElasticTokError(f"{path}: cannot read training config (not UTF-8 text)") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ElasticTokError(f"{path}: not valid YAML ({problem}{where})") from None
+    if not isinstance(data, dict):
+        raise ElasticTokError(f"{path}: a training config is a mapping of fields")
+    return data
+
+
+def _number(value: Any) -> Any:
+    """``value``, or the number a text such as "1e-3" spells (YAML 1.1 needs "1.0e-3" to read a number)."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _matches(value: Any, kind: str) -> bool:

@@ -47,10 +47,11 @@ class CorpusSummary:
     tokens: int = 0
     max_tokens: int = 0  # what fixed-length tokenization would have used
 
-    def add(self, record: dict, written: bool) -> None:
-        """Count one shard's record (``tokens-NNNNNN.json``)."""
-        self.shards_written += int(written)
-        self.shards_skipped += int(not written)
+    def add(self, record: dict, shard: str) -> None:
+        """Count one shard's record (``tokens-NNNNNN.json``); ``shard``: "written", "done" (by an earlier
+        run) or "empty" (every input failed, so nothing was written)."""
+        self.shards_written += int(shard == "written")
+        self.shards_skipped += int(shard == "done")
         self.inputs += record["inputs"]
         self.failed += len(record["failed"])
         self.blocks += record["blocks"]
@@ -87,6 +88,7 @@ def tokenize_corpus(model, sources: list, destination: str | Path, target: Targe
     distributed = distributed_ready()
     if distributed and workers > 1:
         raise ElasticTokError("--workers shares one machine's cores; under torchrun every rank is the worker")
+    made = not destination.exists()
     destination.mkdir(parents=True, exist_ok=True)
     rank, world = rank_and_world_size()
     root = Path(sources[0]) if len(sources) == 1 and Path(sources[0]).is_dir() else None
@@ -99,7 +101,7 @@ def tokenize_corpus(model, sources: list, destination: str | Path, target: Targe
     for shard, members in shards.items():
         summary = destination / f"tokens-{shard:06d}.json"
         if summary.exists() and summary.with_suffix(".tar").exists():
-            local.add(json.loads(summary.read_text()), written=False)
+            local.add(json.loads(summary.read_text()), "done")
             bar.update(len(members))
         else:
             pending[shard] = members
@@ -107,8 +109,10 @@ def tokenize_corpus(model, sources: list, destination: str | Path, target: Targe
     inputs = [p for members in pending.values() for p in members]
     with torch.no_grad(), contextlib.closing(tokenize_each(model, inputs, target, options, workers, bf16)) as results:
         for shard, members in pending.items():
-            local.add(_write_shard(model, destination, shard, members, results, root, bar), written=True)
+            local.add(*_write_shard(model, destination, shard, members, results, root, bar))
     bar.close()
+    if made and not distributed and not any(destination.iterdir()):  # every input failed: leave no empty folder
+        destination.rmdir()
     fields = ("inputs", "shards_written", "shards_skipped", "failed", "blocks", "tokens", "max_tokens")
     if distributed:
         totals = torch.tensor([getattr(local, f) for f in fields], dtype=torch.long)
@@ -117,9 +121,27 @@ def tokenize_corpus(model, sources: list, destination: str | Path, target: Targe
     return local
 
 
-def _write_shard(model, destination: Path, shard: int, members: list[Path], results, root: Path | None, bar) -> dict:
-    """Write ``tokens-NNNNNN.tar`` and its summary from the next ``len(members)`` of ``results``; return the summary."""
+def _write_shard(model, destination: Path, shard: int, members: list[Path], results, root: Path | None, bar
+                 ) -> tuple[dict, str]:
+    """Write ``tokens-NNNNNN.tar`` and its summary from the next ``len(members)`` of ``results``; return the
+    summary and "written", or "empty" when every input failed."""
     record = {"inputs": len(members), "failed": [], "blocks": 0, "tokens": 0, "max_tokens": 0}
+    try:
+        _fill_shard(model, destination, shard, members, results, root, bar, record)
+    except _NothingToWrite:  # no shard and no summary: a rerun tries these inputs again
+        return record, "empty"
+    with atomic_path(destination / f"tokens-{shard:06d}.json") as tmp:
+        tmp.write_text(json.dumps(record))
+    return record, "written"
+
+
+class _NothingToWrite(Exception):
+    """Every input of a shard failed."""
+
+
+def _fill_shard(model, destination: Path, shard: int, members: list[Path], results, root: Path | None, bar,
+                record: dict) -> None:
+    """Write ``tokens-NNNNNN.tar`` from the next ``len(members)`` of ``results``, counting into ``record``."""
     with atomic_path(destination / f"tokens-{shard:06d}.tar") as tmp, tarfile.open(tmp, "w") as tar:
         for index, (path, encoded) in enumerate(zip(members, results)):
             bar.update(1)
@@ -137,6 +159,5 @@ def _write_shard(model, destination: Path, shard: int, members: list[Path], resu
             record["blocks"] += len(counts)
             record["tokens"] += sum(counts)
             record["max_tokens"] += len(counts) * encoded.max_tokens
-    with atomic_path(destination / f"tokens-{shard:06d}.json") as tmp:
-        tmp.write_text(json.dumps(record))
-    return record
+        if len(record["failed"]) == len(members):
+            raise _NothingToWrite

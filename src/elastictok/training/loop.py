@@ -317,11 +317,8 @@ def _lpips(cfg: TrainConfig, device: torch.device):
 def _keep_sampler(cfg: TrainConfig, model: torch.nn.Module):
     """Kept tokens per block for each step: the mask mode, or a family's own nested dropout for ``elastic``."""
     c = model.config
-    if hasattr(model, "nested_dropout"):  # FlexTok: one kept prefix per sample and block
-        if cfg.mask_lengths != 1:
-            raise ElasticTokError("mask_lengths > 1 is an ElasticTok option; FlexTok keeps one length per sample")
-        if cfg.mask == "elastic":
-            return model.nested_dropout
+    if hasattr(model, "nested_dropout") and cfg.mask == "elastic":  # FlexTok: one kept prefix per sample and block
+        return model.nested_dropout
     return KeepSampler(cfg.mask, c.min_tokens, c.tokens_per_block, cfg.mask_lengths)
 
 

@@ -51,8 +51,8 @@ class atomic_path:
                 raise self._error(error) from None
         self.tmp.unlink(missing_ok=True)
         self._remove_created()
-        if isinstance(exc, OSError):  # the write itself failed (disk full, ...): name the target, not the temp file
-            raise self._error(exc) from None
+        if isinstance(exc, OSError) and exc.filename in (None, str(self.tmp)):  # the write itself failed (disk
+            raise self._error(exc) from None  # full, ...): name the target; other files' errors pass unchanged
 
     def _error(self, exc: OSError) -> ElasticTokError:
         return ElasticTokError(f"{self.target}: cannot write ({exc.strerror or exc})")
