@@ -797,3 +797,10 @@ def test_a_corpus_run_where_every_input_fails_exits_2(corpus, model_dir, tmp_pat
     assert run.crash is None and run.code == 2, str(run)
     assert "all 2 inputs failed" in run.err.strip().splitlines()[-1]
     assert not (tmp_path / "shards").exists()  # no empty shard marked done: a rerun tries the inputs again
+
+
+def test_a_shard_run_where_every_input_fails_exits_2(corpus, tmp_path):
+    run = cli("data", "shard", corpus["garbage_png"], corpus["zero_mp4"], tmp_path / "shards", "--no-progress")
+    assert run.crash is None and run.code == 2, str(run)
+    assert "all 2 inputs were unreadable" in run.err.strip().splitlines()[-1]
+    assert not (tmp_path / "shards").exists()

@@ -162,6 +162,8 @@ def _data_shard(args: argparse.Namespace) -> None:
                            short_side=args.short_side, fps=args.fps, progress=not args.no_progress)
     print(f"wrote {summary.shards} shards to {args.destination}: {summary.clips} video clips, {summary.images} images"
           f", {summary.skipped} unreadable files skipped")
+    if summary.skipped and not summary.clips + summary.images:
+        raise ElasticTokError(f"all {summary.skipped} inputs were unreadable (each is named above)")
 
 
 def _tokenize_corpus(args: argparse.Namespace) -> None:

@@ -104,14 +104,17 @@ def build_shards(sources: list[str | os.PathLike], destination: str | os.PathLik
     if shard_size < 1 or clip_frames < 1 or short_side < 8:
         raise ElasticTokError("shard size and clip frames must be positive, short side at least 8")
     destination = Path(destination)
-    destination.mkdir(parents=True, exist_ok=True)
     files = list_media(sources)
     if not files:
         raise ElasticTokError(f"no images or videos under {', '.join(map(str, sources))}")
+    made = not destination.exists()
+    destination.mkdir(parents=True, exist_ok=True)
     summary = ShardSummary()
+    written: list[Path] = []
 
     def finished(name: str) -> None:
-        os.replace(name, name[: -len(".tmp")])
+        written.append(Path(name[: -len(".tmp")]))
+        os.replace(name, written[-1])
         summary.shards += 1
 
     writer = wds.ShardWriter(str(destination / "shard-%06d.tar.tmp"), maxcount=shard_size, post=finished, verbose=0)
@@ -129,6 +132,12 @@ def build_shards(sources: list[str | os.PathLike], destination: str | os.PathLik
                 summary.skipped += 1
     finally:
         writer.close()
+    if not summary.clips + summary.images:  # every input was unreadable: no empty shard, no empty folder
+        for shard in written:
+            shard.unlink()
+        summary.shards = 0
+        if made and not any(destination.iterdir()):
+            destination.rmdir()
     return summary
 
 
