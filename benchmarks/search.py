@@ -40,7 +40,7 @@ def load_blocks(model, path: str) -> tuple[list[torch.Tensor], object]:
 
 def run(model, blocks, info, target, dtype: str, **kwargs):
     tokenizer = Tokenizer(model, target, **kwargs)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")
+    autocast = torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
     started = time.perf_counter()
     with torch.no_grad(), autocast:
         result = tokenizer.run(iter(blocks), [info])[0]
@@ -104,6 +104,7 @@ def main() -> None:
     parser.add_argument("--window", default="model", help="context blocks, or 'model' (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs; the best time counts")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda ... (default: %(default)s)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--blocks", type=int, help="only the first N blocks of the input")
     parser.add_argument("--lengths", type=int, nargs="*", default=[])
@@ -112,14 +113,15 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     window = args.window if args.window == "model" else int(args.window)
     torch.manual_seed(0)
-    model = ElasticTok.from_pretrained(args.model)
+    model = ElasticTok.from_pretrained(args.model).to(args.device)
     c = model.config
     target = parse_target(args.threshold)
     blocks, info = load_blocks(model, args.input)
     blocks = blocks[:args.blocks] if args.blocks else blocks
     n = len(blocks)
     print(f"model {args.model} ({c.name}, Mmax {c.tokens_per_block}, Mmin {c.min_tokens}), {n} blocks of "
-          f"{args.input}, target {args.threshold}, window {window}, {args.dtype}, {torch.get_num_threads()} threads, "
+          f"{args.input}, target {args.threshold}, window {window}, {args.dtype} on {args.device}, "
+          f"{torch.get_num_threads()} threads, "
           f"best of {args.repeats}")
 
     rows = searches(args, model, c)
