@@ -3,7 +3,7 @@
     python scripts/ship_default.py [RUN ...] [--runs runs]
 
 Each RUN is a run folder name under --runs (written by `elastictok train --config configs/RUN.yaml`);
-without any, all of them: default-long (the bundled `default`), flextok-tiny (the bundled `flextok`),
+without any, all of them: default-cycle3 (the bundled `default`), flextok-tiny (the bundled `flextok`),
 default-fixed-0.25, default-fixed-0.5 and default-full (the default's fixed-length baselines). Writes
 config.json + model.safetensors with float16 weights (loading casts them back to float32).
 """
@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 
 from elastictok.models.registry import from_pretrained
-from elastictok.training.loop import TrainConfig
+from elastictok.training.config import TrainConfig
 
 ROOT = Path(__file__).parents[1]
 DESTINATIONS = {
-    "default-long": ROOT / "src/elastictok/weights/default",
+    "default-cycle3": ROOT / "src/elastictok/weights/default",
     "flextok-tiny": ROOT / "src/elastictok/weights/flextok",
     "default-fixed-0.25": ROOT / "baselines/default-fixed-0.25",
     "default-fixed-0.5": ROOT / "baselines/default-fixed-0.5",
