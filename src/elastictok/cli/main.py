@@ -149,7 +149,7 @@ def _reconstruct(args: argparse.Namespace) -> None:
     from ..evaluation.plots import reconstruct_side_by_side
     from ..utils.fileio import check_output_file
 
-    check_output_file(args.output, args.input)
+    check_output_file(args.output, args.input)  # before loading the model; the library checks both outputs again
     model = _load_model(args)
     with _autocast(args, model):
         print(reconstruct_side_by_side(model, args.input, args.output, _target(args), _options(args, model)))
