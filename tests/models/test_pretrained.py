@@ -65,3 +65,20 @@ def test_commands_default_to_the_bundled_model(tmp_path):
                              "--threshold", "mse:0.05", "--no-progress"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert out.exists() and "20 blocks" in result.stdout
+
+
+def test_the_bundled_length_head_matches_the_model_and_tracks_the_search(default_model, street, tmp_path):
+    from elastictok.models.pretrained import resolve_model_path
+    from elastictok.tokenization.length_head import HEAD_NAME, LengthHead
+
+    head = LengthHead.load(resolve_model_path(DEFAULT_MODEL) / HEAD_NAME, default_model)  # trained on these weights
+    searched = default_model.tokenize(street, "mse:0.05")[0]
+    one_pass = default_model.tokenize(street, "mse:0.05", search="regression", length_head=head)[0]
+    assert abs(one_pass.counts.float().mean() - searched.counts.float().mean()) < 8
+    assert (one_pass.scores <= 0.05).float().mean() >= 0.75
+    # the CLI's --search regression finds the bundled model's own head
+    result = subprocess.run([sys.executable, "-m", "elastictok.cli", "encode", str(sample_video()), "-o",
+                             str(tmp_path / "out"), "--search", "regression", "--no-progress"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "20 blocks" in result.stdout and (tmp_path / "out" / "street.etok").exists()

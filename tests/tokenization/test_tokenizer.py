@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
 import torch
 
 from elastictok import ElasticTok, ElasticTokConfig, ElasticTokError
-from elastictok.tokenization.targets import Budget, Threshold
+from elastictok.tokenization.targets import Budget, Threshold, TokenCount
 from elastictok.tokenization.tokenfile import read_etok, write_etok
 from elastictok.media.blocks import MediaInfo
 from elastictok.tokenization.search import bisection, exhaustive, kary
@@ -269,14 +270,24 @@ def test_regression_head_trains_predicts_and_round_trips(trained_micro, real_vid
     target = Threshold("mse", threshold)
     inputs = [real_video[0], real_video[0].flip(-1), str(photo_folder / "pan.mp4")]
     head, report = train_length_head(model, inputs, target, steps=300, eval_inputs=[real_video[0]])
-    assert report.blocks == 3 + 3 + 12 and 0 <= report.disagreement <= 1
+    assert report.blocks == 3 + 3 + 12 and 0 <= report.off <= 1 and 0 <= report.fails <= 1
     head.save(tmp_path / "head.safetensors")
     loaded = LengthHead.load(tmp_path / "head.safetensors", model)
     result = model.tokenize(real_video, target, search="regression", length_head=loaded)[0]
-    assert result.passes == 3 and result.encoder_passes == 2 * 3 and result.evaluations == 3  # features + encode, decode
+    # per block: the features, an encode+decode with every token, and the final encode+decode
+    assert result.passes == 2 * 3 and result.encoder_passes == 3 * 3 and result.evaluations == 2 * 3
     assert ((result.counts >= c.min_tokens) & (result.counts <= c.tokens_per_block)).all()
-    with pytest.raises(ElasticTokError, match="trained for"):
-        model.tokenize(real_video, "mse:0.5", search="regression", length_head=loaded)
+    # one head serves every mse and psnr threshold: the same MSE asked as PSNR gives the same counts
+    as_psnr = model.tokenize(real_video, Threshold("psnr", 10 * math.log10(4 / threshold)), search="regression",
+                             length_head=loaded)[0]
+    assert torch.equal(as_psnr.counts, result.counts)
+    # what the all-token reconstruction cannot meet keeps every token; what anything meets keeps the fewest
+    hopeless = model.tokenize(real_video, "mse:1e-9", search="regression", length_head=loaded)[0]
+    assert (hopeless.counts == c.tokens_per_block).all()
+    easy = model.tokenize(real_video, "mse:4", search="regression", length_head=loaded)[0]
+    assert (easy.counts == c.min_tokens).all()
+    with pytest.raises(ElasticTokError, match="predicts MSE"):
+        model.tokenize(real_video, "ssim:0.5", search="regression", length_head=loaded)
     with pytest.raises(ElasticTokError, match="needs a trained length head"):
         model.tokenize(real_video, target, search="regression")
     other = type(model)(c.__class__.from_preset("micro", width=64, name="other"))
@@ -284,6 +295,21 @@ def test_regression_head_trains_predicts_and_round_trips(trained_micro, real_vid
         LengthHead.load(tmp_path / "head.safetensors", other)
     with pytest.raises(ElasticTokError, match="other weights"):
         LengthHead.load(tmp_path / "head.safetensors", type(model)(c))
+
+
+def test_recorded_error_curves_are_what_tokenizing_at_that_count_gives(trained_micro, real_video):
+    from elastictok.training.length_head import collect_curves
+
+    model = trained_micro
+    curves = collect_curves(model, [real_video[0]], Threshold("mse", 0.05))
+    assert curves.mse.shape == (3, len(curves.counts)) and curves.counts[-1] == model.config.tokens_per_block
+    for j in (0, len(curves.counts) // 2, len(curves.counts) - 1):  # block 0 has no context to differ
+        fixed = model.tokenize(real_video[:1], TokenCount(int(curves.counts[j])))[0]
+        assert fixed.scores[0] == pytest.approx(curves.mse[0, j].item(), rel=1e-4, abs=1e-6)
+    searched = curves.searched(0.05)
+    for i, count in enumerate(searched.tolist()):  # the smallest grid count that meets, else every token
+        meets = curves.mse[i] <= 0.05
+        assert count == (int(curves.counts[meets][0]) if meets.any() else model.config.tokens_per_block)
 
 
 def test_public_api_batched_in_batched_out(micro, real_video, photo_folder):

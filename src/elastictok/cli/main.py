@@ -69,10 +69,14 @@ def _options(args: argparse.Namespace, model, progress: bool = True):
     if args.length_head and args.search != "regression":
         raise ElasticTokError("--length-head is read by --search regression only; add it, or drop --length-head")
     if args.search == "regression":
-        if not args.length_head:
-            raise ElasticTokError("--search regression needs --length-head FILE (made by elastictok train-length-head)")
-        from ..tokenization.length_head import LengthHead
-        length_head = LengthHead.load(args.length_head, model)
+        from ..models.pretrained import resolve_model_path
+        from ..tokenization.length_head import HEAD_NAME, LengthHead
+
+        path = args.length_head or resolve_model_path(args.model) / HEAD_NAME
+        if not args.length_head and not path.is_file():
+            raise ElasticTokError(f"--search regression needs --length-head FILE (made by elastictok "
+                                  f"train-length-head); the model {args.model!r} has no {HEAD_NAME} of its own")
+        length_head = LengthHead.load(path, model)
     return TokenizeOptions(search=args.search, window=args.window, fps=args.fps, fit=args.fit,
                            length_head=length_head, progress=progress and not args.no_progress)
 
@@ -115,20 +119,19 @@ def _encode(args: argparse.Namespace) -> None:
 
 
 def _train_length_head(args: argparse.Namespace) -> None:
-    from ..tokenization.targets import Threshold, parse_target
+    from ..tokenization.targets import parse_target
     from ..training.length_head import train_length_head
 
     model = _load_model(args)
     target = parse_target(args.threshold)
-    if not isinstance(target, Threshold):
-        raise ElasticTokError("a length head learns a quality threshold such as mse:0.003")
-    head, report = train_length_head(model, args.inputs, target, search=args.label_search, steps=args.steps,
-                                     eval_inputs=args.eval, window=args.window, progress=not args.no_progress)
+    head, report = train_length_head(model, args.inputs, target, steps=args.steps, eval_inputs=args.eval,
+                                     window=args.window, progress=not args.no_progress)
     head.save(args.output)
     line = f"trained on {report.blocks} blocks (loss {report.train_loss:.4f}) -> {args.output}"
-    if report.disagreement is not None:
-        line += (f"; held out: differs from full search on {100 * report.disagreement:.1f}% of blocks, "
-                 f"mean |error| {report.mean_abs_error:.1f} tokens")
+    if report.off is not None:
+        line += (f"; held out at {target}: {100 * report.off:.1f}% of blocks more than 8 tokens from the grid "
+                 f"search, {100 * report.fails:.1f}% miss it, {report.mean_tokens:.1f} tokens per block "
+                 f"(search {report.search_mean_tokens:.1f})")
     print(line)
 
 

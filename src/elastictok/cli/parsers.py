@@ -70,7 +70,8 @@ def _add_target_args(p: argparse.ArgumentParser) -> None:
     group.add_argument("--budget", type=int, metavar="N", help="at most N tokens for the whole input")
     p.add_argument("--search", choices=list(SEARCHES), default="binary",
                    help="how to find the fewest tokens per block (default: %(default)s)")
-    p.add_argument("--length-head", metavar="FILE", help="for --search regression: a trained length head")
+    p.add_argument("--length-head", metavar="FILE", help="for --search regression: a trained length head "
+                   "(default: the model's own length_head.safetensors, if it has one)")
     p.add_argument("--fps", type=_fps, help="resample videos to this frame rate first")
     p.add_argument("--fit", choices=["crop", "pad"], default="crop",
                    help="fit frames to the model's resolution by centre crop or padding (default: %(default)s)")
@@ -187,14 +188,16 @@ def _add_data(sub, commands: dict) -> None:
 
 def _add_train_length_head(sub, commands: dict) -> None:
     p = sub.add_parser("train-length-head", help="train the one-pass length predictor for --search regression",
-                       description="Search token counts on INPUT files, then fit a small head that predicts them "
-                                   "from the encoder's features in one pass.")
+                       description="Record each block's MSE at every 8th token count on INPUT files, then fit a "
+                                   "small head that predicts that curve in one pass; one head serves every mse: "
+                                   "and psnr: threshold. Save it as length_head.safetensors in a model's "
+                                   "directory to make it that model's default.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files to learn from")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write the head (.safetensors)")
-    p.add_argument("--threshold", default=DEFAULT_THRESHOLD, metavar="METRIC:VALUE", help="the target it learns "
-                                                                                     "(default: %(default)s)")
-    p.add_argument("--label-search", choices=["binary", "full"], default="binary", help="labels from this search")
-    p.add_argument("--eval", nargs="+", metavar="INPUT", help="held-out files: report disagreement with full search")
+    p.add_argument("--threshold", default=DEFAULT_THRESHOLD, metavar="METRIC:VALUE",
+                   help="mse: or psnr: target whose search sets each block's context, and the one --eval scores "
+                        "(default: %(default)s)")
+    p.add_argument("--eval", nargs="+", metavar="INPUT", help="held-out files: compare the head with a search")
     p.add_argument("--steps", type=_positive_int, default=2000, help="optimiser steps (default: %(default)s)")
     _add_model_args(p)
     p.set_defaults(func=commands["train-length-head"])

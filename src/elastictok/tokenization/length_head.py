@@ -1,14 +1,20 @@
-"""One-pass length prediction (the paper's "neural regression" search).
+"""One-pass length prediction (the paper's "neural regression" search), as a predicted error curve.
 
-A small MLP reads the encoder's features of a block (all tokens kept, conditioned on the cached
-earlier blocks) and predicts how many tokens the block needs to meet one fixed target. It costs
-one encoder pass plus the final encode+decode at the predicted count, instead of a search; it
-does not guarantee the target. Train it with ``elastictok train-length-head``: labels come from a
-search over real media (``elastictok.training.length_head``).
+A block's MSE against its token count falls steeply while the first frame's tokens arrive and then
+flattens (``docs/results/README.md``), so the count a threshold needs is set by two things: where the
+curve levels off and how fast it gets there. The head is told the first exactly (the MSE of the block
+decoded with every token) and predicts the second: from the block's encoder features (every token
+kept, after the cached earlier blocks) and its pixel statistics, an ensemble of small MLPs predicts
+log MSE at a grid of counts (every ``GRID_STRIDE``-th from Mmin, and Mmax) as excess over the
+all-token MSE. The search keeps the smallest grid count predicted to meet the target, so one head
+serves every ``mse:`` and ``psnr:`` threshold. Cost per block: one encoder pass for the features,
+one encode+decode with every token and the final encode+decode; it does not guarantee the target.
+Train one with ``elastictok train-length-head`` (``elastictok.training.length_head``).
 """
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -16,45 +22,130 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ..errors import ElasticTokError
+from ..metrics.quality import block_mse
 from ..utils.fileio import atomic_path
 from .coder import BlockCoder
-from .targets import Target, Threshold, parse_target
+from .targets import Target, Threshold
+
+HEAD_NAME = "length_head.safetensors"  # a model directory's own head, used by --search regression
+GRID_STRIDE = 8
+# Aim this much below the threshold in log MSE (0.1: 10%), so that prediction errors rarely miss it.
+DEFAULT_MARGIN = 0.1
+STATISTICS = 5  # block_statistics() columns
+
+
+def count_grid(lo: int, hi: int) -> Tensor:
+    """The counts a head predicts MSE at: every GRID_STRIDE-th from ``lo``, and ``hi``."""
+    return torch.cat((torch.arange(lo, hi, GRID_STRIDE), torch.tensor([hi])))
+
+
+def block_statistics(block: Tensor) -> Tensor:
+    """(B, 5) pixel statistics of blocks (B, fpb, 3, H, W) in [-1, 1] that track how hard a block is:
+    log of the pixel variance, of the mean squared horizontal, vertical and temporal differences, and
+    of the energy left after a 4x4 box blur (detail that coarse tokens cannot carry)."""
+    x = block.float().mean(2)  # (B, fpb, H, W)
+    blurred = nn.functional.avg_pool2d(x, 4).repeat_interleave(4, -1).repeat_interleave(4, -2)
+    energies = (
+        x.flatten(1).var(1),
+        (x[..., 1:] - x[..., :-1]).pow(2).flatten(1).mean(1),
+        (x[..., 1:, :] - x[..., :-1, :]).pow(2).flatten(1).mean(1),
+        (x[:, 1:] - x[:, :-1]).pow(2).flatten(1).mean(1) if x.shape[1] > 1 else x.new_zeros(x.shape[0]),
+        (x - blurred).pow(2).flatten(1).mean(1),
+    )
+    return torch.stack(energies, dim=1).clamp_min(1e-6).log()
+
+
+def head_inputs(coder: BlockCoder, block: Tensor, patches: Tensor, full_mse: Tensor) -> Tensor:
+    """(B, 2*width + 6) what a head reads: encoder features, pixel statistics, log all-token MSE."""
+    return torch.cat((coder.features(patches), block_statistics(block).to(patches.device),
+                      full_mse.clamp_min(1e-6).log()[:, None].to(patches.device)), dim=1).float()
+
+
+def error_curves(coder: BlockCoder, block: Tensor, patches: Tensor, counts: Tensor) -> Tensor:
+    """(B, G) each stream's MSE at each of ``counts`` (G,), one batched pass per stream."""
+    curves = []
+    for row in range(block.shape[0]):
+        rows = torch.full((len(counts),), row, device=block.device)
+        trial = coder.trial(patches, counts.to(block.device), rows)
+        curves.append(block_mse(trial.recon, block[rows]))
+    return torch.stack(curves).cpu()
+
+
+def threshold_mse(target: Target) -> float:
+    """The MSE an ``mse:`` or ``psnr:`` threshold asks for; the head predicts MSE only."""
+    if isinstance(target, Threshold) and target.metric == "mse":
+        return float(target.value)
+    if isinstance(target, Threshold) and target.metric == "psnr":
+        return 4.0 / 10 ** (target.value / 10)  # PSNR for signals in [-1, 1] (elastictok.metrics.quality)
+    raise ElasticTokError(f"the length head predicts MSE: use an mse: or psnr: threshold, not {target}")
+
+
+def first_crossing(log_mse: Tensor, counts: Tensor, goal: float) -> Tensor:
+    """(B,) the fewest tokens at which curves (B, G) of log MSE at ``counts`` (G,), linear in between,
+    reach ``goal`` (rounded up to a whole token); the last count where none does."""
+    meets = log_mse <= goal
+    last = torch.full((len(log_mse),), len(counts) - 1)
+    first = torch.where(meets.any(1), meets.float().argmax(1), last)
+    before = (first - 1).clamp_min(0)
+    above, below = log_mse.gather(1, before[:, None])[:, 0], log_mse.gather(1, first[:, None])[:, 0]
+    share = ((above - goal) / (above - below).clamp_min(1e-9)).clamp(0, 1)  # of the way from `before` to `first`
+    counts = counts.float()
+    crossing = (counts[before] + share * (counts[first] - counts[before])).ceil()
+    return torch.where((first > 0) & meets.any(1), crossing, counts[first]).long()
 
 
 class LengthHead(nn.Module):
-    """A small MLP from a block's encoder features to the share of Mmax it needs for ``target`` (text, e.g. mse:0.003)."""
+    """An ensemble of ``members`` MLPs: head inputs (B, F) -> predicted log excess MSE (B, G) over the grid."""
 
-    def __init__(self, width: int, target: str, config_hash: str, hidden: int = 256, weights_hash: str = ""):
+    def __init__(self, width: int, counts: list[int], config_hash: str, weights_hash: str = "", hidden: int = 256,
+                 members: int = 5, margin: float = DEFAULT_MARGIN):
         super().__init__()
-        self.target, self.config_hash, self.weights_hash = target, config_hash, weights_hash
-        self.net = nn.Sequential(nn.LayerNorm(2 * width), nn.Linear(2 * width, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        self.width, self.counts, self.hidden, self.margin = width, [int(c) for c in counts], hidden, margin
+        self.config_hash, self.weights_hash = config_hash, weights_hash
+        features = 2 * width + STATISTICS + 1
+        self.members = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(features), nn.Linear(features, hidden), nn.GELU(),
+                          nn.Linear(hidden, len(self.counts))) for _ in range(members))
 
-    def forward(self, features: Tensor) -> Tensor:
-        """Predicted share of Mmax, in (0, 1)."""
-        return torch.sigmoid(self.net(features.float())).squeeze(-1)
+    def forward(self, inputs: Tensor) -> Tensor:
+        """(B, G) predicted log(MSE at each grid count / MSE with every token): the members' mean."""
+        return torch.stack([member(inputs.float()) for member in self.members]).mean(0)
 
     @torch.no_grad()
-    def predict(self, model, patches: Tensor, coder: BlockCoder, target: Target) -> Tensor:
-        """(B,) predicted counts for the block's ``patches`` (B, M, D), after the coder's cached blocks."""
-        if isinstance(target, Threshold) and parse_target(self.target) != target:
-            raise ElasticTokError(f"this length head was trained for {self.target}, not {target}")
-        share = self(coder.features(patches))
-        return (share * model.config.tokens_per_block).round().long().cpu()
+    def choose(self, inputs: Tensor, full_mse: Tensor, threshold: float) -> Tensor:
+        """(B,) the fewest tokens predicted to meet ``threshold`` with ``margin`` to spare (Mmax when even
+        every token fails, which is measured, not predicted)."""
+        full = full_mse.float().cpu().clamp_min(1e-6).log()
+        log_mse = self(inputs).cpu() + full[:, None]  # (B, G)
+        log_mse[:, -1] = full
+        return first_crossing(log_mse, torch.tensor(self.counts), math.log(threshold) - self.margin)
+
+    @torch.no_grad()
+    def predict(self, coder: BlockCoder, block: Tensor, patches: Tensor, target: Target) -> Tensor:
+        """(B,) counts for the blocks (B, fpb, 3, H, W) after the coder's cached ones, for an mse/psnr target."""
+        threshold = threshold_mse(target)
+        m = coder.model.config.tokens_per_block
+        rows = torch.arange(block.shape[0], device=block.device)
+        full = coder.trial(patches, torch.full((len(rows),), m, device=block.device), rows)
+        full_mse = block_mse(full.recon, block)
+        return self.choose(head_inputs(coder, block, patches, full_mse), full_mse, threshold)
 
     def save(self, path: str | os.PathLike) -> None:
-        meta = {"target": self.target, "config_hash": self.config_hash, "weights_hash": self.weights_hash,
-                "width": str(self.net[1].in_features // 2), "hidden": str(self.net[1].out_features)}
+        meta = {"config_hash": self.config_hash, "weights_hash": self.weights_hash, "width": str(self.width),
+                "hidden": str(self.hidden), "members": str(len(self.members)),
+                "counts": ",".join(map(str, self.counts)), "margin": str(self.margin)}
         with atomic_path(path) as tmp:
             save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(tmp), metadata=meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike, model) -> "LengthHead":
+        """A saved head, checked against ``model``: the same config and the same weights it was trained on."""
         from safetensors import safe_open
         try:
             with safe_open(str(path), "pt") as f:
                 meta = f.metadata() or {}
-            head = cls(int(meta["width"]), meta["target"], meta["config_hash"], int(meta["hidden"]),
-                       meta.get("weights_hash", ""))
+            head = cls(int(meta["width"]), [int(c) for c in meta["counts"].split(",")], meta["config_hash"],
+                       meta.get("weights_hash", ""), int(meta["hidden"]), int(meta["members"]), float(meta["margin"]))
             head.load_state_dict(load_file(str(path)))
         except Exception as exc:
             raise ElasticTokError(f"{path}: not a readable length head ({str(exc).splitlines()[0][:120]})") from None

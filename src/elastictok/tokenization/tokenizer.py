@@ -32,6 +32,7 @@ from ..utils.blocks import image_as_block, pad_to_blocks, trim_padding
 from ..utils.runtime import module_device
 from .coder import BlockCoder, Trial, decode_blocks, stack_trials
 from .flex_coder import FlexBlockCoder, decode_flex_blocks
+from .length_head import count_grid, error_curves, head_inputs
 from .options import TokenizeOptions
 from .search import make_search
 from .targets import MSE_SCORE, Budget, Target, Threshold, TokenCount, as_target
@@ -75,19 +76,20 @@ class Tokenizer:
     """Adaptive tokenization of block streams with one model and one per-block target.
 
     ``options`` (or keyword overrides of it) say how; ``on_block(k, recon, coder)`` is called after
-    each block, and ``feature_sink`` collects each block's length-head features (to train one).
+    each block, and ``curve_sink`` collects each block's length-head inputs and its MSE at every count
+    of the head's grid (to train one: ``elastictok.training.length_head``).
     """
 
     def __init__(self, model, target: Target | str, options: TokenizeOptions | None = None, *,
                  on_block: Callable[[int, Tensor, BlockCoder], None] | None = None,
-                 feature_sink: list[Tensor] | None = None, **overrides):
+                 curve_sink: list[tuple[Tensor, Tensor]] | None = None, **overrides):
         self.model, self.target = model, as_target(target)
         if isinstance(self.target, Budget):
             raise ElasticTokError("a budget needs the whole input: use tokenize(), not Tokenizer.run()")
         check_token_count(model, self.target)
         self.options = TokenizeOptions.build(options, **overrides)
         self.window = self.options.resolve_window(model)
-        self.on_block, self.feature_sink = on_block, feature_sink
+        self.on_block, self.curve_sink = on_block, curve_sink
         self.scorer = self.target if isinstance(self.target, Threshold) else MSE_SCORE
 
     @torch.no_grad()
@@ -121,22 +123,24 @@ class Tokenizer:
     def _decide(self, coder: BlockCoder, block: Tensor, previous: Tensor | None) -> tuple[Tensor, Trial, Tensor]:
         """Choose each stream's count for this block; return counts, the committed trial and scores."""
         patches = self.model.patchify(block)
-        if self.feature_sink is not None:
-            self.feature_sink.append(coder.features(patches).cpu())
+        if self.curve_sink is not None:
+            c = self.model.config
+            curves = error_curves(coder, block, patches, count_grid(c.min_tokens, c.tokens_per_block))
+            self.curve_sink.append((head_inputs(coder, block, patches, curves[:, -1]).cpu(), curves))
         if isinstance(self.target, TokenCount) or self.options.search == "regression":
-            counts = self._one_pass_counts(coder, patches)
+            counts = self._one_pass_counts(coder, block, patches)
             rows = torch.arange(block.shape[0], device=block.device)
             trial = coder.trial(patches, counts.to(block.device), rows)
             return counts, trial, self._scores(trial, block, rows)
         return self._search(coder, block, patches, previous)
 
-    def _one_pass_counts(self, coder: BlockCoder, patches: Tensor) -> Tensor:
+    def _one_pass_counts(self, coder: BlockCoder, block: Tensor, patches: Tensor) -> Tensor:
         """Counts without a search: the fixed count, or the length head's prediction, within [Mmin, Mmax]."""
         c = self.model.config
         lo, hi = c.min_tokens, c.tokens_per_block
         if isinstance(self.target, TokenCount):
             return torch.full((patches.shape[0],), self.target.tokens, dtype=torch.long)
-        return self.options.length_head.predict(self.model, patches, coder, self.target).clamp(lo, hi)
+        return self.options.length_head.predict(coder, block, patches, self.target).clamp(lo, hi)
 
     def _search(self, coder: BlockCoder, block: Tensor, patches: Tensor, previous: Tensor | None
                 ) -> tuple[Tensor, Trial, Tensor]:
@@ -211,7 +215,7 @@ def _tokenize_tensor(model, batch: Tensor, target: Target, options: TokenizeOpti
     fpb = model.config.frames_per_block
     n_blocks = video.shape[1] // fpb
     blocks = (video[:, k * fpb:(k + 1) * fpb] for k in range(n_blocks))
-    return Tokenizer(model, target, options, feature_sink=sink).run(blocks, [info for info, _ in prepared], n_blocks)
+    return Tokenizer(model, target, options, curve_sink=sink).run(blocks, [info for info, _ in prepared], n_blocks)
 
 
 def read_source(model, source, options: TokenizeOptions | None = None) -> tuple[MediaInfo, Iterator[Tensor]]:
@@ -235,7 +239,7 @@ def _tokenize_file(model, path, target: Target, options: TokenizeOptions, sink) 
     c = model.config
     info, blocks = read_source(model, path, options)
     total = 1 if info.is_image else math.ceil((info.expected_frames or 0) / c.frames_per_block) or None
-    return tokenize_blocks(model, info, blocks, target, options, total=total, feature_sink=sink)
+    return tokenize_blocks(model, info, blocks, target, options, total=total, curve_sink=sink)
 
 
 def _tokenize_one(model, inputs, target: Target, options: TokenizeOptions, sink=None):
@@ -255,7 +259,8 @@ def _as_batch_item(item):
 
 
 def tokenize(model, inputs, target: Target | str, options: TokenizeOptions | None = None, *,
-             feature_sink: list[Tensor] | None = None, **overrides) -> TokenizedVideo | list[TokenizedVideo]:
+             curve_sink: list[tuple[Tensor, Tensor]] | None = None,
+             **overrides) -> TokenizedVideo | list[TokenizedVideo]:
     """Tokenize a batch tensor (B, T, 3, H, W) or (B, 3, H, W), a media file path, or a list of single
     inputs: unbatched videos (T, 3, H, W), images (3, H, W) or paths, of any lengths.
 
@@ -274,7 +279,7 @@ def tokenize(model, inputs, target: Target | str, options: TokenizeOptions | Non
         if isinstance(target, Budget):
             out = _tokenize_to_budget(model, item, target, options)
         else:
-            out = _tokenize_one(model, item, target, options, feature_sink)
+            out = _tokenize_one(model, item, target, options, curve_sink)
         results.extend(out if isinstance(out, list) else [out])
     return results[0] if single else results
 

@@ -1,54 +1,117 @@
-"""Training the one-pass length head: labels from a search over real media, then a small regression."""
+"""Training the one-pass length head: error curves recorded on real media, then a small regression."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ..errors import ElasticTokError
-from ..tokenization.length_head import LengthHead
-from ..tokenization.targets import Threshold
+from ..tokenization.length_head import DEFAULT_MARGIN, LengthHead, count_grid, first_crossing, threshold_mse
+from ..tokenization.targets import Target
 from ..tokenization.tokenizer import tokenize
+
+
+@dataclass
+class Curves:
+    """What a head learns from: per block, its inputs and its MSE at every count of the grid."""
+
+    inputs: Tensor  # (N, F) head inputs (elastictok.tokenization.length_head.head_inputs)
+    mse: Tensor  # (N, G) MSE at each grid count; the last column is every token's
+    counts: Tensor  # (G,) the grid
+
+    def searched(self, threshold: float) -> Tensor:
+        """(N,) what a search would keep: the fewest tokens that meet ``threshold``, else Mmax (the recorded
+        curves read linearly in log MSE between grid counts)."""
+        return first_crossing(self.log_mse, self.counts, math.log(threshold))
+
+    def mse_at(self, counts: Tensor) -> Tensor:
+        """(N,) each block's MSE at its own count (N,), read from its curve like ``searched``."""
+        right = torch.searchsorted(self.counts, counts).clamp(1, len(self.counts) - 1)
+        lo, hi = self.counts[right - 1], self.counts[right]
+        share = ((counts - lo).float() / (hi - lo).float()).clamp(0, 1)
+        at = lambda i: self.log_mse.gather(1, i[:, None])[:, 0]  # noqa: E731
+        return (at(right - 1) + share * (at(right) - at(right - 1))).exp()
+
+    @property
+    def log_mse(self) -> Tensor:
+        return self.mse.clamp_min(1e-6).log()
+
+    def save(self, path) -> None:
+        torch.save({"inputs": self.inputs, "mse": self.mse, "counts": self.counts}, path)
+
+    @classmethod
+    def load(cls, path) -> "Curves":
+        return cls(**torch.load(path, weights_only=True))
 
 
 @dataclass
 class HeadReport:
     blocks: int
     train_loss: float
-    disagreement: float | None = None  # share of held-out blocks where the prediction != the search
-    mean_abs_error: float | None = None  # tokens
+    off: float | None = None  # share of held-out blocks more than 8 tokens from what a search keeps
+    fails: float | None = None  # share of held-out blocks whose predicted count misses a reachable threshold
+    mean_tokens: float | None = None  # the head's mean count on held-out blocks
+    search_mean_tokens: float | None = None  # the grid search's
 
 
-def collect(model, inputs: list, target: Threshold, search: str, **kwargs) -> tuple[Tensor, Tensor]:
-    """Features and searched counts of every block of every input."""
-    sink: list[Tensor] = []
-    results = tokenize(model, list(inputs), target, search=search, feature_sink=sink, **kwargs)
-    counts = torch.cat([r.counts for r in results])
-    return torch.cat(sink), counts
+def collect_curves(model, inputs: list, target: Target, **kwargs) -> Curves:
+    """Error curves of every block of every input; the context of each block is what a binary search
+    for ``target`` committed before it (what tokenizing for that target would see)."""
+    sink: list[tuple[Tensor, Tensor]] = []
+    tokenize(model, list(inputs), target, search="binary", curve_sink=sink, **kwargs)
+    c = model.config
+    return Curves(torch.cat([x for x, _ in sink]), torch.cat([y for _, y in sink]),
+                  count_grid(c.min_tokens, c.tokens_per_block))
 
 
-def train_length_head(model, inputs: list, target: Threshold, search: str = "binary", steps: int = 2000,
-                      eval_inputs: list | None = None, **kwargs) -> tuple[LengthHead, HeadReport]:
+def fit_length_head(model, curves: Curves, steps: int = 2000, members: int = 5, seed: int = 0,
+                    margin: float = DEFAULT_MARGIN) -> tuple[LengthHead, float]:
+    """A head fitted to ``curves`` (full-batch AdamW, each member from its own seed); returns it and its loss."""
     if steps < 1:
         raise ElasticTokError(f"a length head trains for at least 1 step, got {steps}")
-    features, counts = collect(model, inputs, target, search, **kwargs)
-    m = model.config.tokens_per_block
-    head = LengthHead(model.config.width, str(target), model.config.fingerprint(), weights_hash=model.weights_digest())
-    optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3, weight_decay=1e-4)
-    labels = counts.float() / m
-    for _ in range(steps):
-        loss = (head(features) - labels).pow(2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    report = HeadReport(blocks=len(labels), train_loss=loss.item())
-    head.eval()
+    head = LengthHead(model.config.width, curves.counts.tolist(), model.config.fingerprint(),
+                      weights_hash=model.weights_digest(), members=members, margin=margin)
+    excess = curves.mse.clamp_min(1e-6).log() - curves.mse[:, -1:].clamp_min(1e-6).log()  # (N, G)
+    losses = []
+    for i, member in enumerate(head.members):
+        torch.manual_seed(seed + i)
+        for layer in member:
+            if hasattr(layer, "reset_parameters"):
+                layer.reset_parameters()
+        optimizer = torch.optim.AdamW(member.parameters(), lr=3e-3, weight_decay=1e-3)
+        for _ in range(steps):
+            loss = (member(curves.inputs) - excess).pow(2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        losses.append(loss.item())
+    return head.eval(), sum(losses) / len(losses)
+
+
+def score_length_head(head: LengthHead, curves: Curves, target: Target) -> dict[str, float]:
+    """How the head's counts compare with the grid search's on held-out curves, for one threshold."""
+    threshold = threshold_mse(target)
+    searched = curves.searched(threshold)
+    predicted = head.choose(curves.inputs, curves.mse[:, -1], threshold)
+    achieved = curves.mse_at(predicted)
+    reachable = curves.mse[:, -1] <= threshold
+    return {"off": ((predicted - searched).abs() > 8).float().mean().item(),
+            "fails": ((achieved > threshold * (1 + 1e-4)) & reachable).float().mean().item(),
+            "mean_tokens": predicted.float().mean().item(), "search_mean_tokens": searched.float().mean().item()}
+
+
+def train_length_head(model, inputs: list, target: Target, steps: int = 2000, eval_inputs: list | None = None,
+                      **kwargs) -> tuple[LengthHead, HeadReport]:
+    """Record curves on ``inputs``, fit a head, and score it on ``eval_inputs`` (if any) at ``target``."""
+    threshold_mse(target)  # refuse targets the head cannot serve before any work
+    curves = collect_curves(model, inputs, target, **kwargs)
+    head, loss = fit_length_head(model, curves, steps)
+    report = HeadReport(blocks=len(curves.mse), train_loss=loss)
     if eval_inputs:
-        feats, truth = collect(model, eval_inputs, target, "full", **kwargs)
-        with torch.no_grad():
-            predicted = (head(feats) * m).round().long().clamp(model.config.min_tokens, m)
-        report.disagreement = (predicted != truth).float().mean().item()
-        report.mean_abs_error = (predicted - truth).abs().float().mean().item()
+        scores = score_length_head(head, collect_curves(model, eval_inputs, target, **kwargs), target)
+        report.off, report.fails = scores["off"], scores["fails"]
+        report.mean_tokens, report.search_mean_tokens = scores["mean_tokens"], scores["search_mean_tokens"]
     return head, report
