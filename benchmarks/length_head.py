@@ -4,7 +4,8 @@
         [--model default] [--thresholds mse:0.02,mse:0.03,mse:0.05] [--save FILE]
 
 Records every block's MSE at every 8th token count (``elastictok.training.length_head.collect_curves``;
-cached in ``--cache`` as train.curves.pt / heldout.curves.pt, slow: about 3 s per block on one core),
+cached in ``--cache`` as train.curves.pt / heldout.curves.pt, slow: about 3 s per block on one core;
+training videos as clips of the blocks in ``--train-spans``, held-out ones whole),
 fits heads on the training curves and prints, per threshold, the share of held-out blocks whose count
 is more than 8 tokens from the grid search's, the share that miss a threshold their block can reach,
 and the tokens spent (curves read linearly in log MSE between grid counts). Variants: the shipped design
@@ -19,20 +20,37 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
 from elastictok.models.registry import from_pretrained
 from elastictok.tokenization.length_head import DEFAULT_MARGIN, first_crossing, threshold_mse
+from elastictok.media.transforms import to_model
 from elastictok.tokenization.targets import parse_target
+from elastictok.tokenization.tokenizer import read_source
 from elastictok.training.length_head import Curves, collect_curves, fit_length_head, score_length_head
 
 
-def cached_curves(model, inputs: list[str], target, path: Path) -> Curves:
+def pieces(model, paths: list[str], spans: list[tuple[int, int]]) -> list:
+    """Images as they are; each video cut into clips of blocks [start, end) for each span (skipped if empty)."""
+    inputs = []
+    for path in paths:
+        info, blocks = read_source(model, path)
+        if info.is_image:
+            inputs.append(path)
+            continue
+        blocks = [to_model(b) for k, b in enumerate(blocks) if k < max(end for _, end in spans)]
+        inputs += [torch.cat(blocks[start:end]) for start, end in spans if blocks[start:end]]
+    return inputs
+
+
+def cached_curves(model, inputs: Callable[[], list], target, path: Path) -> Curves:
+    """The curves cached at ``path``, else those of ``inputs()``, recorded and cached."""
     if path.is_file():
         return Curves.load(path)
-    curves = collect_curves(model, inputs, target, progress=True)
+    curves = collect_curves(model, inputs(), target, progress=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     curves.save(path)
     return curves
@@ -66,13 +84,16 @@ def main() -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--context", default="mse:0.05", help="target whose search sets each block's context")
     parser.add_argument("--thresholds", default="mse:0.02,mse:0.03,mse:0.05")
+    parser.add_argument("--train-spans", default="0:24", help="blocks of each training video to record, as "
+                        "clips of their own (default: %(default)s)")
     parser.add_argument("--cache", type=Path, required=True)
     parser.add_argument("--save", type=Path, help="write the shipped design's head here")
     args = parser.parse_args()
     model = from_pretrained(args.model).eval()
     context = parse_target(args.context)
-    train = cached_curves(model, args.train, context, args.cache / "train.curves.pt")
-    held = cached_curves(model, args.eval, context, args.cache / "heldout.curves.pt")
+    spans = [tuple(int(v) for v in span.split(":")) for span in args.train_spans.split(",")]
+    train = cached_curves(model, lambda: pieces(model, args.train, spans), context, args.cache / "train.curves.pt")
+    held = cached_curves(model, lambda: args.eval, context, args.cache / "heldout.curves.pt")
     print(f"{len(train.mse)} training blocks, {len(held.mse)} held-out blocks, counts every "
           f"{int(train.counts[1] - train.counts[0])} from {int(train.counts[0])} to {int(train.counts[-1])}\n")
     heads = {f"curve + all-token MSE, 5 members, margin {DEFAULT_MARGIN} (shipped)": fit_length_head(model, train)[0]}

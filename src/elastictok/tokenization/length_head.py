@@ -44,6 +44,7 @@ def block_statistics(block: Tensor) -> Tensor:
     log of the pixel variance, of the mean squared horizontal, vertical and temporal differences, and
     of the energy left after a 4x4 box blur (detail that coarse tokens cannot carry)."""
     x = block.float().mean(2)  # (B, fpb, H, W)
+    x = x[..., :x.shape[-2] // 4 * 4, :x.shape[-1] // 4 * 4]  # whole 4x4 cells for the blur
     blurred = nn.functional.avg_pool2d(x, 4).repeat_interleave(4, -1).repeat_interleave(4, -2)
     energies = (
         x.flatten(1).var(1),
