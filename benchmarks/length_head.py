@@ -69,12 +69,8 @@ def fit_mlp(x: torch.Tensor, y: torch.Tensor, steps: int = 2000) -> nn.Module:
     return net.eval()
 
 
-def compare(counts_of: torch.Tensor, curves: Curves, threshold: float) -> tuple[float, float, float]:
-    """The three columns of the table for counts chosen outside the library's head."""
-    counts_of = counts_of.clamp(int(curves.counts[0]), int(curves.counts[-1]))
-    off = ((counts_of - curves.searched(threshold)).abs() > 8).float().mean().item()
-    fails = ((curves.mse_at(counts_of) > threshold * (1 + 1e-4)) & (curves.mse[:, -1] <= threshold)).float().mean()
-    return off, fails.item(), counts_of.float().mean().item()
+def row(threshold: str, name: str, scores: dict[str, float]) -> None:
+    print(f"| {threshold} | {name} | {scores['off']:.1%} | {scores['fails']:.1%} | {scores['mean_tokens']:.1f} |")
 
 
 def main() -> None:
@@ -101,26 +97,23 @@ def main() -> None:
         heads[f"the same, margin {margin}"] = fit_length_head(model, train, margin=margin)[0]
     heads["the same, 1 member"] = fit_length_head(model, train, members=1)[0]
     features = train.inputs.shape[1] - 1  # the last input is the all-token MSE
-    absolute = fit_mlp(train.inputs[:, :features], train.mse.clamp_min(1e-6).log())
+    absolute = fit_mlp(train.inputs[:, :features], train.log_mse)
     print("| threshold | head | > 8 tokens off | misses | tokens per block |\n|---|---|---|---|---|")
     for text in args.thresholds.split(","):
         target = parse_target(text)
         value = threshold_mse(target)
         print(f"| {text} | search over the grid | 0 | 0 | {held.searched(value).float().mean():.1f} |")
         for name, fitted in heads.items():
-            s = score_length_head(fitted, held, target)
-            print(f"| {text} | {name} | {s['off']:.1%} | {s['fails']:.1%} | {s['mean_tokens']:.1f} |")
+            row(text, name, score_length_head(fitted, held, target))
         with torch.no_grad():
             goal = math.log(value) - DEFAULT_MARGIN
             predicted = first_crossing(absolute(held.inputs[:, :features]), held.counts, goal)
-        off, fails, mean = compare(predicted, held, value)
-        print(f"| {text} | curve without the all-token MSE | {off:.1%} | {fails:.1%} | {mean:.1f} |")
+        row(text, "curve without the all-token MSE", held.compare(predicted, value))
         m = int(train.counts[-1])
         share = fit_mlp(train.inputs[:, :features - 5], train.searched(value)[:, None].float() / m)
         with torch.no_grad():
             direct = (share(held.inputs[:, :features - 5])[:, 0] * m).round().long()
-        off, fails, mean = compare(direct, held, value)
-        print(f"| {text} | count from encoder features (previous design) | {off:.1%} | {fails:.1%} | {mean:.1f} |")
+        row(text, "count from encoder features (previous design)", held.compare(direct, value))
     if args.save:
         next(iter(heads.values())).save(args.save)
         print(f"\nhead -> {args.save}")

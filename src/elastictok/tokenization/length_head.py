@@ -34,6 +34,11 @@ DEFAULT_MARGIN = 0.1
 STATISTICS = 5  # block_statistics() columns
 
 
+def safe_log(x: Tensor) -> Tensor:
+    """Log of MSEs and energies, floored at 1e-6 so that a perfect block stays finite."""
+    return x.clamp_min(1e-6).log()
+
+
 def count_grid(lo: int, hi: int) -> Tensor:
     """The counts a head predicts MSE at: every GRID_STRIDE-th from ``lo``, and ``hi``."""
     return torch.cat((torch.arange(lo, hi, GRID_STRIDE), torch.tensor([hi])))
@@ -53,13 +58,13 @@ def block_statistics(block: Tensor) -> Tensor:
         (x[:, 1:] - x[:, :-1]).pow(2).flatten(1).mean(1) if x.shape[1] > 1 else x.new_zeros(x.shape[0]),
         (x - blurred).pow(2).flatten(1).mean(1),
     )
-    return torch.stack(energies, dim=1).clamp_min(1e-6).log()
+    return safe_log(torch.stack(energies, dim=1))
 
 
 def head_inputs(coder: BlockCoder, block: Tensor, patches: Tensor, full_mse: Tensor) -> Tensor:
     """(B, 2*width + 6) what a head reads: encoder features, pixel statistics, log all-token MSE."""
     return torch.cat((coder.features(patches), block_statistics(block).to(patches.device),
-                      full_mse.clamp_min(1e-6).log()[:, None].to(patches.device)), dim=1).float()
+                      safe_log(full_mse)[:, None].to(patches.device)), dim=1).float()
 
 
 def error_curves(coder: BlockCoder, block: Tensor, patches: Tensor, counts: Tensor) -> Tensor:
@@ -116,7 +121,7 @@ class LengthHead(nn.Module):
     def choose(self, inputs: Tensor, full_mse: Tensor, threshold: float) -> Tensor:
         """(B,) the fewest tokens predicted to meet ``threshold`` with ``margin`` to spare (Mmax when even
         every token fails, which is measured, not predicted)."""
-        full = full_mse.float().cpu().clamp_min(1e-6).log()
+        full = safe_log(full_mse.float().cpu())
         log_mse = self(inputs).cpu() + full[:, None]  # (B, G)
         log_mse[:, -1] = full
         return first_crossing(log_mse, torch.tensor(self.counts), math.log(threshold) - self.margin)

@@ -9,7 +9,8 @@ import torch
 from torch import Tensor
 
 from ..errors import ElasticTokError
-from ..tokenization.length_head import DEFAULT_MARGIN, LengthHead, count_grid, first_crossing, threshold_mse
+from ..tokenization.length_head import (DEFAULT_MARGIN, LengthHead, count_grid, first_crossing, safe_log,
+                                         threshold_mse)
 from ..tokenization.targets import Target
 from ..tokenization.tokenizer import tokenize
 
@@ -37,7 +38,16 @@ class Curves:
 
     @property
     def log_mse(self) -> Tensor:
-        return self.mse.clamp_min(1e-6).log()
+        return safe_log(self.mse)
+
+    def compare(self, counts: Tensor, threshold: float) -> dict[str, float]:
+        """Counts (N,) chosen without a search, against what a search keeps, at one threshold."""
+        counts = counts.clamp(int(self.counts[0]), int(self.counts[-1]))
+        searched = self.searched(threshold)
+        reachable = self.mse[:, -1] <= threshold
+        return {"off": ((counts - searched).abs() > 8).float().mean().item(),
+                "fails": ((self.mse_at(counts) > threshold * (1 + 1e-4)) & reachable).float().mean().item(),
+                "mean_tokens": counts.float().mean().item(), "search_mean_tokens": searched.float().mean().item()}
 
     def save(self, path) -> None:
         torch.save({"inputs": self.inputs, "mse": self.mse, "counts": self.counts}, path)
@@ -74,7 +84,7 @@ def fit_length_head(model, curves: Curves, steps: int = 2000, members: int = 5, 
         raise ElasticTokError(f"a length head trains for at least 1 step, got {steps}")
     head = LengthHead(model.config.width, curves.counts.tolist(), model.config.fingerprint(),
                       weights_hash=model.weights_digest(), members=members, margin=margin)
-    excess = curves.mse.clamp_min(1e-6).log() - curves.mse[:, -1:].clamp_min(1e-6).log()  # (N, G)
+    excess = curves.log_mse - curves.log_mse[:, -1:]  # (N, G)
     losses = []
     for i, member in enumerate(head.members):
         torch.manual_seed(seed + i)
@@ -92,15 +102,9 @@ def fit_length_head(model, curves: Curves, steps: int = 2000, members: int = 5, 
 
 
 def score_length_head(head: LengthHead, curves: Curves, target: Target) -> dict[str, float]:
-    """How the head's counts compare with the grid search's on held-out curves, for one threshold."""
+    """How the head's counts compare with a search's on held-out curves, for one threshold."""
     threshold = threshold_mse(target)
-    searched = curves.searched(threshold)
-    predicted = head.choose(curves.inputs, curves.mse[:, -1], threshold)
-    achieved = curves.mse_at(predicted)
-    reachable = curves.mse[:, -1] <= threshold
-    return {"off": ((predicted - searched).abs() > 8).float().mean().item(),
-            "fails": ((achieved > threshold * (1 + 1e-4)) & reachable).float().mean().item(),
-            "mean_tokens": predicted.float().mean().item(), "search_mean_tokens": searched.float().mean().item()}
+    return curves.compare(head.choose(curves.inputs, curves.mse[:, -1], threshold), threshold)
 
 
 def train_length_head(model, inputs: list, target: Target, steps: int = 2000, eval_inputs: list | None = None,
@@ -109,9 +113,7 @@ def train_length_head(model, inputs: list, target: Target, steps: int = 2000, ev
     threshold_mse(target)  # refuse targets the head cannot serve before any work
     curves = collect_curves(model, inputs, target, **kwargs)
     head, loss = fit_length_head(model, curves, steps)
-    report = HeadReport(blocks=len(curves.mse), train_loss=loss)
+    scores = {}
     if eval_inputs:
         scores = score_length_head(head, collect_curves(model, eval_inputs, target, **kwargs), target)
-        report.off, report.fails = scores["off"], scores["fails"]
-        report.mean_tokens, report.search_mean_tokens = scores["mean_tokens"], scores["search_mean_tokens"]
-    return head, report
+    return head, HeadReport(blocks=len(curves.mse), train_loss=loss, **scores)
