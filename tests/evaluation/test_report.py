@@ -299,18 +299,27 @@ def test_both_videos_play_within_a_frame_of_each_other(browser, page):
     assert problems(browser) == []
 
 
-FRAME_PSNR = """
-const [v, done] = [arguments[0], arguments[arguments.length - 1]];
+FRAME_PIXELS = """
+const [scale, done] = [arguments[0], arguments[arguments.length - 1]];
 const p = window.elastictokReport.players[0];
-function grab(video) {
+function grab(video) {  // the painted frame, one pixel per model pixel (the centre of each enlarged cell)
   const c = document.createElement('canvas'); c.width = video.videoWidth; c.height = video.videoHeight;
-  const g = c.getContext('2d'); g.drawImage(video, 0, 0); return g.getImageData(0, 0, c.width, c.height).data;
+  const g = c.getContext('2d'); g.drawImage(video, 0, 0);
+  const d = g.getImageData(0, 0, c.width, c.height).data, out = [];
+  for (let y = scale >> 1; y < c.height; y += scale)
+    for (let x = scale >> 1; x < c.width; x += scale) { const i = 4 * (y * c.width + x); out.push(d[i], d[i + 1], d[i + 2]); }
+  return out;
 }
-const a = grab(p.original), b = grab(p.recon);
-let s = 0, n = 0;
-for (let i = 0; i < a.length; i += 4) for (let j = 0; j < 3; j++) { const d = a[i + j] - b[i + j]; s += d * d; n++; }
-done([10 * Math.log10(255 * 255 / (s / n)), Math.floor(p.original.currentTime * 10), Math.floor(p.recon.currentTime * 10)]);
+done([grab(p.original), grab(p.recon), Math.floor(p.original.currentTime * 10), Math.floor(p.recon.currentTime * 10)]);
 """
+
+
+def painted(browser, model) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """The page's original and reconstruction as painted now, at the model's resolution, and their frames."""
+    h, w = model.config.resolution
+    original, recon, frame, recon_frame = browser.execute_async_script(FRAME_PIXELS, display_scale((h, w)))
+    as_image = lambda pixels: np.asarray(pixels, dtype=np.uint8).reshape(h, w, 3)  # noqa: E731
+    return as_image(original), as_image(recon), frame, recon_frame
 
 
 def settled(driver) -> None:
@@ -323,23 +332,30 @@ def test_the_control_changes_the_reconstruction_and_the_numbers(browser, page, c
     browser.find_element("css selector", "button.play").click()
     settled(browser)
     truth = fitted_original(clip, model)
-    seen = {}
-    for spec, tokens in (("tokens:16", 16), (f"tokens:{max_tokens}", max_tokens)):
-        browser.find_element("css selector", f'button.target[data-key="{spec}"]').click()
+    settings = {tokens: from_model(model.detokenize(model.tokenize(str(clip), TokenCount(tokens)))).numpy()
+                for tokens in (16, max_tokens)}
+    quality = {}
+    for tokens, recon in settings.items():
+        browser.find_element("css selector", f'button.target[data-key="tokens:{tokens}"]').click()
         settled(browser)
-        psnr, frame, recon_frame = browser.execute_async_script(FRAME_PSNR)
+        original, shown, frame, recon_frame = painted(browser, model)
         assert frame == recon_frame
-        recon = from_model(model.detokenize(model.tokenize(str(clip), TokenCount(tokens)))).numpy()
-        # the frame on screen is that setting's: its PSNR, measured from the page's pixels, is the tokens' own
-        # (at currentTime's frame, or a neighbour where a loaded browser has not yet painted the seek)
-        near = [psnr_u8(recon[f], truth[f]) for f in range(max(0, frame - 1), min(FRAMES, frame + 2))]
-        assert min(abs(psnr - p) for p in near) <= 0.5, (psnr, frame, near)
+        # the painted frames are the clip's and this setting's own (at currentTime's frame, or a neighbour where
+        # a loaded browser has not yet painted the seek), up to the page's video codec (> 35 dB elsewhere) ...
+        near = range(max(0, frame - 1), min(FRAMES, frame + 2))
+        assert max(psnr_u8(original, truth[f]) for f in near) > 30
+        match = max(near, key=lambda f: psnr_u8(shown, recon[f]))
+        assert psnr_u8(shown, recon[match]) > 30
+        # ... and not the other setting's
+        for other_tokens, other in settings.items():
+            if other_tokens != tokens:
+                assert psnr_u8(shown, recon[match]) > psnr_u8(shown, other[match]) + 3
+        quality[tokens] = psnr_u8(shown, truth[match])
         scores = score_blocks(model, model.tokenize(str(clip), TokenCount(tokens)), str(clip))
-        shown = {k: browser.find_element("css selector", f'[data-stat="{k}"]').text for k in ("mean_tokens", "psnr")}
-        assert float(shown["mean_tokens"]) == tokens
-        assert float(shown["psnr"].split()[0]) == pytest.approx(scores.metrics["psnr"].mean(), abs=0.006)
-        seen[tokens] = psnr
-    assert seen[max_tokens] > seen[16] + 1
+        stats = {k: browser.find_element("css selector", f'[data-stat="{k}"]').text for k in ("mean_tokens", "psnr")}
+        assert float(stats["mean_tokens"]) == tokens
+        assert float(stats["psnr"].split()[0]) == pytest.approx(scores.metrics["psnr"].mean(), abs=0.006)
+    assert quality[max_tokens] > quality[16] + 1
     assert problems(browser) == []
 
 
