@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from ..media.io import MAX_FPS
+from ..media.io import FPS_RANGE, is_valid_fps
 from ..tokenization.options import SEARCHES
 
 
@@ -14,8 +14,8 @@ def _fps(text: str) -> float:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not 0 < value <= MAX_FPS:  # also false for NaN
-        raise argparse.ArgumentTypeError(f"fps must be a number in (0, {MAX_FPS:g}], got {text!r}")
+    if not is_valid_fps(value):
+        raise argparse.ArgumentTypeError(f"fps must be a number in {FPS_RANGE}, got {text!r}")
     return value
 
 

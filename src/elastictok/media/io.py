@@ -26,15 +26,20 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg"}
-MAX_FPS = 1000.0  # frame rates accepted for resampling and in token files
+MIN_FPS, MAX_FPS = 0.001, 1000.0  # frame rates accepted (a writer stores them as fractions over <= 1001)
+FPS_RANGE = f"[{MIN_FPS:g}, {MAX_FPS:g}]"
 MAX_SIDE = 65535  # the largest image or frame side accepted (JPEG's limit)
 MAX_PIXELS = 100_000_000  # larger images are refused before they are decoded (decompression bombs)
 
 
+def is_valid_fps(fps: object) -> bool:
+    """A frame rate is a number in FPS_RANGE (NaN and infinities are not)."""
+    return isinstance(fps, (int, float)) and MIN_FPS <= fps <= MAX_FPS
+
+
 def check_fps(fps: float | None, what: str = "fps") -> None:
-    """A frame rate must be a finite number in (0, MAX_FPS]."""
-    if fps is not None and not (isinstance(fps, (int, float)) and 0 < fps <= MAX_FPS):  # NaN fails too
-        raise ElasticTokError(f"{what} must be a number in (0, {MAX_FPS:g}], got {fps!r}")
+    if fps is not None and not is_valid_fps(fps):
+        raise ElasticTokError(f"{what} must be a number in {FPS_RANGE}, got {fps!r}")
 
 
 # ---- reading ------------------------------------------------------------------------------------
@@ -116,7 +121,7 @@ class VideoReader:
             raise ElasticTokError(f"{self.path}: video stream has no frame size")
         if max(self.info.width, self.info.height) > MAX_SIDE:
             raise ElasticTokError(f"{self.path}: {self.info.width}x{self.info.height} frames are too large")
-        if not 0 < self.info.fps <= MAX_FPS:
+        if not is_valid_fps(self.info.fps):
             self.info.fps = 24.0  # a container with a nonsensical rate: assume the common one
 
     @property

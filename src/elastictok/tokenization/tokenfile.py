@@ -35,7 +35,7 @@ from safetensors.torch import load, save
 
 from ..errors import ElasticTokError
 from ..media.blocks import MediaInfo
-from ..media.io import MAX_FPS, MAX_SIDE
+from ..media.io import FPS_RANGE, MAX_SIDE, is_valid_fps
 from ..utils.fileio import atomic_path, check_input_file
 
 FORMAT, VERSION = "elastictok-tokens", "3"
@@ -235,8 +235,8 @@ def _check_info(fail, fields: dict, n_blocks: int) -> None:
         fail(f"is_image must be 0 or 1, got {fields['is_image_field']!r}")
     if not (0 < height <= MAX_SIDE and 0 < width <= MAX_SIDE):
         fail(f"size {height}x{width} is outside 1..{MAX_SIDE} pixels a side")
-    if fps is not None and not 0 < fps <= MAX_FPS:
-        fail(f"fps {fps} is outside (0, {MAX_FPS:g}]")
+    if fps is not None and not is_valid_fps(fps):
+        fail(f"fps {fps} is outside {FPS_RANGE}")
     if fields["is_image"] and (n_blocks != 1 or frames != 1):
         fail(f"an image is one block of one frame, got {n_blocks} blocks of {frames} frames")
     if frames < 1:
