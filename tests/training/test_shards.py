@@ -21,6 +21,14 @@ def shard_dir(photo_folder, tmp_path_factory):
     return out
 
 
+def test_shards_added_to_a_folder_keep_the_ones_there(photo_folder, tmp_path):
+    build_shards([photo_folder / "photo0.jpg"], tmp_path, progress=False)
+    before = (tmp_path / "shard-000000.tar").read_bytes()
+    summary = build_shards([photo_folder], tmp_path, shard_size=2, clip_frames=8, short_side=64, progress=False)
+    assert (tmp_path / "shard-000000.tar").read_bytes() == before
+    assert [p.name for p in list_shards([tmp_path])] == [f"shard-{i:06d}.tar" for i in range(1 + summary.shards)]
+
+
 def batches(shards, n, **kwargs):
     fields = dict(resolution=(32, 32), frames_per_block=2, n_blocks=2, batch_size=2, image_fraction=0.5, seed=1,
                   buffer_size=3)

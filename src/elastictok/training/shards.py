@@ -93,7 +93,8 @@ class ShardSummary:
 def build_shards(sources: list[str | os.PathLike], destination: str | os.PathLike, shard_size: int = 1000,
                  clip_frames: int = 32, short_side: int = 256, fps: float | None = None,
                  progress: bool = True) -> ShardSummary:
-    """Write ``destination/shard-000000.tar`` ... from every readable image and video under ``sources``.
+    """Write ``destination/shard-000000.tar`` ... from every readable image and video under ``sources``;
+    into a folder that already holds shards, the new ones are numbered after them (nothing is overwritten).
 
     Videos are cut into clips of ``clip_frames`` frames (a shorter tail is kept if it has at least
     a quarter of that); media are resized to ``short_side`` (never enlarged). Each shard appears
@@ -117,7 +118,9 @@ def build_shards(sources: list[str | os.PathLike], destination: str | os.PathLik
         os.replace(name, written[-1])
         summary.shards += 1
 
-    writer = wds.ShardWriter(str(destination / "shard-%06d.tar.tmp"), maxcount=shard_size, post=finished, verbose=0)
+    numbers = [int(p.stem[len("shard-"):]) for p in destination.glob("shard-*.tar") if p.stem[len("shard-"):].isdigit()]
+    writer = wds.ShardWriter(str(destination / "shard-%06d.tar.tmp"), maxcount=shard_size, post=finished, verbose=0,
+                             start_shard=max(numbers, default=-1) + 1)
     try:
         for path in tqdm(files, desc="shards", unit="file", disable=not progress):
             stem = path.stem.replace(".", "_")
