@@ -213,6 +213,33 @@ def test_config_validation():
         FlexTokConfig(pure_noise_fraction=1.0)
 
 
+def test_quant_norm_keeps_fsq_inputs_where_they_have_a_gradient(real_video):
+    """A pre-quantisation projection grown 100x puts FSQ's tanh in its flat tails (no gradient reaches the
+    encoder there, and each channel sticks at its extreme codes); quant_norm keeps the inputs on its slope."""
+    def saturated_share(quant_norm: bool, scale: float) -> float:
+        torch.manual_seed(0)
+        model = FlexTok(FlexTokConfig.from_preset("flextok-micro", quant_norm=quant_norm))
+        with torch.no_grad():
+            model.pre_quant.weight.mul_(scale)
+        inputs = []
+        model.quantizer.register_forward_pre_hook(lambda m, args: inputs.append(args[0]))
+        model.encode(real_video)
+        slope = 1 - torch.tanh(torch.cat(inputs) + model.quantizer.shift).pow(2)
+        return (slope < 0.02).float().mean().item()
+
+    assert saturated_share(False, 1.0) < 0.05 and saturated_share(False, 100.0) > 0.5
+    assert saturated_share(True, 100.0) < 0.05
+
+
+def test_configs_saved_before_a_field_existed_load_as_they_were():
+    saved = FlexTokConfig.from_preset("flextok-micro").to_dict()
+    for key in FlexTokConfig.fields_added_later:
+        saved.pop(key)
+    earlier = FlexTokConfig.from_dict(saved)
+    assert earlier.quant_norm is False and earlier == FlexTokConfig.from_preset("flextok-micro")
+    assert earlier.fingerprint() != FlexTokConfig.from_preset("flextok-micro", quant_norm=True).fingerprint()
+
+
 def test_x0_loss_weight_adds_the_estimate_pixel_error(flex, real_video):
     """The extra term is the x0 estimate's pixel MSE, on the same draws of t and noise."""
     flex.train()

@@ -94,10 +94,11 @@ class ConfigFile:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Any:
-        """The config saved as ``data``; unknown fields are refused in one line, not ignored."""
+        """The config saved as ``data``; unknown fields are refused in one line, not ignored, and a
+        field added later that ``data`` lacks takes the value the models saved before it had."""
         cls.refuse_unknown(data)
         try:
-            return cls(**data)
+            return cls(**{**cls.fields_added_later, **data})
         except TypeError as exc:  # a field of the wrong type, e.g. a string where a number belongs
             raise ElasticTokError(f"invalid {cls.__name__}: {exc}") from None
 

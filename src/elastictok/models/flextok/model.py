@@ -192,7 +192,10 @@ class FlexTok(Tokenizable, nn.Module):
             x, kv = layer(x, cos, sin, mask, None if past is None else past[i])
             present.append(kv)
         registers = self.enc_norm(x).view(b, n, self.u, -1)[:, :, self.p:]  # (B, n, R, D)
-        return self.quantizer(self.pre_quant(registers)).flatten(1, 2), present  # (B, n*R, C)
+        z = self.pre_quant(registers)  # (B, n, R, C)
+        if self.config.quant_norm:
+            z = rms_norm(z, self.config.norm_eps)
+        return self.quantizer(z).flatten(1, 2), present  # (B, n*R, C)
 
     def _latents(self, codes: Tensor, keep: Tensor) -> FlexLatents:
         z = codes * self.keep_mask(keep)[..., None]
