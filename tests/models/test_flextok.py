@@ -13,12 +13,13 @@ from elastictok.models.flextok import FlexLatents, FlexTok, FlexTokConfig, Neste
 from elastictok.models.flextok.blocks import encoder_mask
 
 
-@pytest.fixture
-def flex() -> FlexTok:
-    """The micro preset with every weight perturbed: adaLN-zero starts with closed gates (the decoder
-    would output zeros whatever its inputs), which would make the invariance tests pass vacuously."""
+@pytest.fixture(params=["learned", "sincos"])
+def flex(request) -> FlexTok:
+    """The micro preset, with each kind of patch position, with every weight perturbed: adaLN-zero starts
+    with closed gates (the decoder would output zeros whatever its inputs), which would make the invariance
+    tests pass vacuously."""
     torch.manual_seed(0)
-    model = FlexTok(FlexTokConfig.from_preset("flextok-micro"))
+    model = FlexTok(FlexTokConfig.from_preset("flextok-micro", patch_position=request.param))
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)

@@ -35,6 +35,21 @@ def rope_angles(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor,
     return angles.cos(), angles.sin()
 
 
+def sincos_grid_embedding(grid: tuple[int, ...], dim: int, theta: float = 1e4) -> Tensor:
+    """Fixed sinusoidal position features (prod(grid), dim) of the cells of a grid, e.g. (t, h, w),
+    flattened in row-major order; each axis gets an even share of ``dim`` (the last takes the rest),
+    values in [-1, 1] as in MAE and DiT."""
+    shares = [dim // len(grid) // 2 * 2] * (len(grid) - 1)
+    shares.append(dim - sum(shares))
+    axes = []
+    for size, share in zip(grid, shares):
+        freqs = 1.0 / theta ** (torch.arange(share // 2, dtype=torch.float32) / max(share // 2, 1))
+        angles = torch.arange(size, dtype=torch.float32)[:, None] * freqs  # (size, share/2)
+        axes.append(torch.cat((angles.sin(), angles.cos()), dim=-1))
+    cells = torch.meshgrid(*(torch.arange(size) for size in grid), indexing="ij")
+    return torch.cat([axis[index.flatten()] for axis, index in zip(axes, cells)], dim=-1)  # (prod(grid), dim)
+
+
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate interleaved pairs (x[2i], x[2i+1]) of x (B, H, N, K), in float32."""
     x32 = x.float()

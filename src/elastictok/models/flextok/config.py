@@ -20,6 +20,7 @@ MAX_CODEBOOK = 2**18  # codes per token; larger codebooks make the tokens hard t
 NESTED_DROPOUT_MODES = ("pow2", "uniform", "mix")
 PREDICTIONS = ("x0", "v")
 INPUT_STAGES = ("pixels",)
+PATCH_POSITIONS = ("learned", "sincos")
 
 
 @dataclass
@@ -28,7 +29,7 @@ class FlexTokConfig(ConfigFile):
 
     # Fields added after FlexTok models were first saved, with the value every earlier model had.
     fields_added_later: ClassVar[dict[str, Any]] = {"x0_loss_weight": 0.0, "pure_noise_fraction": 0.0,
-                                                    "quant_norm": False}
+                                                    "quant_norm": False, "patch_position": "learned"}
 
     family: str = FAMILY  # model family written to config.json; always "flextok" here
     resolution: tuple[int, int] = (64, 64)  # (H, W) of every frame
@@ -36,6 +37,11 @@ class FlexTokConfig(ConfigFile):
     patch_size: tuple[int, int, int] = (2, 8, 8)  # (Tp, Hp, Wp) of the input stage's grid
     input_stage: str = "pixels"  # what the flow runs on; "pixels" is the identity stage
     registers: int = 32  # R: register tokens per block, the most tokens a block can keep
+    # Where a patch is, as the transformers see it: "learned" (a parameter, starting near zero) or "sincos"
+    # (fixed (t, h, w) sinusoids of unit amplitude, plus the learned part). A 1-D tokenizer routes content by
+    # position (registers gather it, patches fetch it back), and at pure noise a learned embedding starts
+    # 20x weaker than the noise, so every patch reads the same average (docs/results/README.md, session 7).
+    patch_position: Literal["learned", "sincos"] = "learned"
     width: int = 256
     encoder_depth: int = 4
     decoder_depth: int = 4
@@ -137,6 +143,8 @@ class FlexTokConfig(ConfigFile):
             problems.append(f"fsq_levels must all be >= 2, got {self.fsq_levels}")
         elif self.codebook_size > MAX_CODEBOOK:
             problems.append(f"fsq_levels {self.fsq_levels} give {self.codebook_size} codes, more than 2^18")
+        if self.patch_position not in PATCH_POSITIONS:
+            problems.append(f"patch_position must be one of {PATCH_POSITIONS}, got {self.patch_position!r}")
         if self.nested_dropout not in NESTED_DROPOUT_MODES:
             problems.append(f"nested_dropout must be one of {NESTED_DROPOUT_MODES}, got {self.nested_dropout!r}")
         if self.prediction not in PREDICTIONS:

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from ...errors import ElasticTokError
 from ...layers.bottlenecks import FSQ
 from ...layers.conditioning import TimestepEmbedder, modulate, rms_norm
-from ...layers.transformer import KVCache, RMSNorm, TransformerBlock, rope_angles
+from ...layers.transformer import KVCache, RMSNorm, TransformerBlock, rope_angles, sincos_grid_embedding
 from ...utils.fileio import atomic_path
 from ..base import Tokenizable, check_counts
 from ..pretrained import resolve_model_path
@@ -101,6 +101,8 @@ class FlexTok(Tokenizable, nn.Module):
         self.u = self.p + self.r  # tokens per block inside the transformers
         self.patch_dim = tp * hp * wp * self.stage.channels
         d = c.width
+        fixed = sincos_grid_embedding(self.grid, d) if c.patch_position == "sincos" else torch.zeros(self.p, d)
+        self.register_buffer("fixed_patch_pos", fixed, persistent=False)  # (P, D), added to both learned ones
         # encoder
         self.enc_in = nn.Linear(self.patch_dim, d, bias=False)
         self.enc_patch_pos = nn.Parameter(torch.zeros(self.p, d))
@@ -181,7 +183,7 @@ class FlexTok(Tokenizable, nn.Module):
         b, n = patches.shape[0], patches.shape[1] // self.p
         n_past = 0 if past is None else past[0][0].shape[2] // self.u
         start = n_past * self.u if start is None else start
-        h = self.enc_in(patches).view(b, n, self.p, -1) + self.enc_patch_pos  # (B, n, P, D)
+        h = self.enc_in(patches).view(b, n, self.p, -1) + self.enc_patch_pos + self.fixed_patch_pos  # (B, n, P, D)
         registers = self.register_embed.expand(b, n, -1, -1)  # (B, n, R, D)
         x = torch.cat((h, registers.to(h.dtype)), dim=2).flatten(1, 2)  # (B, n*U, D)
         cos, sin = rope_angles(torch.arange(start, start + n * self.u, device=x.device), self.config.head_dim,
@@ -225,7 +227,7 @@ class FlexTok(Tokenizable, nn.Module):
         raw output (B, S, P, patch_dim), x0 or velocity by ``config.prediction``, and the cache.
         """
         b, s = t.shape
-        h = self.dec_in(x.to(self.dec_in.weight.dtype)) + self.dec_patch_pos  # (B, S, P, D)
+        h = self.dec_in(x.to(self.dec_in.weight.dtype)) + self.dec_patch_pos + self.fixed_patch_pos  # (B, S, P, D)
         tokens = torch.cat((h, registers.to(h.dtype)), dim=2).flatten(1, 2)  # (B, S*U, D)
         c = self.time_embed(t)  # (B, S, D)
         positions = (blocks[:, None] * self.u + torch.arange(self.u, device=x.device)).flatten()  # (S*U,)
