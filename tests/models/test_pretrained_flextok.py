@@ -41,7 +41,8 @@ def one_step_psnr(model: FlexTok, video: torch.Tensor, keep: int) -> float:
 
 def test_bundled_flextok_reads_its_registers(flextok, street):
     """Its registers carry the clip: all of them beat the decoder's null condition (its best guess
-    without tokens) and a flat colour, and the first register alone already carries part of it."""
+    without tokens) and a flat colour by 1 dB, the first two already beat the null condition by 1 dB, and
+    more tokens do better. (The first register alone does not: 12.7 dB against the null's 13.0, session 7.)"""
     c = flextok.config
     flat = street.mean(dim=(1, 3, 4), keepdim=True).expand_as(street)
     flat_psnr = psnr_from_mse(mse_per_block(flat, street, c.frames_per_block)).mean().item()
@@ -49,9 +50,9 @@ def test_bundled_flextok_reads_its_registers(flextok, street):
         null = flextok.preview(flextok.encode(street, keep=c.registers), guidance=0.0,
                                generator=torch.Generator().manual_seed(0))
     null_psnr = psnr_from_mse(mse_per_block(null, street, c.frames_per_block)).mean().item()
-    first, every = one_step_psnr(flextok, street, 1), one_step_psnr(flextok, street, c.registers)
+    first_two, every = one_step_psnr(flextok, street, 2), one_step_psnr(flextok, street, c.registers)
     assert every > null_psnr + 1.0 and every > flat_psnr + 1.0
-    assert first > null_psnr
+    assert first_two > null_psnr + 1.0 and every > first_two
 
 
 def test_cli_tokenizes_with_the_bundled_flextok(tmp_path):
