@@ -5,7 +5,8 @@
 Each RUN is a run folder name under --runs (written by `elastictok train --config configs/RUN.yaml`);
 without any, all of them: default-cycle3 (the bundled `default`), flextok-tiny (the bundled `flextok`),
 default-fixed-0.25, default-fixed-0.5 and default-full (the default's fixed-length baselines). Writes
-config.json + model.safetensors with float16 weights (loading casts them back to float32).
+config.json + model.safetensors with float16 weights (loading casts them back to float32), and sets a
+bundled FlexTok's default sampler (SAMPLERS).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ DESTINATIONS = {
     "default-fixed-0.5": ROOT / "baselines/default-fixed-0.5",
     "default-full": ROOT / "baselines/default-full",
 }
+# The sampler a bundled FlexTok decodes with by default, from its measurement (docs/results/README.md,
+# session 7): trained with nine blocks in ten at pure noise, its one-step estimate is its best output.
+SAMPLERS = {"flextok-tiny": {"steps": 1, "guidance": 1.0}}
 
 
 def main() -> int:
@@ -43,6 +47,8 @@ def main() -> int:
         # The inference window is the context trained on (TrainConfig.model_config), also for runs
         # written before config.window existed.
         model.config.window = TrainConfig.from_yaml(args.runs / run / "train_config.yaml").model_config().window
+        for field, value in SAMPLERS.get(run, {}).items():
+            setattr(model.config, field, value)
         model.save_pretrained(destination, dtype=torch.float16)
         size = (destination / "model.safetensors").stat().st_size / 2**20
         print(f"{args.runs / run / 'model'} -> {destination} ({size:.1f} MiB)")
