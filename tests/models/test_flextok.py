@@ -237,8 +237,9 @@ def test_configs_saved_before_a_field_existed_load_as_they_were():
     for key in FlexTokConfig.fields_added_later:
         saved.pop(key)
     earlier = FlexTokConfig.from_dict(saved)
-    assert earlier.quant_norm is False and earlier == FlexTokConfig.from_preset("flextok-micro")
-    assert earlier.fingerprint() != FlexTokConfig.from_preset("flextok-micro", quant_norm=True).fingerprint()
+    assert earlier == FlexTokConfig.from_preset("flextok-micro", patch_position="learned", quant_norm=False)
+    assert FlexTokConfig.from_preset("flextok-micro").patch_position == "sincos"  # what new models get
+    assert earlier.fingerprint() != FlexTokConfig.from_preset("flextok-micro").fingerprint()
 
 
 def test_x0_loss_weight_adds_the_estimate_pixel_error(flex, real_video):

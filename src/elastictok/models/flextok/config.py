@@ -37,11 +37,12 @@ class FlexTokConfig(ConfigFile):
     patch_size: tuple[int, int, int] = (2, 8, 8)  # (Tp, Hp, Wp) of the input stage's grid
     input_stage: str = "pixels"  # what the flow runs on; "pixels" is the identity stage
     registers: int = 32  # R: register tokens per block, the most tokens a block can keep
-    # Where a patch is, as the transformers see it: "learned" (a parameter, starting near zero) or "sincos"
-    # (fixed (t, h, w) sinusoids of unit amplitude, plus the learned part). A 1-D tokenizer routes content by
-    # position (registers gather it, patches fetch it back), and at pure noise a learned embedding starts
-    # 20x weaker than the noise, so every patch reads the same average (docs/results/README.md, session 7).
-    patch_position: Literal["learned", "sincos"] = "learned"
+    # Where a patch is, as the transformers see it: "sincos" (fixed (t, h, w) sinusoids of unit amplitude, plus
+    # a learned part) or "learned" alone (starting near zero; models saved before session 7). A 1-D tokenizer
+    # routes content by position (registers gather it, patches fetch it back); at pure noise a learned
+    # embedding starts 20x weaker than the noise, so every patch read the same average and training stalled
+    # (sincos: +1.6 dB at step 300, docs/results/README.md, session 7).
+    patch_position: Literal["learned", "sincos"] = "sincos"
     width: int = 256
     encoder_depth: int = 4
     decoder_depth: int = 4
