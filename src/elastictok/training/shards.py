@@ -118,7 +118,8 @@ def build_shards(sources: list[str | os.PathLike], destination: str | os.PathLik
         os.replace(name, written[-1])
         summary.shards += 1
 
-    numbers = [int(p.stem[len("shard-"):]) for p in destination.glob("shard-*.tar") if p.stem[len("shard-"):].isdigit()]
+    existing = [p.stem.removeprefix("shard-") for p in destination.glob("shard-*.tar")]
+    numbers = [int(n) for n in existing if n.isdigit()]
     writer = wds.ShardWriter(str(destination / "shard-%06d.tar.tmp"), maxcount=shard_size, post=finished, verbose=0,
                              start_shard=max(numbers, default=-1) + 1)
     try:
