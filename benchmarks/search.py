@@ -3,15 +3,20 @@
     python benchmarks/search.py [--model default] [--input CLIP] [--threshold mse:0.03] [--repeats 3]
                                 [--blocks N] [--length-head head.safetensors] [--lengths 50 100]
 
-Rows: fixed length (one encoder and one decoder pass per block at Mmax: the floor), plain
+Rows: fixed length (one encoder and one decoder pass per block at Mmax: the unit), plain
 bisection (the original's strategy), warm-started bisection, the same with the encoder re-run for
-every candidate (the cost before one-pass encoding; only for a mask-free encoder), K-ary batched search, full search
-(the exact reference), the regression head (with --length-head) and any search added to
-``SEARCHES`` below. Columns: wall time (best of ``--repeats`` interleaved runs) and its ratio
-to fixed length; encoder and decoder passes and candidate counts scored per block; the share of blocks whose
-count equals full search's; the share failing the target although some count meets it (full
-search says which); mean tokens per block. ``--lengths`` adds peak memory while streaming the clip
-looped to those lengths with the model's context window.
+every candidate (the cost before one-pass encoding; only for a mask-free encoder), K-ary batched
+search, full search (the exact reference), the regression head (with --length-head), any search
+added to ``SEARCHES`` below, and the floor of exact search: full search's counts given in advance,
+proved with one encoder pass and two decoder passes per block (n meets, n - 1 does not).
+
+Columns: wall time (best of ``--repeats`` interleaved runs; full search runs once) and its ratio
+to fixed length; encoder and decoder passes and candidate counts scored per block; the share of
+blocks whose count equals full search's; the share failing the target although some count meets
+it (full search says which); mean tokens per block. ``--lengths`` adds peak memory while streaming
+the clip looped to those lengths with the model's context window; ``--batch-rows 1 2 4 8`` adds
+what one decoder pass costs per candidate when it scores that many candidates at once (batched
+scoring pays only where a wider batch is cheaper per row).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from elastictok import ElasticTok
 from elastictok.media.blocks import iter_media_blocks
 from elastictok.media.transforms import to_model
 from elastictok.models.pretrained import sample_video
+from elastictok.tokenization.coder import BlockCoder
 from elastictok.tokenization.options import SEARCHES as LIBRARY_SEARCHES
 from elastictok.tokenization.targets import TokenCount, parse_target
 from elastictok.tokenization.tokenizer import Tokenizer
@@ -45,6 +51,42 @@ def run(model, blocks, info, target, dtype: str, **kwargs):
     with torch.no_grad(), autocast:
         result = tokenizer.run(iter(blocks), [info])[0]
     return result, time.perf_counter() - started
+
+
+def prove_known_counts(model, blocks, counts: torch.Tensor, target, window) -> tuple[float, BlockCoder]:
+    """The least an exact search can do when it already knows each block's count n: one encoder pass,
+    and decoder passes at n - 1 (fails) and n (meets) to prove it, scored as a search scores.
+    Returns the seconds and the coder (its pass counters)."""
+    coder = BlockCoder(model, 1, window)
+    row, lo = torch.zeros(1, dtype=torch.long), model.config.min_tokens
+    started = time.perf_counter()
+    with torch.no_grad():
+        for block, n in zip(blocks, counts.tolist()):
+            patches = model.patchify(block)
+            if n > lo:
+                target.score(coder.trial(patches, torch.tensor([n - 1]), row).recon, block)
+            trial = coder.trial(patches, torch.tensor([n]), row)
+            target.score(trial.recon, block)
+            coder.commit(trial)
+    return time.perf_counter() - started, coder
+
+
+def decoder_seconds_per_row(model, blocks, rows: int, repeats: int = 5) -> float:
+    """Best seconds per row of one decoder pass (transformer, output head, unpatchify) scoring ``rows``
+    candidates of the clip's second block against the first block's cache, as the search does."""
+    coder, c = BlockCoder(model, 1, 1), model.config
+    with torch.no_grad():
+        first = coder.trial(model.patchify(blocks[0]), torch.tensor([c.tokens_per_block]), torch.zeros(1).long())
+        coder.commit(first)
+        counts = torch.linspace(c.min_tokens, c.tokens_per_block, rows).long()
+        z = coder.trial(model.patchify(blocks[1]), counts, torch.zeros(rows).long()).z
+        cache = [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in coder.dec_cache]
+        best = float("inf")
+        for _ in range(repeats + 1):  # the first run warms up
+            started = time.perf_counter()
+            model.unpatchify(model.decode_latents(z, cache, coder.start)[0].float())
+            best = min(best, time.perf_counter() - started)
+    return best / rows
 
 
 def peak_rss_mb() -> float:
@@ -89,7 +131,7 @@ def searches(args, model, c) -> dict[str, tuple[object, dict]]:
         from elastictok.tokenization.length_head import LengthHead
         rows["regression"] = (None, dict(search="regression", length_head=LengthHead.load(args.length_head, model)))
     for name in LIBRARY_SEARCHES:  # searches added to the library after this benchmark was written
-        if name not in ("auto", "binary", "bracket", "full", "batched", "regression"):
+        if name not in ("binary", "full", "batched", "regression"):
             rows[name] = (None, dict(search=name))
     return rows
 
@@ -108,6 +150,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--blocks", type=int, help="only the first N blocks of the input")
     parser.add_argument("--lengths", type=int, nargs="*", default=[])
+    parser.add_argument("--batch-rows", type=int, nargs="*", default=[], help="decoder cost per row at these batches")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -125,27 +168,44 @@ def main() -> None:
           f"best of {args.repeats}")
 
     rows = searches(args, model, c)
-    results: dict[str, object] = {}
+    order = list(rows)
     seconds: dict[str, float] = {name: float("inf") for name in rows}
+    _, kwargs = rows.pop("full")  # the reference: run once, it takes longer than all the rest
+    full, seconds["full"] = run(model, blocks, info, target, args.dtype, window=window, **kwargs)
+    results: dict[str, object] = {"full": full}
+    context = Tokenizer(model, target, window=window).window
+    floor, prover = float("inf"), None
     for _ in range(args.repeats):
         for name, (override, kwargs) in rows.items():
             kwargs = dict(kwargs)
             result, s = run(kwargs.pop("model", model), blocks, info, override or target, args.dtype, window=window,
                             **kwargs)
             results[name], seconds[name] = result, min(seconds[name], s)
-
-    full = results["full"]
+        s, prover = prove_known_counts(model, blocks, full.counts, target, context)
+        floor = min(floor, s)
     reachable = target.meets(full.scores)
     print(f"{int((~reachable).sum())} of {n} blocks miss the target at every count (not counted as failures)\n")
     print(f"{'search':<24} {'wall s':>7} {'x fixed':>8} {'enc/blk':>7} {'dec/blk':>7} {'evals/blk':>9} {'= full':>7} "
           f"{'fail':>6} {'tokens':>7}")
-    for name, result in results.items():
-        fixed = name == "fixed length"
+
+    def row(name: str, s: float, done, agree: str, fail: str, counts: torch.Tensor) -> None:
+        """One line; ``done`` counts the passes (a tokenized result or a block coder)."""
+        print(f"{name:<24} {s:>7.3f} {s / seconds['fixed length']:>8.2f} {done.encoder_passes / n:>7.2f} "
+              f"{done.passes / n:>7.2f} {done.evaluations / n:>9.2f} {agree:>7} {fail:>6} "
+              f"{counts.float().mean():>7.1f}")
+
+    for name in order:
+        result, fixed = results[name], name == "fixed length"
         agree = "" if fixed else f"{100 * (result.counts == full.counts).float().mean():.0f}%"
         fail = "" if fixed else f"{100 * (reachable & ~target.meets(result.scores)).float().mean():.0f}%"
-        print(f"{name:<24} {seconds[name]:>7.3f} {seconds[name] / seconds['fixed length']:>8.2f} "
-              f"{result.encoder_passes / n:>7.2f} {result.passes / n:>7.2f} {result.evaluations / n:>9.2f} {agree:>7} {fail:>6} "
-              f"{result.counts.float().mean():>7.1f}")
+        row(name, seconds[name], result, agree, fail, result.counts)
+    row("floor: counts known", floor, prover, "100%", "0%", full.counts)
+
+    if args.batch_rows:
+        print(f"\none decoder pass scoring several candidates at once ({torch.get_num_threads()} threads):")
+        print(f"{'candidates':>10} {'ms per candidate':>17}")
+        for rows in args.batch_rows:
+            print(f"{rows:>10} {1e3 * decoder_seconds_per_row(model, blocks, rows):>17.1f}")
 
     if args.lengths:
         print(f"\npeak memory while streaming (window {window}, warm bisection):")

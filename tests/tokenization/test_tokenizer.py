@@ -96,6 +96,24 @@ def test_a_mask_free_encoder_runs_once_per_block_and_gives_the_plain_forward_tok
         assert torch.allclose(result.scores, errors, atol=1e-5)
 
 
+def test_a_mask_free_encoder_gives_the_length_head_its_features_from_the_same_pass(real_video):
+    """The regression search's features (mean and spread of the all-kept encoder output) come from the
+    one encoder pass every candidate count shares, and equal a plain encoder pass of their own."""
+    from elastictok.tokenization.coder import BlockCoder
+
+    torch.manual_seed(0)
+    model = ElasticTok(ElasticTokConfig.from_preset("micro", encoder_mask_conditioning=False)).eval()
+    m = model.config.tokens_per_block
+    patches = model.patchify(real_video[:, :model.config.frames_per_block])
+    coder = BlockCoder(model, 1, window=None)
+    with torch.no_grad():
+        coder.trial(patches, torch.tensor([m // 2, m]), torch.zeros(2, dtype=torch.long))
+        features = coder.features(patches)
+        h, _ = model.encoder_features(patches, torch.ones(1, m, dtype=torch.bool))
+    assert coder.encoder_passes == 1
+    torch.testing.assert_close(features, torch.cat([h.mean(1), h.std(1)], dim=-1))
+
+
 @pytest.mark.parametrize("search", ["binary", "batched"])
 def test_fast_searches_meet_the_target(trained_micro, real_video, search):
     model = trained_micro
@@ -274,7 +292,7 @@ def test_regression_head_trains_predicts_and_round_trips(trained_micro, real_vid
     head.save(tmp_path / "head.safetensors")
     loaded = LengthHead.load(tmp_path / "head.safetensors", model)
     result = model.tokenize(real_video, target, search="regression", length_head=loaded)[0]
-    # per block: the features, an encode+decode with every token, and the final encode+decode
+    # per block (this encoder reads the mask): the features, an encode+decode with every token, the final one
     assert result.passes == 2 * 3 and result.encoder_passes == 3 * 3 and result.evaluations == 2 * 3
     assert ((result.counts >= c.min_tokens) & (result.counts <= c.tokens_per_block)).all()
     # one head serves every mse and psnr threshold: the same MSE asked as PSNR gives the same counts

@@ -217,8 +217,8 @@ def _report(args: argparse.Namespace) -> None:
 
 COMMANDS = {
     "encode": _encode, "decode": _decode, "reconstruct": _reconstruct, "tokenize-corpus": _tokenize_corpus,
-    "eval": _eval, "report": _report, "data shard": _data_shard, "train-length-head": _train_length_head, "train": _train,
-    "convert-official": _convert_official,
+    "eval": _eval, "report": _report, "data shard": _data_shard, "train-length-head": _train_length_head,
+    "train": _train, "convert-official": _convert_official,
 }
 
 

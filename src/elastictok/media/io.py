@@ -218,7 +218,8 @@ class VideoWriter:
             self._stream.pix_fmt = "yuv420p"
             self._stream.options = {"crf": str(self.crf), "preset": "medium"}
         for frame in frames:
-            self._container.mux(self._stream.encode(av.VideoFrame.from_ndarray(frame.contiguous().numpy(), format="rgb24")))
+            picture = av.VideoFrame.from_ndarray(frame.contiguous().numpy(), format="rgb24")
+            self._container.mux(self._stream.encode(picture))
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:

@@ -1,12 +1,14 @@
 """What a model family provides, written down once.
 
-A family (ElasticTok today; a coarse-to-fine 1-D tokenizer next, in ``models/flextok/``) is an
-``nn.Module`` that satisfies ``ModelFamily`` below. With it, a family can be
+A family is an ``nn.Module`` that satisfies ``ModelFamily`` below (ElasticTok does). With it, a
+family can be
 
 - tokenized: the block coder (``elastictok.tokenization.coder``) calls ``patchify``,
   ``encode_patches``, ``decode_latents``, ``unpatchify``, ``encoder_features``,
-  ``tokens_to_latents``, ``drop_tokens`` and ``encoder_reads_keep``; the tokenizer checks
-  inputs with ``as_video`` and reads ``config``;
+  ``latents_from_features``, ``tokens_to_latents``, ``drop_tokens`` and ``encoder_reads_keep``;
+  the tokenizer checks inputs with ``as_video`` and reads ``config``. A family whose tokens are
+  not a patch prefix brings its own block coder instead (``tokenization.tokenizer.CODERS``:
+  FlexTok's, in ``tokenization.flex_coder``);
 - trained: the loop (``elastictok.training.loop``) calls ``forward(video, keep)`` for a loss;
 - evaluated: through tokenization, plus ``forward`` for fixed-length held-out PSNR;
 - saved: ``save_pretrained`` / ``from_pretrained``, with ``config.json`` naming the family so that
@@ -137,6 +139,7 @@ class ModelFamily(Protocol):
                        start: int | None = None) -> tuple[Any, KVCache]: ...  # latents: .z, .indices, .rows(index)
     def encoder_features(self, patches: Tensor, keep_mask: Tensor, past: KVCache | None = None,
                          start: int | None = None) -> tuple[Tensor, KVCache]: ...
+    def latents_from_features(self, h: Tensor, keep_mask: Tensor) -> Any: ...  # encode_patches = features + this
     def decode_latents(self, z: Tensor, past: KVCache | None = None,
                        start: int | None = None) -> tuple[Tensor, KVCache]: ...
     def tokens_to_latents(self, tokens: Tensor) -> Tensor: ...  # stored tokens (n,) or (n, C) -> latents (n, C)

@@ -3,8 +3,8 @@
 Each candidate count is tried by decoding the block's kept tokens against the cached keys and
 values of the earlier blocks *as they were actually encoded*, so no earlier block is ever
 recomputed; the cache keeps at most ``window`` blocks, so memory is flat however long the video.
-The block is encoded once per candidate, or once for all of them when the model's encoder does
-not read the kept mask (``model.encoder_reads_keep``).
+The block is encoded once per candidate, or once for all of them (and for the length head's
+features) when the model's encoder does not read the kept mask (``model.encoder_reads_keep``).
 Works with any model family that provides the token-level core of ``elastictok.models.base``.
 """
 
@@ -45,11 +45,14 @@ def stack_trials(trials: list[Trial]) -> Trial:
     """One trial holding the rows of several, in order."""
     if len(trials) == 1:
         return trials[0]
-    cat_kv = lambda kvs: [(torch.cat([kv[layer][0] for kv in kvs]), torch.cat([kv[layer][1] for kv in kvs]))  # noqa: E731
-                          for layer in range(len(kvs[0]))]
+    def cat_kv(caches: list[KVCache]) -> KVCache:
+        return [(torch.cat([kv[layer][0] for kv in caches]), torch.cat([kv[layer][1] for kv in caches]))
+                for layer in range(len(caches[0]))]
+
     return Trial(torch.cat([t.z for t in trials]),
                  None if trials[0].indices is None else torch.cat([t.indices for t in trials]),
-                 torch.cat([t.recon for t in trials]), cat_kv([t.enc_kv for t in trials]), cat_kv([t.dec_kv for t in trials]),
+                 torch.cat([t.recon for t in trials]),
+                 cat_kv([t.enc_kv for t in trials]), cat_kv([t.dec_kv for t in trials]),
                  None if trials[0].counts is None else torch.cat([t.counts for t in trials]))
 
 
@@ -81,7 +84,7 @@ class BlockCoder:
         self.passes = 0  # decoder passes (each may score several candidate counts)
         self.encoder_passes = 0  # one per block when the encoder does not read the kept mask
         self.evaluations = 0  # candidate counts scored, summed over streams
-        self._encoded: tuple[object, KVCache] | None = None  # this block with every token kept, all streams
+        self._encoded: tuple[Tensor, object, KVCache] | None = None  # this block, every token kept, all streams
 
     @property
     def cached_tokens(self) -> int:
@@ -111,19 +114,25 @@ class BlockCoder:
         if self.model.encoder_reads_keep:
             self.encoder_passes += 1
             return self.model.encode_patches(patches[rows], mask, cache_rows(self.enc_cache, rows), self.start)
-        if self._encoded is None:
-            every = torch.ones(patches.shape[:2], dtype=torch.bool, device=patches.device)
-            self._encoded = self.model.encode_patches(patches, every, self.enc_cache, self.start)
-            self.encoder_passes += 1
-        latents, enc_kv = self._encoded
+        _, latents, enc_kv = self._all_kept(patches)
         return self.model.drop_tokens(latents.rows(rows), mask), cache_rows(enc_kv, rows)
 
+    def _all_kept(self, patches: Tensor) -> tuple[Tensor, object, KVCache]:
+        """This block encoded with every token kept, for all streams: features, latents and encoder cache.
+
+        One encoder pass per block, shared by every candidate count of a mask-free encoder and by
+        ``features`` (the length head's input).
+        """
+        if self._encoded is None:
+            every = torch.ones(patches.shape[:2], dtype=torch.bool, device=patches.device)
+            h, enc_kv = self.model.encoder_features(patches, every, self.enc_cache, self.start)
+            self._encoded = (h, self.model.latents_from_features(h, every), enc_kv)
+            self.encoder_passes += 1
+        return self._encoded
+
     def features(self, patches: Tensor) -> Tensor:
-        """(B, 2*width): mean and standard deviation over tokens of the all-kept encoder output (one pass)."""
-        mask = torch.ones(patches.shape[:2], dtype=torch.bool, device=patches.device)
-        h, _ = self.model.encoder_features(patches, mask, self.enc_cache, self.start)
-        h = h.float()
-        self.encoder_passes += 1
+        """(B, 2*width): mean and standard deviation over tokens of the all-kept encoder output."""
+        h = self._all_kept(patches)[0].float()
         return torch.cat([h.mean(1), h.std(1)], dim=-1)
 
     def commit(self, trial: Trial) -> None:

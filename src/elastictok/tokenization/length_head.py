@@ -7,8 +7,9 @@ decoded with every token) and predicts the second: from the block's encoder feat
 kept, after the cached earlier blocks) and its pixel statistics, an ensemble of small MLPs predicts
 log MSE at a grid of counts (every ``GRID_STRIDE``-th from Mmin, and Mmax) as excess over the
 all-token MSE. The search keeps the smallest grid count predicted to meet the target, so one head
-serves every ``mse:`` and ``psnr:`` threshold. Cost per block: one encoder pass for the features,
-one encode+decode with every token and the final encode+decode; it does not guarantee the target.
+serves every ``mse:`` and ``psnr:`` threshold. Cost per block: one decode with every token (for
+the all-token MSE) and the final decode, after one encoder pass that also gives the features (a
+mask-reading encoder needs one per decode); it does not guarantee the target.
 Train one with ``elastictok train-length-head`` (``elastictok.training.length_head``).
 """
 

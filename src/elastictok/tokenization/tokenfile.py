@@ -11,8 +11,9 @@ Header (safetensors string metadata):
   ``config_hash`` (a hash of the model's config: decoding with another model is refused),
   ``weights_hash`` (version 3: a digest of the weights, so that another training of the same config
   is refused too; older files have none and skip that check), ``max_tokens``,
-  ``codebook_size`` (FSQ; 0 for VAE), ``metric``, ``fps`` ("" for images), ``height``/``width`` (original size), ``frames``
-  (real frames; the last block may be padding past them), ``is_image``, ``source``, and
+  ``codebook_size`` (FSQ; 0 for VAE), ``metric``, ``fps`` ("" for images), ``height``/``width``
+  (original size), ``frames`` (real frames; the last block may be padding past them), ``is_image``,
+  ``source``, and
   ``counts``/``scores`` again as JSON lists so that tools can read them without tensors, and
   ``family`` (the model family, e.g. "flextok"; files without it were made by ElasticTok), and
   ``checksum`` (version 2): the SHA-256 of every other header field (canonical JSON) and the three
@@ -145,7 +146,8 @@ def parse_etok(data: bytes, name: str = "<bytes>") -> TokenizedVideo:
     except ElasticTokError:
         raise
     except Exception as exc:  # safetensors reports damage with several exception types
-        raise ElasticTokError(f"{path}: not a token file ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+        reason = str(exc).splitlines()[0][:120]
+        raise ElasticTokError(f"{path}: not a token file ({type(exc).__name__}: {reason})") from None
     return _validate(path, header, tensors)
 
 

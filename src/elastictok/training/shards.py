@@ -164,7 +164,8 @@ def iter_shard(path: Path) -> Iterator[tuple[str, str, bytes]]:
                 if not member.isfile():
                     continue
                 key, _, ext = member.name.rpartition(".")
-                kind = "video" if ext in ("mp4", "mkv", "webm", "avi") else "image" if ext in ("jpg", "jpeg", "png", "webp") else None
+                kind = ("video" if ext in ("mp4", "mkv", "webm", "avi")
+                        else "image" if ext in ("jpg", "jpeg", "png", "webp") else None)
                 if kind:
                     yield key, kind, tar.extractfile(member).read()
     except (tarfile.TarError, OSError) as exc:

@@ -130,7 +130,8 @@ def convert_official(path: str | os.PathLike, config: ElasticTokConfig, progress
     expected = model.state_dict()
     missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or extra:
-        raise ElasticTokError(f"checkpoint does not fit config {config.name!r}: missing {missing[:4]}, left over {extra[:4]}")
+        raise ElasticTokError(f"checkpoint does not fit config {config.name!r}: missing {missing[:4]}, "
+                              f"left over {extra[:4]}")
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in expected
              if state[k].shape != expected[k].shape]
     if wrong:
@@ -139,7 +140,8 @@ def convert_official(path: str | os.PathLike, config: ElasticTokConfig, progress
     return model.eval()
 
 
-def config_from_official(official: dict[str, Any], resolution: int | tuple[int, int], name: str = "official") -> ElasticTokConfig:
+def config_from_official(official: dict[str, Any], resolution: int | tuple[int, int],
+                         name: str = "official") -> ElasticTokConfig:
     """Translate the original's config fields (hidden_size, max_toks, ...) into an ElasticTokConfig."""
     res = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
     if official.get("num_encoder_layers") is None:
@@ -155,7 +157,8 @@ def config_from_official(official: dict[str, Any], resolution: int | tuple[int, 
         vae_latent_dim=official.get("vae_bottleneck_dim", 8), min_tokens=official["min_toks"],
     )
     if config.tokens_per_block != official["max_toks"]:
-        raise ElasticTokError(f"config gives {config.tokens_per_block} tokens per block, the original says {official['max_toks']}")
+        raise ElasticTokError(f"config gives {config.tokens_per_block} tokens per block, "
+                              f"the original says {official['max_toks']}")
     return config
 
 

@@ -149,6 +149,10 @@ class ElasticTok(Tokenizable, nn.Module):
         patches are this rank's shard of a sequence split over the group (ring attention).
         """
         h, present = self.encoder_features(patches, keep_mask, past, start, sequence_group)
+        return self.latents_from_features(h, keep_mask), present
+
+    def latents_from_features(self, h: Tensor, keep_mask: Tensor) -> Latents:
+        """The bottleneck's latents for encoder features ``h`` (B, N, width), tokens outside ``keep_mask`` zeroed."""
         z_pre = self.pre_quant(h)
         latents = Latents(z=torch.empty(0), keep=torch.empty(0))
         if isinstance(self.quantizer, FSQ):
@@ -156,7 +160,7 @@ class ElasticTok(Tokenizable, nn.Module):
         else:
             latents.z, posterior = self.quantizer(z_pre)
             latents.mean, latents.logvar = posterior.mean, posterior.logvar
-        return self.drop_tokens(latents, keep_mask), present
+        return self.drop_tokens(latents, keep_mask)
 
     def drop_tokens(self, latents: Latents, keep_mask: Tensor) -> Latents:
         """``latents`` with the tokens outside ``keep_mask`` (B, N) zeroed, FSQ indices to match."""
@@ -306,7 +310,8 @@ class ElasticTok(Tokenizable, nn.Module):
         if not isinstance(x, Tensor):
             raise ElasticTokError(f"expected a torch.Tensor, got {type(x).__name__}")
         if x.dim() not in (4, 5):
-            raise ElasticTokError(f"expected a video (B, T, 3, H, W) or an image (B, 3, H, W), got shape {tuple(x.shape)}")
+            raise ElasticTokError(f"expected a video (B, T, 3, H, W) or an image (B, 3, H, W), "
+                                  f"got shape {tuple(x.shape)}")
         if not x.is_floating_point():
             raise ElasticTokError(f"expected a float tensor in [-1, 1], got {x.dtype}")
         is_image = x.dim() == 4
@@ -321,7 +326,8 @@ class ElasticTok(Tokenizable, nn.Module):
             raise ElasticTokError(f"frames are {h}x{w} but this model takes {c.resolution[0]}x{c.resolution[1]}; "
                                   "resize or crop first (elastictok.media does this)")
         if t % c.frames_per_block:
-            raise ElasticTokError(f"{t} frames is not a multiple of frames_per_block={c.frames_per_block}; pad the video")
+            raise ElasticTokError(f"{t} frames is not a multiple of frames_per_block={c.frames_per_block}; "
+                                  "pad the video")
         lo, hi = torch.aminmax(x.detach())
         if not (lo >= -1.001 and hi <= 1.001):  # also false for NaN
             raise ElasticTokError(f"pixel values must lie in [-1, 1], got [{lo.item():.3g}, {hi.item():.3g}]")
