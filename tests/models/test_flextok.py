@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from elastictok import ElasticTokError
 from elastictok.models.flextok import FlexLatents, FlexTok, FlexTokConfig, NestedDropout
@@ -197,6 +198,13 @@ def test_save_and_load(flex, real_video, tmp_path):
     config["family"] = "elastictok"
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ElasticTokError, match="not a FlexTok"):
+        FlexTok.from_pretrained(tmp_path / "m")
+    config["family"] = "flextok"
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    state = load_file(str(tmp_path / "m" / "model.safetensors"))
+    state["enc_in.weight"][0, 0] = float("nan")
+    save_file(state, str(tmp_path / "m" / "model.safetensors"))
+    with pytest.raises(ElasticTokError, match="not finite"):
         FlexTok.from_pretrained(tmp_path / "m")
 
 

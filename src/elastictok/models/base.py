@@ -11,8 +11,9 @@ family can be
   FlexTok's, in ``tokenization.flex_coder``);
 - trained: the loop (``elastictok.training.loop``) calls ``forward(video, keep)`` for a loss;
 - evaluated: through tokenization, plus ``forward`` for fixed-length held-out PSNR;
-- saved: ``save_pretrained`` / ``from_pretrained``, with ``config.json`` naming the family so that
-  ``elastictok.models.registry.from_pretrained`` picks the class.
+- saved: ``save_pretrained`` / ``from_pretrained`` (mix in ``elastictok.models.files.PretrainedFiles``),
+  with ``config.json`` naming the family so that ``elastictok.models.registry.from_pretrained``
+  picks the class.
 
 ``model.tokenize`` and ``model.detokenize`` come from ``Tokenizable``: they hand the model to the
 tokenization layer, which registers its functions here when ``elastictok`` is imported, so this

@@ -16,7 +16,8 @@ import torch
 from ..errors import ElasticTokError
 from .elastictok.config import PRESETS as ELASTICTOK_PRESETS
 from .elastictok.config import ElasticTokConfig
-from .elastictok.model import CONFIG_NAME, ElasticTok
+from .elastictok.model import ElasticTok
+from .files import CONFIG_NAME
 from .flextok.config import PRESETS as FLEXTOK_PRESETS
 from .flextok.config import FlexTokConfig
 from .flextok.model import FlexTok

@@ -9,27 +9,20 @@ across blocks, so block k never depends on blocks after it.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import torch
 from einops import rearrange
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from ...layers.bottlenecks import FSQ, GaussianBottleneck, GaussianPosterior
-from .config import ElasticTokConfig
 from ...errors import ElasticTokError
-from ...utils.blocks import image_as_block
-from ...utils.fileio import atomic_path
+from ...layers.bottlenecks import FSQ, GaussianBottleneck, GaussianPosterior
 from ...layers.transformer import KVCache, Transformer
+from ...utils.blocks import image_as_block
 from ..base import Tokenizable, check_counts
-
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
+from ..files import PretrainedFiles
+from .config import ElasticTokConfig
 
 
 @dataclass
@@ -89,10 +82,11 @@ class ConvHead(nn.Module):
                          b=h.shape[0], tp=tp, hp=hp, wp=wp)
 
 
-class ElasticTok(Tokenizable, nn.Module):
+class ElasticTok(Tokenizable, PretrainedFiles, nn.Module):
     """The ElasticTok autoencoder; implements ``elastictok.models.base.ModelFamily``."""
 
     family: ClassVar[str] = "elastictok"
+    config_class: ClassVar[type] = ElasticTokConfig
 
     def __init__(self, config: ElasticTokConfig):
         super().__init__()
@@ -338,50 +332,3 @@ class ElasticTok(Tokenizable, nn.Module):
         c = self.config
         keep = c.tokens_per_block if keep is None else keep
         return check_counts(keep, batch, n_blocks, ("[Mmin, Mmax]", c.min_tokens, c.tokens_per_block), device)
-
-    # ---- files --------------------------------------------------------------------------------
-    def save_pretrained(self, save_directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
-        """Write ``config.json`` and ``model.safetensors``; each file appears whole or not at all.
-
-        ``dtype`` (e.g. ``torch.float16``) stores the weights smaller; loading casts them back.
-        """
-        directory = Path(save_directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        cast = (lambda v: v.to(dtype) if v.is_floating_point() else v) if dtype else (lambda v: v)
-        state = {k: cast(v.detach()).contiguous().cpu() for k, v in self.state_dict().items()}
-        metadata = {"format": "pt", "elastictok_config": json.dumps(self.config.to_dict())}
-        with atomic_path(directory / WEIGHTS_NAME) as tmp:
-            save_file(state, str(tmp), metadata=metadata)
-        with atomic_path(directory / CONFIG_NAME) as tmp:
-            tmp.write_text(json.dumps({"family": self.family, **self.config.to_dict()}, indent=2) + "\n")
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "ElasticTok":
-        """Load from a ``save_pretrained`` directory or a bundled model name; never downloads."""
-        from ..pretrained import resolve_model_path
-
-        directory = resolve_model_path(name_or_path)
-        try:
-            data = json.loads((directory / CONFIG_NAME).read_text())
-            if data.pop("family", cls.family) != cls.family:
-                raise ValueError(f"it holds a {data.get('name')!r} model of another family")
-            config = ElasticTokConfig.from_dict(data)
-        except (OSError, ValueError, TypeError) as exc:
-            raise ElasticTokError(f"{directory / CONFIG_NAME}: not a readable ElasticTok config ({exc})") from None
-        model = cls(config)
-        try:
-            state = load_file(str(directory / WEIGHTS_NAME), device=str(map_location))
-        except Exception as exc:  # safetensors raises several types for damaged files
-            raise ElasticTokError(f"{directory / WEIGHTS_NAME}: not a readable safetensors file ({exc})") from None
-        expected = model.state_dict()
-        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        wrong = [k for k in set(expected) & set(state) if expected[k].shape != state[k].shape]
-        if missing or extra or wrong:
-            raise ElasticTokError(f"{directory / WEIGHTS_NAME} does not match its config: missing {missing[:3]}, "
-                                  f"unexpected {extra[:3]}, wrong shape {sorted(wrong)[:3]}")
-        broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-        if broken:
-            raise ElasticTokError(f"{directory / WEIGHTS_NAME}: {len(broken)} weight tensors are not finite (NaN or "
-                                  f"Inf), e.g. {broken[0]}; the checkpoint is damaged or training diverged")
-        model.load_state_dict(state)
-        return model.eval()

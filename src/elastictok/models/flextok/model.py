@@ -16,30 +16,22 @@ when sampling), so long videos decode block by block in flat memory.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import torch
 from einops import rearrange
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ...errors import ElasticTokError
 from ...layers.bottlenecks import FSQ
 from ...layers.conditioning import TimestepEmbedder, modulate, rms_norm
 from ...layers.transformer import KVCache, RMSNorm, TransformerBlock, rope_angles, sincos_grid_embedding
-from ...utils.fileio import atomic_path
 from ..base import Tokenizable, check_counts
-from ..pretrained import resolve_model_path
+from ..files import PretrainedFiles
 from .blocks import INPUT_STAGE_CLASSES, AdaLNBlock, decoder_mask, encoder_mask
 from .config import FAMILY, FlexTokConfig
-
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
 
 
 @dataclass
@@ -84,10 +76,11 @@ class NestedDropout:
         return torch.where(torch.rand(shape, generator=generator) < 0.5, pow2, uniform)
 
 
-class FlexTok(Tokenizable, nn.Module):
+class FlexTok(Tokenizable, PretrainedFiles, nn.Module):
     """Encoder, FSQ bottleneck and rectified-flow decoder; the public API mirrors ``ElasticTok``."""
 
     family: ClassVar[str] = FAMILY
+    config_class: ClassVar[type] = FlexTokConfig
 
     def __init__(self, config: FlexTokConfig, input_stage: nn.Module | None = None):
         super().__init__()
@@ -426,40 +419,3 @@ class FlexTok(Tokenizable, nn.Module):
     def _check_keep(self, keep: Tensor | int | None, batch: int, n_blocks: int, device: torch.device) -> Tensor:
         """Counts (B, n_blocks) in [0, R]; 0 keeps no token (the null condition), None every one."""
         return check_counts(self.r if keep is None else keep, batch, n_blocks, ("[0, R]", 0, self.r), device)
-
-    # ---- files -------------------------------------------------------------------------------------
-    def save_pretrained(self, save_directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
-        """Write ``config.json`` (with ``"family": "flextok"``) and ``model.safetensors``, each atomically."""
-        directory = Path(save_directory)
-        cast = (lambda v: v.to(dtype) if v.is_floating_point() else v) if dtype else (lambda v: v)
-        state = {k: cast(v.detach()).contiguous().cpu() for k, v in self.state_dict().items()}
-        config_json = json.dumps(self.config.to_dict(), indent=2)
-        with atomic_path(directory / WEIGHTS_NAME) as tmp:
-            save_file(state, str(tmp), metadata={"format": "pt", "elastictok_config": config_json})
-        with atomic_path(directory / CONFIG_NAME) as tmp:
-            tmp.write_text(config_json + "\n")
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "FlexTok":
-        """Load from a ``save_pretrained`` directory or a bundled model name; never downloads."""
-        directory = resolve_model_path(name_or_path)
-        try:
-            data = json.loads((directory / CONFIG_NAME).read_text())
-        except (OSError, ValueError) as exc:
-            raise ElasticTokError(f"{directory / CONFIG_NAME}: not a readable config ({exc})") from None
-        if not isinstance(data, dict) or data.get("family") != FAMILY:
-            family = data.get("family", "elastictok") if isinstance(data, dict) else "?"
-            raise ElasticTokError(f"{directory}: a {family!r} model, not a FlexTok one")
-        model = cls(FlexTokConfig.from_dict(data))
-        try:
-            state = load_file(str(directory / WEIGHTS_NAME), device=str(map_location))
-        except Exception as exc:  # safetensors raises several types for damaged files
-            raise ElasticTokError(f"{directory / WEIGHTS_NAME}: not a readable safetensors file ({exc})") from None
-        expected = model.state_dict()
-        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-        if missing or extra or wrong:
-            raise ElasticTokError(f"{directory / WEIGHTS_NAME} does not match its config: missing {missing[:3]}, "
-                                  f"unexpected {extra[:3]}, wrong shape {wrong[:3]}")
-        model.load_state_dict(state)
-        return model.eval()

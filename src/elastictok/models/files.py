@@ -1,0 +1,87 @@
+"""``save_pretrained`` / ``from_pretrained`` for every family, written once.
+
+A model directory holds ``config.json`` (the config's fields and ``"family"``, which picks the class
+in ``elastictok.models.registry``) and ``model.safetensors`` (never a pickle). Each file is written
+whole or not at all; a damaged, mismatched or non-finite checkpoint is refused in one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import ElasticTokError
+from ..utils.fileio import atomic_path
+from .pretrained import resolve_model_path
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+UNNAMED_FAMILY = "elastictok"  # what a config.json without "family" holds (saved before families existed)
+
+
+class PretrainedFiles:
+    """Mixed into a family's ``nn.Module``, which names its ``family`` and ``config_class``."""
+
+    family: ClassVar[str]
+    config_class: ClassVar[type]
+
+    def save_pretrained(self, save_directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+        """Write ``config.json`` and ``model.safetensors``; ``dtype`` (e.g. ``torch.float16``) stores the
+        weights smaller, and loading casts them back."""
+        directory = Path(save_directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {name: (value.detach().to(dtype) if dtype and value.is_floating_point() else value.detach())
+                 .contiguous().cpu() for name, value in self.state_dict().items()}
+        config = {**self.config.to_dict(), "family": self.family}
+        with atomic_path(directory / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt", "elastictok_config": json.dumps(config)})
+        with atomic_path(directory / CONFIG_NAME) as tmp:
+            tmp.write_text(json.dumps(config, indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+        """Load from a ``save_pretrained`` directory or a bundled model's name; never downloads."""
+        directory = resolve_model_path(name_or_path)
+        model = cls(cls._read_config(directory))
+        weights = directory / WEIGHTS_NAME
+        try:
+            state = load_file(str(weights), device=str(map_location))
+        except Exception as exc:  # safetensors raises several types for damaged files
+            raise ElasticTokError(f"{weights}: not a readable safetensors file ({exc})") from None
+        expected = model.state_dict()
+        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+        if missing or extra or wrong:
+            raise ElasticTokError(f"{weights} does not match its config: missing {missing[:3]}, "
+                                  f"unexpected {extra[:3]}, wrong shape {wrong[:3]}")
+        broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if broken:
+            raise ElasticTokError(f"{weights}: {len(broken)} weight tensors are not finite (NaN or Inf), "
+                                  f"e.g. {broken[0]}; the checkpoint is damaged or training diverged")
+        model.load_state_dict(state)
+        return model.eval()
+
+    @classmethod
+    def _read_config(cls, directory: Path) -> Any:
+        path = directory / CONFIG_NAME
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ElasticTokError(f"{path}: not a readable config ({exc})") from None
+        if not isinstance(data, dict):
+            raise ElasticTokError(f"{path}: not a readable config (a JSON object is expected)")
+        family = data.get("family", UNNAMED_FAMILY)
+        if family != cls.family:
+            raise ElasticTokError(f"{directory}: a {family!r} model, not a {cls.__name__} one")
+        if "family" not in {f.name for f in dataclasses.fields(cls.config_class)}:
+            data.pop("family", None)
+        try:
+            return cls.config_class.from_dict(data)
+        except (TypeError, ValueError) as exc:
+            raise ElasticTokError(f"{path}: not a readable {cls.__name__} config ({exc})") from None
