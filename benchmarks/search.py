@@ -10,7 +10,8 @@ search, full search (the exact reference), the regression head (with --length-he
 added to ``SEARCHES`` below, and the floor of exact search: full search's counts given in advance,
 proved with one encoder pass and two decoder passes per block (n meets, n - 1 does not).
 
-Columns: wall time (best of ``--repeats`` interleaved runs; full search runs once) and its ratio
+Columns: wall time (best of ``--repeats`` interleaved runs; full search runs once, first, so
+its time includes the warm-up the others do not pay) and its ratio
 to fixed length; encoder and decoder passes and candidate counts scored per block; the share of
 blocks whose count equals full search's; the share failing the target although some count meets
 it (full search says which); mean tokens per block. ``--lengths`` adds peak memory while streaming
@@ -44,23 +45,28 @@ def load_blocks(model, path: str) -> tuple[list[torch.Tensor], object]:
     return [to_model(b)[None] for b in blocks], info
 
 
+def autocast(model, dtype: str):
+    """bf16 autocast on the model's device when ``dtype`` is "bf16" (a no-op for fp32)."""
+    return torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+
+
 def run(model, blocks, info, target, dtype: str, **kwargs):
     tokenizer = Tokenizer(model, target, **kwargs)
-    autocast = torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
     started = time.perf_counter()
-    with torch.no_grad(), autocast:
+    with torch.no_grad(), autocast(model, dtype):
         result = tokenizer.run(iter(blocks), [info])[0]
     return result, time.perf_counter() - started
 
 
-def prove_known_counts(model, blocks, counts: torch.Tensor, target, window) -> tuple[float, BlockCoder]:
+def prove_known_counts(model, blocks, counts: torch.Tensor, target, window, dtype: str
+                       ) -> tuple[float, BlockCoder]:
     """The least an exact search can do when it already knows each block's count n: one encoder pass,
     and decoder passes at n - 1 (fails) and n (meets) to prove it, scored as a search scores.
     Returns the seconds and the coder (its pass counters)."""
     coder = BlockCoder(model, 1, window)
     row, lo = torch.zeros(1, dtype=torch.long), model.config.min_tokens
     started = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(model, dtype):
         for block, n in zip(blocks, counts.tolist()):
             patches = model.patchify(block)
             if n > lo:
@@ -71,11 +77,11 @@ def prove_known_counts(model, blocks, counts: torch.Tensor, target, window) -> t
     return time.perf_counter() - started, coder
 
 
-def decoder_seconds_per_row(model, blocks, rows: int, repeats: int = 5) -> float:
+def decoder_seconds_per_row(model, blocks, rows: int, dtype: str, repeats: int = 5) -> float:
     """Best seconds per row of one decoder pass (transformer, output head, unpatchify) scoring ``rows``
     candidates of the clip's second block against the first block's cache, as the search does."""
     coder, c = BlockCoder(model, 1, 1), model.config
-    with torch.no_grad():
+    with torch.no_grad(), autocast(model, dtype):
         first = coder.trial(model.patchify(blocks[0]), torch.tensor([c.tokens_per_block]), torch.zeros(1).long())
         coder.commit(first)
         counts = torch.linspace(c.min_tokens, c.tokens_per_block, rows).long()
@@ -161,6 +167,8 @@ def main() -> None:
     target = parse_target(args.threshold)
     blocks, info = load_blocks(model, args.input)
     blocks = blocks[:args.blocks] if args.blocks else blocks
+    if args.batch_rows and len(blocks) < 2:
+        parser.error("--batch-rows decodes a second block against the first: give an input of 2 blocks or more")
     n = len(blocks)
     print(f"model {args.model} ({c.name}, Mmax {c.tokens_per_block}, Mmin {c.min_tokens}), {n} blocks of "
           f"{args.input}, target {args.threshold}, window {window}, {args.dtype} on {args.device}, "
@@ -181,7 +189,7 @@ def main() -> None:
             result, s = run(kwargs.pop("model", model), blocks, info, override or target, args.dtype, window=window,
                             **kwargs)
             results[name], seconds[name] = result, min(seconds[name], s)
-        s, prover = prove_known_counts(model, blocks, full.counts, target, context)
+        s, prover = prove_known_counts(model, blocks, full.counts, target, context, args.dtype)
         floor = min(floor, s)
     reachable = target.meets(full.scores)
     print(f"{int((~reachable).sum())} of {n} blocks miss the target at every count (not counted as failures)\n")
@@ -204,8 +212,8 @@ def main() -> None:
     if args.batch_rows:
         print(f"\none decoder pass scoring several candidates at once ({torch.get_num_threads()} threads):")
         print(f"{'candidates':>10} {'ms per candidate':>17}")
-        for rows in args.batch_rows:
-            print(f"{rows:>10} {1e3 * decoder_seconds_per_row(model, blocks, rows):>17.1f}")
+        for k in args.batch_rows:
+            print(f"{k:>10} {1e3 * decoder_seconds_per_row(model, blocks, k, args.dtype):>17.1f}")
 
     if args.lengths:
         print(f"\npeak memory while streaming (window {window}, warm bisection):")

@@ -1,10 +1,10 @@
 """How many probes a search strategy needs, replayed on recorded error curves instead of the model.
 
-    python benchmarks/search_probes.py [--model default] [--input CLIP] [--context mse:0.05]
+    python benchmarks/search_probes.py [--model default] [--input CLIP] [--context 0.05]
                                        [--thresholds 0.02 0.03 0.05 0.08] [--cache curves.pt]
 
 Records each block's MSE at every count in [Mmin, Mmax] once (the slow part: one decoder pass per
-count, about 35 s per block of the default model on one thread), each block after the earlier ones
+count, about half a minute per block of the default model on one thread), each block after the earlier ones
 as full search at ``--context`` committed them. Then every strategy runs on those curves at each
 threshold in milliseconds: probes (decoder passes) per block and the share of blocks whose count
 equals full search's. A candidate strategy can be judged here before it is built into the library.
@@ -91,7 +91,7 @@ def secant(slope: float, max_secant: int) -> Strategy:
                 a = max(failing)
                 probe = math.ceil(a + seen[a] / (seen[a] - seen[hi]) * (hi - a))
             elif hi in seen:
-                probe = math.ceil(hi + seen[hi] / slope)
+                probe = math.ceil(hi - seen[hi] / slope)
             else:
                 a = max(failing)
                 probe = math.ceil(a - seen[a] / slope)

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -23,6 +23,22 @@ from .pretrained import resolve_model_path
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 UNNAMED_FAMILY = "elastictok"  # what a config.json without "family" holds (saved before families existed)
+Model = TypeVar("Model", bound="PretrainedFiles")
+
+
+def read_config_json(directory: Path) -> tuple[dict[str, Any], str]:
+    """A model directory's ``config.json`` as a dict, and the family it names; one line if unreadable."""
+    path = directory / CONFIG_NAME
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ElasticTokError(f"{path}: not a readable config ({exc})") from None
+    if not isinstance(data, dict):
+        raise ElasticTokError(f"{path}: not a readable config (a JSON object is expected)")
+    family = data.get("family", UNNAMED_FAMILY)
+    if not isinstance(family, str):
+        raise ElasticTokError(f"{path}: \"family\" must be a model family's name, got {family!r}")
+    return data, family
 
 
 class PretrainedFiles:
@@ -45,7 +61,8 @@ class PretrainedFiles:
             tmp.write_text(json.dumps(config, indent=2) + "\n")
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    def from_pretrained(cls: type[Model], name_or_path: str | os.PathLike,
+                        map_location: str | torch.device = "cpu") -> Model:
         """Load from a ``save_pretrained`` directory or a bundled model's name; never downloads."""
         directory = resolve_model_path(name_or_path)
         model = cls(cls._read_config(directory))
@@ -69,19 +86,14 @@ class PretrainedFiles:
 
     @classmethod
     def _read_config(cls, directory: Path) -> Any:
-        path = directory / CONFIG_NAME
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ElasticTokError(f"{path}: not a readable config ({exc})") from None
-        if not isinstance(data, dict):
-            raise ElasticTokError(f"{path}: not a readable config (a JSON object is expected)")
-        family = data.get("family", UNNAMED_FAMILY)
+        data, family = read_config_json(directory)
         if family != cls.family:
             raise ElasticTokError(f"{directory}: a {family!r} model, not a {cls.__name__} one")
         if "family" not in {f.name for f in dataclasses.fields(cls.config_class)}:
             data.pop("family", None)
         try:
             return cls.config_class.from_dict(data)
-        except (TypeError, ValueError) as exc:
-            raise ElasticTokError(f"{path}: not a readable {cls.__name__} config ({exc})") from None
+        except ElasticTokError as exc:
+            raise ElasticTokError(f"{directory / CONFIG_NAME}: {exc}") from None
+        except (TypeError, ValueError) as exc:  # a malformed field the config's own checks do not name
+            raise ElasticTokError(f"{directory / CONFIG_NAME}: not a readable {cls.__name__} config ({exc})") from None

@@ -1,32 +1,28 @@
 """Model families by name, and loading any saved model with the class its ``config.json`` names.
 
-A new family registers here: its model class in ``FAMILIES``, its config class and presets in
-``CONFIGS`` and ``PRESETS`` (preset names are unique across families, so a training config's
-``model: flextok-tiny`` picks FlexTok). Directories saved before families existed have no
+A new family registers here: its model class in ``FAMILIES`` (``CONFIGS`` follows from its
+``config_class``) and its presets in ``PRESETS`` (preset names are unique across families, so a
+training config's ``model: flextok-tiny`` picks FlexTok). Directories saved before families existed have no
 ``family`` key and load as ElasticTok.
 """
 
 from __future__ import annotations
 
-import json
 import os
 
 import torch
 
 from ..errors import ElasticTokError
 from .elastictok.config import PRESETS as ELASTICTOK_PRESETS
-from .elastictok.config import ElasticTokConfig
 from .elastictok.model import ElasticTok
-from .files import CONFIG_NAME
+from .files import CONFIG_NAME, read_config_json
 from .flextok.config import PRESETS as FLEXTOK_PRESETS
-from .flextok.config import FlexTokConfig
 from .flextok.model import FlexTok
 from .pretrained import resolve_model_path
 
 FAMILIES: dict[str, type] = {ElasticTok.family: ElasticTok, FlexTok.family: FlexTok}
-CONFIGS: dict[str, type] = {ElasticTok.family: ElasticTokConfig, FlexTok.family: FlexTokConfig}
+CONFIGS: dict[str, type] = {family: model.config_class for family, model in FAMILIES.items()}
 PRESETS: dict[str, dict] = {ElasticTok.family: ELASTICTOK_PRESETS, FlexTok.family: FLEXTOK_PRESETS}
-DEFAULT_FAMILY = ElasticTok.family
 
 
 def family_of_preset(preset: str) -> str:
@@ -53,14 +49,11 @@ def model_class_for(config) -> type:
 
 def family_of(name_or_path: str | os.PathLike) -> str:
     """The family a saved model directory (or bundled name) belongs to."""
-    path = resolve_model_path(name_or_path) / CONFIG_NAME
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ElasticTokError(f"{path}: not a readable model config ({exc})") from None
-    family = data.get("family", DEFAULT_FAMILY) if isinstance(data, dict) else DEFAULT_FAMILY
+    directory = resolve_model_path(name_or_path)
+    family = read_config_json(directory)[1]
     if family not in FAMILIES:
-        raise ElasticTokError(f"{path}: unknown model family {family!r}; known: {', '.join(FAMILIES)}")
+        raise ElasticTokError(f"{directory / CONFIG_NAME}: unknown model family {family!r}; "
+                              f"known: {', '.join(FAMILIES)}")
     return family
 
 

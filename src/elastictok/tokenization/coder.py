@@ -84,7 +84,8 @@ class BlockCoder:
         self.passes = 0  # decoder passes (each may score several candidate counts)
         self.encoder_passes = 0  # one per block when the encoder does not read the kept mask
         self.evaluations = 0  # candidate counts scored, summed over streams
-        self._encoded: tuple[Tensor, object, KVCache] | None = None  # this block, every token kept, all streams
+        self._encoded: tuple[Tensor, KVCache] | None = None  # this block's encoder output, every token kept
+        self._latents = None  # ... and its latents, for a mask-free encoder's candidates
 
     @property
     def cached_tokens(self) -> int:
@@ -114,19 +115,21 @@ class BlockCoder:
         if self.model.encoder_reads_keep:
             self.encoder_passes += 1
             return self.model.encode_patches(patches[rows], mask, cache_rows(self.enc_cache, rows), self.start)
-        _, latents, enc_kv = self._all_kept(patches)
-        return self.model.drop_tokens(latents.rows(rows), mask), cache_rows(enc_kv, rows)
+        h, enc_kv = self._all_kept(patches)
+        if self._latents is None:
+            every = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
+            self._latents = self.model.latents_from_features(h, every)
+        return self.model.drop_tokens(self._latents.rows(rows), mask), cache_rows(enc_kv, rows)
 
-    def _all_kept(self, patches: Tensor) -> tuple[Tensor, object, KVCache]:
-        """This block encoded with every token kept, for all streams: features, latents and encoder cache.
+    def _all_kept(self, patches: Tensor) -> tuple[Tensor, KVCache]:
+        """This block's encoder output with every token kept, for all streams, and its encoder cache.
 
         One encoder pass per block, shared by every candidate count of a mask-free encoder and by
         ``features`` (the length head's input).
         """
         if self._encoded is None:
             every = torch.ones(patches.shape[:2], dtype=torch.bool, device=patches.device)
-            h, enc_kv = self.model.encoder_features(patches, every, self.enc_cache, self.start)
-            self._encoded = (h, self.model.latents_from_features(h, every), enc_kv)
+            self._encoded = self.model.encoder_features(patches, every, self.enc_cache, self.start)
             self.encoder_passes += 1
         return self._encoded
 
@@ -140,7 +143,7 @@ class BlockCoder:
         m = self.model.config.tokens_per_block
         self.enc_cache = trim_cache(trial.enc_kv, self.window, m)
         self.dec_cache = trim_cache(trial.dec_kv, self.window, m)
-        self._encoded = None
+        self._encoded = self._latents = None
         self.blocks_done += 1
 
 
