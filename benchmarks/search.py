@@ -35,6 +35,7 @@ from elastictok.media.transforms import to_model
 from elastictok.models.pretrained import sample_video
 from elastictok.tokenization.coder import BlockCoder
 from elastictok.tokenization.options import SEARCHES as LIBRARY_SEARCHES
+from elastictok.tokenization.options import TokenizeOptions
 from elastictok.tokenization.targets import TokenCount, parse_target
 from elastictok.tokenization.tokenizer import Tokenizer
 
@@ -181,7 +182,7 @@ def main() -> None:
     _, kwargs = rows.pop("full")  # the reference: run once, it takes longer than all the rest
     full, seconds["full"] = run(model, blocks, info, target, args.dtype, window=window, **kwargs)
     results: dict[str, object] = {"full": full}
-    context = Tokenizer(model, target, window=window).window
+    context = TokenizeOptions(window=window).resolve_window(model)
     floor, prover = float("inf"), None
     for _ in range(args.repeats):
         for name, (override, kwargs) in rows.items():

@@ -27,9 +27,9 @@ import torch
 from elastictok import ElasticTok
 from elastictok.media.blocks import iter_media_blocks
 from elastictok.media.transforms import to_model
-from elastictok.metrics.quality import block_mse
 from elastictok.models.pretrained import sample_video
 from elastictok.tokenization.coder import BlockCoder
+from elastictok.tokenization.length_head import error_curves
 from elastictok.tokenization.search import bisection, exhaustive, kary
 
 # A strategy: (lo, hi, guess) -> a generator that yields counts and is sent their log(MSE / threshold).
@@ -49,8 +49,7 @@ def record_curves(model, path: str, threshold: float, max_blocks: int | None) ->
             break
         x = to_model(block)[None]
         patches = model.patchify(x)
-        curve = torch.cat([block_mse(coder.trial(patches, chunk, torch.zeros(len(chunk)).long()).recon,
-                                     x.expand(len(chunk), -1, -1, -1, -1)) for chunk in counts.split(32)])
+        curve = error_curves(coder, x, patches, counts)[0]
         meeting = (curve <= threshold).nonzero()
         chosen = int(counts[meeting[0, 0]]) if len(meeting) else c.tokens_per_block
         coder.commit(coder.trial(patches, torch.tensor([chosen]), torch.zeros(1).long()))
