@@ -58,7 +58,8 @@ def main() -> None:
     print(f"{'variant':<40} {'k=0 dB':>7} {'k=1 dB':>7} {f'k={r} dB':>7} {'seconds':>8}")
     for name, overrides in VARIANTS.items():
         torch.manual_seed(0)
-        model = FlexTok(FlexTokConfig.from_preset("flextok-micro", cfg_dropout=0.0, patch_position="learned", **overrides))
+        config = FlexTokConfig.from_preset("flextok-micro", cfg_dropout=0.0, patch_position="learned", **overrides)
+        model = FlexTok(config)
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
         started = time.perf_counter()
         for _ in range(args.steps):

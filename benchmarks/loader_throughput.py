@@ -47,7 +47,8 @@ def main() -> None:
     args = parser.parse_args()
     shards = list_shards([args.shards])
     print(f"{torch.get_num_threads()} threads; batch {args.batch_size} clips x {args.blocks} blocks")
-    print(f"{'preset':<7} {'source':<14} {'workers':>7} {'loader fr/s':>11} {'train fp32':>10} {'train bf16':>10} {'loader/train':>12}")
+    print(f"{'preset':<7} {'source':<14} {'workers':>7} {'loader fr/s':>11} {'train fp32':>10} {'train bf16':>10} "
+          f"{'loader/train':>12}")
     for preset in args.presets:
         c = ElasticTokConfig.from_preset(preset)
         model = ElasticTok(c).train()

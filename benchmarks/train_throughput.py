@@ -40,8 +40,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size} clips x {args.blocks} blocks")
-    print(f"{'preset':<8} {'params':>8} {'tokens/step':>11} {'fp32 frames/s':>14} {'bf16 frames/s':>14} {'bf16/fp32':>9}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"batch {args.batch_size} clips x {args.blocks} blocks")
+    print(f"{'preset':<8} {'params':>8} {'tokens/step':>11} {'fp32 frames/s':>14} {'bf16 frames/s':>14} "
+          f"{'bf16/fp32':>9}")
     for preset in args.presets:
         config = ElasticTokConfig.from_preset(preset)
         torch.manual_seed(0)
@@ -58,7 +60,8 @@ def main() -> None:
         fps = {k: args.batch_size * frames / statistics.median(v) for k, v in timings.items()}
         params = sum(p.numel() for p in model.parameters()) / 1e6
         tokens = args.batch_size * args.blocks * config.tokens_per_block
-        print(f"{preset:<8} {params:>7.1f}M {tokens:>11} {fps[False]:>14.1f} {fps[True]:>14.1f} {fps[True] / fps[False]:>9.2f}")
+        print(f"{preset:<8} {params:>7.1f}M {tokens:>11} {fps[False]:>14.1f} {fps[True]:>14.1f} "
+              f"{fps[True] / fps[False]:>9.2f}")
 
 
 if __name__ == "__main__":

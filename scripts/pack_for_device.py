@@ -4,10 +4,11 @@
 
 A device call carries at most 64 MiB of working tree, and that machine has no PyAV or WebDataset
 and no network. This writes ``OUT/corpus/{train,heldout}`` (every video re-encoded as H.264 at the
-short side the default preset's training reads, 128, and evaluation reads, 64; photos as JPEG at 128)
-(held-out video at near-lossless crf 12, so that PSNR is measured against what the CPU runs see;
-training video at crf 20) and ``OUT/wheels`` (PyAV, WebDataset and braceexpand for the device's Python 3.12). It prints the
-total size; ``scripts/device_train.sh`` is the command that uses it (docs/training.md, "On a lent GPU").
+short side the default preset's training reads, 128, and evaluation reads, 64; photos as JPEG at 128;
+held-out video at near-lossless crf 12, so that PSNR is measured against what the CPU runs see,
+training video at crf 20) and ``OUT/wheels`` (PyAV, WebDataset and braceexpand for the device's
+Python 3.12). It prints the total size. ``scripts/device_train.py`` is what uses it (docs/training.md,
+"On a lent GPU").
 """
 
 from __future__ import annotations

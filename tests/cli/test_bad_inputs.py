@@ -295,8 +295,9 @@ def test_the_installed_entry_point_gives_one_line_and_never_hangs(corpus, model_
     """``python -m elastictok.cli`` with its own logging set-up and no pytest capture."""
     args = [str(corpus[a]) if a in corpus else a for a in args]
     try:
-        result = subprocess.run([sys.executable, "-m", "elastictok.cli", "encode", *args, "-o", str(tmp_path / "out"),
-                                 "--model", str(model_dir), "--no-progress"], capture_output=True, text=True, timeout=30)
+        command = [sys.executable, "-m", "elastictok.cli", "encode", *args, "-o", str(tmp_path / "out"),
+                   "--model", str(model_dir), "--no-progress"]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
     except subprocess.TimeoutExpired:
         pytest.fail(f"hang: {args}")
     lines = result.stderr.strip().splitlines()
@@ -552,7 +553,8 @@ def test_every_single_byte_flip_is_refused_or_harmless(model_dir, good_etok, tmp
                 accepted.append((i, mask))
         else:
             assert_refused(run)
-    assert not accepted, f"{len(accepted)} of {2 * len(data)} single-bit flips decode without complaint: {accepted[:20]}"
+    assert not accepted, (f"{len(accepted)} of {2 * len(data)} single-bit flips decode without complaint: "
+                          f"{accepted[:20]}")
 
 
 def hostile(good: Path, model_dir: Path, tmp_path: Path, codebook: int | None = None, **changes) -> Path:

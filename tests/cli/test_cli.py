@@ -75,7 +75,8 @@ def test_encode_with_two_workers_writes_the_same_tokens_in_order(model_dir, phot
         a, b = read_etok(tmp_path / "one" / name), read_etok(tmp_path / "two" / name)
         assert torch.equal(a.counts, b.counts) and torch.equal(a.tokens, b.tokens)
     (tmp_path / "bad.mp4").write_bytes(b"not a video")
-    mixed = cli("encode", inputs[1], str(tmp_path / "bad.mp4"), "-o", str(tmp_path / "mixed"), "--workers", "2", *common)
+    mixed = cli("encode", inputs[1], str(tmp_path / "bad.mp4"), "-o", str(tmp_path / "mixed"), "--workers", "2",
+                *common)
     assert mixed.returncode == 2 and "bad.mp4" in mixed.stderr and len(mixed.stderr.strip().splitlines()) == 1
     assert (tmp_path / "mixed" / "photo0.etok").exists() and not (tmp_path / "mixed" / "bad.etok").exists()
     too_many = cli("encode", inputs[1], "-o", str(tmp_path / "x"), "--workers", "999", *common)

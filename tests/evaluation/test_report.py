@@ -307,7 +307,9 @@ function grab(video) {  // the painted frame, one pixel per model pixel (the cen
   const g = c.getContext('2d'); g.drawImage(video, 0, 0);
   const d = g.getImageData(0, 0, c.width, c.height).data, out = [];
   for (let y = scale >> 1; y < c.height; y += scale)
-    for (let x = scale >> 1; x < c.width; x += scale) { const i = 4 * (y * c.width + x); out.push(d[i], d[i + 1], d[i + 2]); }
+    for (let x = scale >> 1; x < c.width; x += scale) {
+      const i = 4 * (y * c.width + x); out.push(d[i], d[i + 1], d[i + 2]);
+    }
   return out;
 }
 done([grab(p.original), grab(p.recon), Math.floor(p.original.currentTime * 10), Math.floor(p.recon.currentTime * 10)]);
@@ -324,7 +326,8 @@ def painted(browser, model) -> tuple[np.ndarray, np.ndarray, int, int]:
 
 def settled(driver) -> None:
     wait_for(driver, f"const o = {P}.original, r = {P}.recon; return o.paused && r.paused && !o.seeking && "
-                     "!r.seeking && o.readyState >= 2 && r.readyState >= 2 && Math.abs(o.currentTime - r.currentTime) < 1e-3")
+                     "!r.seeking && o.readyState >= 2 && r.readyState >= 2 && "
+                     "Math.abs(o.currentTime - r.currentTime) < 1e-3")
 
 
 def test_the_control_changes_the_reconstruction_and_the_numbers(browser, page, clip, model, max_tokens):

@@ -50,7 +50,8 @@ class Fixture:
         hooks = [getattr(self.model, name).register_forward_hook(
             lambda module, args, out, name=name: caught.__setitem__(name, out))
             for name in ("in_proj", "pre_quant", "post_quant")]
-        hooks.append(self.model.encoder.ln_f.register_forward_hook(lambda m, a, out: caught.__setitem__("enc_ln_f", out)))
+        hooks.append(self.model.encoder.ln_f.register_forward_hook(
+            lambda m, a, out: caught.__setitem__("enc_ln_f", out)))
         with torch.no_grad():
             latents, _ = self.model.encode_patches(self.vision if vision is None else vision, mask)
             recon, _ = self.model.decode_latents(latents.z)
@@ -116,7 +117,8 @@ def test_bottleneck_stages_match(fixture):
         close(fsq.bound(z_pre), expected["fsq_bounded"], 1e-6)
         close(fsq(z_pre), expected["z_q_unmasked"], 0)
         assert np.array_equal(latents.indices.numpy(), expected["fsq_indices"].astype(np.int64))
-        assert np.array_equal(fsq.codes_to_indices(fsq(z_pre)).numpy(), expected["fsq_indices_unmasked"].astype(np.int64))
+        assert np.array_equal(fsq.codes_to_indices(fsq(z_pre)).numpy(),
+                              expected["fsq_indices_unmasked"].astype(np.int64))
     else:
         close(latents.mean, expected["vae_mean"])
         close(latents.logvar, expected["vae_logvar"])
@@ -160,7 +162,8 @@ def test_fixed_length_path(fixture):
     codes = latents.z.view(2, 3, m, -1)[:, :, :n]
     close(codes, fixture.outputs["fixed_codes"])
     if latents.indices is not None:
-        assert np.array_equal(latents.indices.view(2, 3, m)[:, :, :n].numpy(), fixture.outputs["fixed_indices"].astype(np.int64))
+        assert np.array_equal(latents.indices.view(2, 3, m)[:, :, :n].numpy(),
+                              fixture.outputs["fixed_indices"].astype(np.int64))
     close(fixture.model.patchify(recon), fixture.outputs["fixed_recon_float"])
 
 

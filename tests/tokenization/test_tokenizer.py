@@ -56,7 +56,8 @@ def test_full_search_is_the_smallest_count_meeting_the_threshold(trained_micro, 
     threshold = 0.0
     errors = model(real_video, c.tokens_per_block).mse.item()
     threshold = errors * 2.0  # a threshold some counts meet and some do not
-    encoded = model.tokenize(real_video, f"mse:{threshold}", search="full", window=None)[0]  # the whole video as context
+    # the whole video as context
+    encoded = model.tokenize(real_video, f"mse:{threshold}", search="full", window=None)[0]
     from elastictok.metrics.quality import mse_per_block
     chosen: list[int] = []
     for k in range(3):
@@ -137,7 +138,8 @@ def test_targets_tokens_psnr_ssim_callable_and_budget(trained_micro, real_video)
     brightness = lambda recon, original: recon.float().mean(dim=(1, 2, 3, 4))  # noqa: E731
     custom = model.tokenize(real_video, Threshold(brightness, -2.0, higher_is_better=True))[0]
     assert custom.counts.tolist() == [c.min_tokens] * 3  # everything passes: the fewest tokens
-    small, large = (model.tokenize(real_video, Budget(b))[0] for b in (3 * c.min_tokens + 6, 3 * c.tokens_per_block - 3))
+    budgets = (3 * c.min_tokens + 6, 3 * c.tokens_per_block - 3)
+    small, large = (model.tokenize(real_video, Budget(b))[0] for b in budgets)
     assert small.counts.sum() <= 3 * c.min_tokens + 6 and large.counts.sum() <= 3 * c.tokens_per_block - 3
     assert large.counts.sum() > small.counts.sum()
     with pytest.raises(ElasticTokError, match="below the minimum"):
@@ -266,7 +268,8 @@ def test_token_file_reader_survives_fuzzing(trained_micro, real_video, tmp_path)
         for _ in range(rng.randint(1, 4)):
             data[rng.randrange(len(data))] = rng.randrange(256)
         damaged.append(bytes(data))
-    damaged += [b"", b"\xff" * 8 + b"{}", (10**12).to_bytes(8, "little") + b"{", b"\x10\x00\x00\x00\x00\x00\x00\x00[1,2]   "]
+    damaged += [b"", b"\xff" * 8 + b"{}", (10**12).to_bytes(8, "little") + b"{",
+                b"\x10\x00\x00\x00\x00\x00\x00\x00[1,2]   "]
     target = tmp_path / "bad.etok"
     accepted = 0
     for data in damaged:
