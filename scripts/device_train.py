@@ -1,4 +1,4 @@
-"""Train the default preset and its fixed-length baselines side by side on one lent GPU, in fixed minutes.
+"""Train the default preset, its fixed-length baselines and a half-width model together on one lent GPU.
 
     python scripts/device_train.py --minutes 5 --out $OUT [--runs elastic full ...] [--device cuda]
 
@@ -38,13 +38,15 @@ COMMON = {  # the default preset's recipe (configs/default.yaml) at a GPU's batc
     "warmup_steps": 200, "schedule": "cosine", "bf16": True, "eval_keep_fractions": [0.0625, 0.25, 0.5, 1.0],
     "log_every": 10, "progress": False, "num_workers": 2,
 }
-RUNS = {  # name: what differs (docs/results/README.md: the same four as v2's, plus v4 continued)
+RUNS = {  # name: what differs (docs/results/README.md: the four of v2, v4 continued, half width)
     "elastic": {"mask": "elastic+full", "mask_lengths": 2},
     "full": {"mask": "full"},
     "fixed-0.5": {"mask": "fixed:0.5"},
     "fixed-0.25": {"mask": "fixed:0.25"},
     "continued": {"mask": "elastic+full", "mask_lengths": 2, "lr": 5.0e-4, "warmup_steps": 50,
                   "init_from": str(ROOT / "src/elastictok/weights/default")},
+    "narrow": {"mask": "elastic+full", "mask_lengths": 2,  # the second size of the size curve
+               "model_overrides": {"width": 128, "num_heads": 2, "mlp_width": 256}},
 }
 CALIBRATION_STEPS = (10, 30)  # time the steps between these two
 STARTUP_SECONDS = 60  # loading the corpus, the first evaluation and saving, per phase
