@@ -15,6 +15,7 @@ import os
 import json
 import math
 import random
+import shutil
 import signal
 import struct
 import subprocess
@@ -25,8 +26,10 @@ from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from elastictok import ElasticTok, ElasticTokConfig, ElasticTokError
 from elastictok.cli import main
@@ -134,7 +137,6 @@ def bomb_png(path: Path, width: int, height: int) -> None:
 
 def audio_only_mp4(path: Path) -> bool:
     import av
-    import numpy as np
 
     try:
         with av.open(str(path), "w") as container:
@@ -407,6 +409,17 @@ BAD_MODELS = [
     case("all-nan-weights", _fill(math.nan), "finite"),
     case("all-inf-weights", _fill(math.inf), "finite"),
     case("one-nan-weight", _one_nan, "finite"),
+    case("norm-eps-is-text", _set(norm_eps="x"), "norm_eps"),
+    case("rope-theta-nan", lambda config, state: json.dumps({**config, "rope_theta": math.nan}), "rope_theta"),
+    case("rope-theta-0", _set(rope_theta=0), "rope_theta"),
+    case("norm-eps-negative", _set(norm_eps=-1), "norm_eps"),
+    case("init-std-is-text", _set(init_std="x"), "init_std"),
+    case("window-fraction", _set(window=2.5), "window"),
+    case("name-is-a-number", _set(name=5), "name"),
+    case("resolution-huge", _set(resolution=[1048576, 1048576]), "resolution"),
+    case("fsq-level-fraction", _set(fsq_levels=[8.7, 8, 8]), "fsq_levels"),
+    case("min-tokens-fraction", _set(min_tokens=2.5), "min_tokens"),
+    case("flag-is-text", _set(encoder_mask_conditioning="no"), "encoder_mask_conditioning"),
 ]
 
 
@@ -658,6 +671,37 @@ def test_pipes_and_devices_are_refused_not_read(model_dir, tmp_path, command, na
     run = cli(command, path, "-o", output, *encode_args(model_dir, *(["--tokens", "4"] if command == "encode" else [])),
               timeout=20)
     assert_refused(run, name, "pipe or device")
+    assert not output.exists()
+
+
+@pytest.mark.parametrize("name, kind", [
+    case("model-config-pipe", "model/config.json", "pipe"),
+    case("model-config-zeros", "model/config.json", "zeros"),
+    case("model-weights-pipe", "model/model.safetensors", "pipe"),
+    case("training-config-pipe", "run.yaml", "pipe"),
+    case("length-head-pipe", "head.safetensors", "pipe"),
+    case("official-checkpoint-pipe", "params.streaming", "pipe"),
+    case("official-config-zeros", "official.json", "zeros"),
+])
+def test_pipes_and_devices_behind_models_and_configs_are_refused_not_read(model_dir, tmp_path, name, kind):
+    path = tmp_path / name
+    if path.parent.name == "model":  # a copy of the model with this one file replaced
+        shutil.copytree(model_dir, path.parent)
+        path.unlink()
+    if kind == "pipe":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    image, output = tmp_path / "small.png", tmp_path / "out"
+    Image.fromarray(np.full((16, 16, 3), 128, np.uint8)).save(image)
+    encode = ["encode", image, "-o", output, "--tokens", "4", "--no-progress"]
+    args = {"model": [*encode, "--model", path.parent],
+            "run.yaml": ["train", "--config", path],
+            "head.safetensors": [*encode[:4], "--search", "regression", "--length-head", path, "--model", model_dir],
+            "params.streaming": ["convert-official", path, "--preset", "official-fsq-200m", "-o", output],
+            "official.json": ["convert-official", image, "--official-config", path, "-o", output],
+            }[path.parent.name if path.parent.name == "model" else name]
+    assert_refused(cli(*args, timeout=20), path.name, "pipe or device")
     assert not output.exists()
 
 

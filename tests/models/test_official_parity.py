@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import msgpack
 import numpy as np
 import pytest
 import torch
@@ -190,8 +191,42 @@ def test_damaged_checkpoints_give_one_line_errors(tmp_path):
         convert_official(garbage, cfg, progress=False)
     with pytest.raises(ElasticTokError, match="does not fit config|shapes differ"):
         convert_official(FIXTURES / "vae" / "params.streaming", cfg, progress=False)
-    with pytest.raises(ElasticTokError, match="cannot open"):
+    with pytest.raises(ElasticTokError, match="no such file"):
         list(read_official_params(tmp_path / "absent"))
+
+
+def _streaming(tmp_path: Path, key, payload: bytes) -> Path:
+    """A one-entry checkpoint in the original's streaming layout: msgpack [key, ext(1, payload)] pairs."""
+    path = tmp_path / "hostile.streaming"
+    path.write_bytes(msgpack.packb([key, msgpack.packb(msgpack.ExtType(1, payload))]))
+    return path
+
+
+@pytest.mark.parametrize("key, triple", [
+    ("encoder/in_proj/kernel", [[2], "banana", b"\0" * 8]),  # no such dtype
+    ("encoder/in_proj/kernel", [[2], "complex64", b"\0" * 16]),  # not a floating-point weight
+    ("encoder/in_proj/kernel", [[2], "<U1", b"\0" * 8]),  # text
+    ("encoder/in_proj/kernel", ["ab", "<f4", b"\0" * 8]),  # no shape
+    ("encoder/in_proj/kernel", 5),  # not a triple
+    (5, [[2], "<f4", b"\0" * 8]),  # a key that is no path of names
+    (None, [[2], "<f4", b"\0" * 8]),
+])
+def test_hostile_checkpoint_entries_give_one_line_errors(tmp_path, key, triple):
+    path = _streaming(tmp_path, key, msgpack.packb(triple))
+    with pytest.raises(ElasticTokError):
+        list(read_official_params(path, progress=False))
+
+
+@pytest.mark.parametrize("change", [{"theta": "abc"}, {"patch_size": 8}, {"frames_per_block": None},
+                                    {"max_toks": "32"}, {"hidden_size": 2.5}])
+def test_hostile_official_configs_give_one_line_errors(change):
+    meta = json.loads((FIXTURES / "fsq" / "config.json").read_text())
+    official = {**meta["elastic_config"], **change}
+    with pytest.raises(ElasticTokError):
+        config_from_official(official, meta["resolution"])
+    del official[next(iter(change))]
+    with pytest.raises(ElasticTokError, match="no "):
+        config_from_official(official, meta["resolution"])
 
 
 @pytest.mark.parametrize("search", ["full", "binary", "batched"])

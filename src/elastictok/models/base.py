@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 
@@ -82,6 +83,26 @@ def refuse_unknown_fields(cls: type, names: Any, message: str) -> None:
         raise ElasticTokError(f"{message}: {', '.join(unknown)}")
 
 
+def _holds(value: Any, annotation: str) -> bool:
+    """Whether ``value`` is of the kind a config field's annotation (a string: ``int``, ``float``, ``bool``,
+    ``str``, ``int | None``, ``tuple[int, int]``, ``tuple[int, ...]``, ``Literal[...]``) names."""
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    if annotation == "int | None":
+        return value is None or is_int(value)
+    if annotation == "int":
+        return is_int(value)
+    if annotation == "float":
+        return (is_int(value) or isinstance(value, float)) and math.isfinite(value)
+    if annotation == "bool":
+        return isinstance(value, bool)
+    if annotation == "str" or annotation.startswith("Literal["):
+        return isinstance(value, str)  # a Literal's choices are each config's own check
+    if annotation.startswith("tuple["):
+        length = None if "..." in annotation else annotation.count("int")
+        return isinstance(value, (list, tuple)) and all(map(is_int, value)) and length in (None, len(value))
+    raise TypeError(f"no check for config fields annotated {annotation!r}")
+
+
 class ConfigFile:
     """``to_dict``, ``from_dict`` and ``fingerprint`` for a family's config dataclass.
 
@@ -94,6 +115,14 @@ class ConfigFile:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def check_field_types(self) -> None:
+        """Every field holds the kind its annotation names (a list for a tuple, as JSON gives it; an int for
+        a float), numbers finite; one line naming each field that does not (a config.json is user input)."""
+        wrong = [f"{f.name} must be {f.type}, got {getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+                 if not _holds(getattr(self, f.name), f.type)]
+        if wrong:
+            raise ElasticTokError(f"invalid {type(self).__name__}: " + "; ".join(wrong))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Any:

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import ElasticTokError
-from ..utils.fileio import atomic_path
+from ..utils.fileio import atomic_path, check_input_file, read_small_file
 from .pretrained import resolve_model_path
 
 WEIGHTS_NAME = "model.safetensors"
@@ -29,9 +29,10 @@ Model = TypeVar("Model", bound="PretrainedFiles")
 def read_config_json(directory: Path) -> tuple[dict[str, Any], str]:
     """A model directory's ``config.json`` as a dict, and the family it names; one line if unreadable."""
     path = directory / CONFIG_NAME
+    raw = read_small_file(path, "a model config")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        data = json.loads(raw.decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError too
         raise ElasticTokError(f"{path}: not a readable config ({exc})") from None
     if not isinstance(data, dict):
         raise ElasticTokError(f"{path}: not a readable config (a JSON object is expected)")
@@ -66,7 +67,7 @@ class PretrainedFiles:
         """Load from a ``save_pretrained`` directory or a bundled model's name; never downloads."""
         directory = resolve_model_path(name_or_path)
         model = cls(cls._read_config(directory))
-        weights = directory / WEIGHTS_NAME
+        weights = check_input_file(directory / WEIGHTS_NAME, "a safetensors file")
         try:
             state = load_file(str(weights), device=str(map_location))
         except Exception as exc:  # safetensors raises several types for damaged files

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..errors import ElasticTokError
 from ..metrics.quality import block_mse
-from ..utils.fileio import atomic_path
+from ..utils.fileio import atomic_path, check_input_file
 from .coder import BlockCoder
 from .targets import Target, Threshold
 
@@ -148,6 +148,7 @@ class LengthHead(nn.Module):
     def load(cls, path: str | os.PathLike, model) -> "LengthHead":
         """A saved head, checked against ``model``: the same config and the same weights it was trained on."""
         from safetensors import safe_open
+        path = check_input_file(path, "a length head")
         try:
             with safe_open(str(path), "pt") as f:
                 meta = f.metadata() or {}
@@ -156,6 +157,15 @@ class LengthHead(nn.Module):
             head.load_state_dict(load_file(str(path)))
         except Exception as exc:
             raise ElasticTokError(f"{path}: not a readable length head ({str(exc).splitlines()[0][:120]})") from None
+        c = model.config
+        counts_fit = head.counts == sorted(set(head.counts)) and head.counts[-1] == c.tokens_per_block \
+            and head.counts[0] >= c.min_tokens
+        if not counts_fit or not 0 <= head.margin < 10:
+            raise ElasticTokError(f"{path}: a damaged length head (counts {head.counts[:3]}..{head.counts[-1:]}, "
+                                  f"margin {head.margin}; counts must rise from >= {c.min_tokens} to "
+                                  f"{c.tokens_per_block} and the margin lie in [0, 10))")
+        if not all(torch.isfinite(p).all() for p in head.parameters()):
+            raise ElasticTokError(f"{path}: a damaged length head (weights that are NaN or Inf)")
         if head.config_hash != model.config.fingerprint():
             raise ElasticTokError(f"{path}: this length head was trained for another model")
         if head.weights_hash and head.weights_hash != model.weights_digest():

@@ -18,6 +18,7 @@ import yaml
 from ..errors import ElasticTokError
 from ..models.base import refuse_unknown_fields
 from ..models.registry import config_from_preset
+from ..utils.fileio import read_small_file
 from .masks import KeepSampler
 
 CHOICES = {"schedule": ("cosine", "constant"), "distributed": ("ddp", "fsdp")}
@@ -131,19 +132,11 @@ class TrainConfig:
             raise ElasticTokError(f"model_overrides: {exc}") from None
 
 
-MAX_CONFIG_BYTES = 1 << 20
-
-
 def _read_yaml(path: Path) -> dict:
-    """A YAML mapping from ``path``, read whole up to 1 MiB (so a device such as /dev/zero cannot hang it)."""
+    """A YAML mapping from ``path``, a regular file of at most 1 MiB (a pipe or /dev/zero cannot hang it)."""
+    raw = read_small_file(path, "a training config")
     try:
-        with open(path, "rb") as file:
-            raw = file.read(MAX_CONFIG_BYTES + 1)
-        if len(raw) > MAX_CONFIG_BYTES:
-            raise ElasticTokError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes, not a training config")
         data = yaml.safe_load(raw.decode("utf-8")) or {}
-    except OSError as exc:
-        raise ElasticTokError(f"{path}: cannot read training config ({exc.strerror})") from None
     except UnicodeDecodeError:
         raise ElasticTokError(f"{path}: cannot read training config (not UTF-8 text)") from None
     except yaml.YAMLError as exc:

@@ -103,3 +103,20 @@ def check_input_file(path: str | os.PathLike, what: str) -> Path:
     if not stat.S_ISREG(mode):
         raise ElasticTokError(f"{path}: is a pipe or device, not {what}")
     return path
+
+
+MAX_SMALL_FILE_BYTES = 1 << 20
+
+
+def read_small_file(path: str | os.PathLike, what: str, limit: int = MAX_SMALL_FILE_BYTES) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (a config), refused in one line otherwise:
+    a pipe would block the read forever and a device such as /dev/zero would never end."""
+    path = check_input_file(path, what)
+    try:
+        with open(path, "rb") as file:
+            raw = file.read(limit + 1)
+    except OSError as exc:
+        raise ElasticTokError(f"{path}: cannot read {what} ({exc.strerror})") from None
+    if len(raw) > limit:
+        raise ElasticTokError(f"{path}: larger than {limit} bytes, not {what}")
+    return raw

@@ -10,6 +10,9 @@ from ...errors import ElasticTokError
 from ..base import ConfigFile
 
 
+MAX_RESOLUTION = 8192  # pixels per side: larger frames would not fit in memory at any batch
+
+
 @dataclass
 class ElasticTokConfig(ConfigFile):
     """Everything that fixes an ElasticTok model's shape and numerics.
@@ -53,6 +56,7 @@ class ElasticTokConfig(ConfigFile):
     name: str = "custom"
 
     def __post_init__(self) -> None:
+        self.check_field_types()
         # JSON round trips turn tuples into lists; normalise them back.
         self.resolution = tuple(int(v) for v in self.resolution)
         self.patch_size = tuple(int(v) for v in self.patch_size)
@@ -101,8 +105,8 @@ class ElasticTokConfig(ConfigFile):
                 problems.append(f"{name} must be an integer >= {smallest}, got {value!r}")
         if len(self.patch_size) != 3 or min(self.patch_size, default=0) < 1:
             problems.append(f"patch_size must be three positive integers (Tp, Hp, Wp), got {self.patch_size}")
-        if len(self.resolution) != 2 or min(self.resolution, default=0) < 1:
-            problems.append(f"resolution must be two positive integers (H, W), got {self.resolution}")
+        if len(self.resolution) != 2 or not 1 <= min(self.resolution) <= max(self.resolution) <= MAX_RESOLUTION:
+            problems.append(f"resolution must be two integers (H, W) in [1, {MAX_RESOLUTION}], got {self.resolution}")
         if self.bottleneck == "fsq" and not self.fsq_levels:
             problems.append("fsq_levels must not be empty")
         if self.bottleneck == "vae" and not (isinstance(self.vae_latent_dim, int) and self.vae_latent_dim >= 1):
@@ -121,6 +125,9 @@ class ElasticTokConfig(ConfigFile):
             problems.append(f"resolution {h}x{w} is not divisible by the patch {hp}x{wp}")
         if self.width % self.num_heads or self.head_dim % 2:
             problems.append(f"width {self.width} must split into {self.num_heads} heads of even size")
+        if not (self.rope_theta > 0 and self.norm_eps > 0 and self.init_std > 0 and self.kl_weight >= 0):
+            problems.append(f"rope_theta, norm_eps and init_std must be > 0 and kl_weight >= 0, got {self.rope_theta}, "
+                            f"{self.norm_eps}, {self.init_std} and {self.kl_weight}")
         if self.bottleneck not in ("fsq", "vae"):
             problems.append(f"bottleneck must be 'fsq' or 'vae', got {self.bottleneck!r}")
         if self.bottleneck == "fsq" and any(level < 2 for level in self.fsq_levels):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 from typing import Any, Iterator
 
 import msgpack
@@ -20,6 +19,7 @@ from tqdm import tqdm
 
 from .config import ElasticTokConfig
 from ...errors import ElasticTokError
+from ...utils.fileio import check_input_file, read_small_file
 from .model import ElasticTok
 
 _FLAX_NDARRAY_EXT = 1
@@ -54,8 +54,14 @@ def _decode_array(payload: bytes) -> np.ndarray:
     def ext_hook(code: int, data: bytes) -> Any:
         if code != _FLAX_NDARRAY_EXT:
             raise ElasticTokError(f"unsupported msgpack extension type {code} in checkpoint")
-        shape, dtype, buffer = msgpack.unpackb(data, raw=False)
-        return np.frombuffer(buffer, dtype=np.dtype(dtype)).reshape(shape)
+        try:
+            shape, dtype, buffer = msgpack.unpackb(data, raw=False)
+            array = np.frombuffer(buffer, dtype=np.dtype(dtype)).reshape(shape)
+        except (TypeError, ValueError) as exc:  # a malformed (shape, dtype, buffer) triple
+            raise ElasticTokError(f"malformed array in checkpoint ({exc})") from None
+        if not np.issubdtype(array.dtype, np.floating):
+            raise ElasticTokError(f"checkpoint array of dtype {array.dtype}, not floating point")
+        return array
 
     value = msgpack.unpackb(payload, ext_hook=ext_hook, raw=False)
     if not isinstance(value, np.ndarray):
@@ -65,7 +71,7 @@ def _decode_array(payload: bytes) -> np.ndarray:
 
 def read_official_params(path: str | os.PathLike, progress: bool = True) -> Iterator[tuple[str, np.ndarray]]:
     """Yield ``("encoder/in_proj/kernel", array)`` pairs one at a time from a streaming checkpoint."""
-    path = Path(path)
+    path = check_input_file(path, "an original checkpoint")
     try:
         handle = path.open("rb")
     except OSError as exc:
@@ -81,9 +87,15 @@ def read_official_params(path: str | os.PathLike, progress: bool = True) -> Iter
                 key, payload = item
                 if isinstance(key, (list, tuple)):
                     key = "/".join(str(k) for k in key)
+                if not isinstance(key, str):
+                    raise ElasticTokError(f"{path}: a tensor named {key!r}, not a path of names")
                 if key.startswith("params/"):
                     key = key[len("params/"):]
-                yield key, _decode_array(payload)
+                try:
+                    array = _decode_array(payload)
+                except ElasticTokError as exc:
+                    raise ElasticTokError(f"{path}: {key}: {exc}") from None
+                yield key, array
                 new_position = unpacker.tell()
                 bar.update(new_position - position)
                 position = new_position
@@ -143,10 +155,23 @@ def convert_official(path: str | os.PathLike, config: ElasticTokConfig, progress
 def config_from_official(official: dict[str, Any], resolution: int | tuple[int, int],
                          name: str = "official") -> ElasticTokConfig:
     """Translate the original's config fields (hidden_size, max_toks, ...) into an ElasticTokConfig."""
-    res = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
     if official.get("num_encoder_layers") is None:
         raise ElasticTokError("not an original ElasticTok config: no num_encoder_layers")
-    config = ElasticTokConfig(
+    try:
+        config, max_toks = _translate(official, resolution, name), official["max_toks"]
+    except KeyError as exc:
+        raise ElasticTokError(f"not an original ElasticTok config: no {exc.args[0]}") from None
+    except (TypeError, ValueError) as exc:  # a field of the wrong kind, e.g. theta "abc"
+        raise ElasticTokError(f"not an original ElasticTok config: {exc}") from None
+    if config.tokens_per_block != max_toks:
+        raise ElasticTokError(f"config gives {config.tokens_per_block} tokens per block, "
+                              f"the original says {max_toks!r}")
+    return config
+
+
+def _translate(official: dict[str, Any], resolution: Any, name: str) -> ElasticTokConfig:
+    res = (resolution, resolution) if isinstance(resolution, int) else tuple(int(r) for r in resolution)
+    return ElasticTokConfig(
         name=name, resolution=res, frames_per_block=official["frames_per_block"],
         patch_size=tuple(official["patch_size"]), width=official["hidden_size"],
         encoder_depth=official["num_encoder_layers"], decoder_depth=official["num_decoder_layers"],
@@ -156,10 +181,6 @@ def config_from_official(official: dict[str, Any], resolution: int | tuple[int, 
         fsq_levels=tuple(official.get("fsq_quant_levels", (8, 8, 8, 5, 5, 5))),
         vae_latent_dim=official.get("vae_bottleneck_dim", 8), min_tokens=official["min_toks"],
     )
-    if config.tokens_per_block != official["max_toks"]:
-        raise ElasticTokError(f"config gives {config.tokens_per_block} tokens per block, "
-                              f"the original says {official['max_toks']}")
-    return config
 
 
 def config_from_official_file(path: str | os.PathLike, name: str = "official") -> ElasticTokConfig:
@@ -167,8 +188,8 @@ def config_from_official_file(path: str | os.PathLike, name: str = "official") -
     import json
 
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
+        data = json.loads(read_small_file(path, "an official config").decode("utf-8"))
+    except ValueError as exc:
         raise ElasticTokError(f"{path}: not a readable JSON config ({exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("elastic_config", data), dict):
         raise ElasticTokError(f"{path}: not an official config (expected a JSON object of fields)")
