@@ -755,12 +755,23 @@ EVAL = ["eval", "{png}", "--out", "{tmp}/o", "--baseline", "{model}", "--fractio
     case("data-shard-size-zero", ["data", "shard", "{png}", "{tmp}/o", "--shard-size", "0"], "shard-size"),
     case("length-head-steps-zero", ["train-length-head", "{png}", "-o", "{tmp}/h.safetensors", "--steps", "0"],
          "steps"),
-    case("decode-o-is-the-input", ["decode", "{tmp}/x.png", "-o", "{tmp}/x.png"], "is the input"),
-    case("reconstruct-o-is-the-input", ["reconstruct", "{tmp}/x.png", "-o", "{tmp}/x.png"], "is the input"),
+    case("decode-o-is-the-input", ["decode", "{tmp}/x.png", "-o", "{tmp}/x.png"], "is an input"),
+    case("reconstruct-o-is-the-input", ["reconstruct", "{tmp}/x.png", "-o", "{tmp}/x.png"], "is an input"),
     case("reconstruct-plot-path-is-a-folder", ["reconstruct", "{png}", "-o", "{tmp}/r.png"], "r_tokens.png"),
+    case("length-head-o-is-the-model", ["train-length-head", "{png}", "-o", "{model}/model.safetensors"],
+         "is an input"),
+    case("length-head-o-is-an-input", ["train-length-head", "{tmp}/x.safetensors", "-o", "{tmp}/x.safetensors"],
+         "is an input"),
+    case("length-head-o-not-safetensors", ["train-length-head", "{png}", "-o", "{tmp}/x.png"], ".safetensors"),
+    case("encode-o-empty", ["encode", "{png}", "-o", ""], "empty"),
+    case("decode-o-empty", ["decode", "{tmp}/x.png", "-o", " "], "empty"),
+    case("eval-out-empty", [*EVAL[:3], "", *EVAL[4:6]], "empty"),
+    case("corpus-destination-empty", ["tokenize-corpus", "{png}", ""], "empty"),
 ])
 def test_bad_arguments_of_every_command_are_refused(corpus, model_dir, tmp_path, args, word):
     (tmp_path / "x.png").write_bytes(corpus["good_png"].read_bytes())
+    (tmp_path / "x.safetensors").write_bytes(corpus["good_png"].read_bytes())
+    weights = (model_dir / "model.safetensors").read_bytes()
     (tmp_path / "r_tokens.png").mkdir()
     before = snapshot(tmp_path)
     argv = [a.format(png=corpus["good_png"], tmp=tmp_path, model=model_dir) for a in args]
@@ -768,6 +779,39 @@ def test_bad_arguments_of_every_command_are_refused(corpus, model_dir, tmp_path,
     assert_refused(cli(*argv, *model), word)
     assert_nothing_left(tmp_path, before)
     assert (tmp_path / "x.png").read_bytes() == corpus["good_png"].read_bytes()
+    assert (tmp_path / "x.safetensors").read_bytes() == corpus["good_png"].read_bytes()
+    assert (model_dir / "model.safetensors").read_bytes() == weights
+
+
+def test_an_output_named_as_long_as_the_file_system_allows_is_written(corpus, model_dir, tmp_path):
+    stem = "x" * 240  # x...x.etok is 245 characters, under the usual limit of 255; its temporary's name is not
+    image = tmp_path / f"{stem}.png"
+    image.write_bytes(corpus["good_png"].read_bytes())
+    run = cli("encode", image, "-o", tmp_path / "out", *encode_args(model_dir, "--tokens", "4"))
+    assert run.crash is None and run.code == 0, str(run)
+    assert (tmp_path / "out" / f"{stem}.etok").is_file()
+    no_temporaries(tmp_path)
+
+
+def test_sigterm_unwinds_like_ctrl_c_and_leaves_no_temporary(tmp_path):
+    from elastictok.cli.main import _terminate_as_interrupt
+    from elastictok.utils.fileio import atomic_path
+
+    with pytest.raises(KeyboardInterrupt), _terminate_as_interrupt(), atomic_path(tmp_path / "out.mp4") as tmp:
+        tmp.write_bytes(b"half a video")
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is the CLI's only while it runs
+
+
+def test_library_warnings_are_one_line_each(tmp_path):
+    text_tiff = tmp_path / "text.tif"  # PIL warns "Corrupt EXIF data" (two lines with its source) and fails
+    text_tiff.write_bytes(b"II*\0hello\n")
+    run = subprocess.run([sys.executable, "-m", "elastictok.cli", "encode", str(text_tiff), "-o", str(tmp_path / "o"),
+                          "--tokens", "4", "--no-progress"], capture_output=True, text=True, timeout=120)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and lines[-1].startswith("error: "), run.stderr
+    assert all(line.startswith(("WARNING: ", "error: ")) for line in lines), run.stderr
 
 
 def test_an_output_that_cannot_be_written_fails_that_input_only(corpus, model_dir, tmp_path):
@@ -792,6 +836,8 @@ def test_an_official_config_that_is_not_an_object_is_refused(tmp_path):
 
 # ---- training configs ------------------------------------------------------------------------------------------
 BAD_TRAIN_CONFIGS = [
+    case("train-out-dir-empty", "out_dir: ''", "out_dir"),
+    case("train-seed-huge", "seed: 99999999999999999999999", "seed"),
     case("train-betas-number", "betas: 5", "betas"),
     case("train-betas-three", "betas: [0.9, 0.9, 0.9]", "betas"),
     case("train-key-not-text", "1: 2", "unknown"),

@@ -4,9 +4,13 @@ in one line on stderr and exit code 2."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
+import warnings
 from pathlib import Path
 
 from ..errors import ElasticTokError
@@ -119,9 +123,17 @@ def _encode(args: argparse.Namespace) -> None:
 
 
 def _train_length_head(args: argparse.Namespace) -> None:
+    from ..models.files import CONFIG_NAME, WEIGHTS_NAME
+    from ..models.pretrained import resolve_model_path
     from ..tokenization.targets import parse_target
     from ..training.length_head import train_length_head
+    from ..utils.fileio import check_output_file
 
+    output = Path(args.output)
+    if output.suffix != ".safetensors":
+        raise ElasticTokError(f"-o {output}: a length head is written as a .safetensors file")
+    weights = [resolve_model_path(args.model) / name for name in (WEIGHTS_NAME, CONFIG_NAME)]
+    check_output_file(output, *args.inputs, *(args.eval or []), *weights)  # before any work
     model = _load_model(args)
     target = parse_target(args.threshold)
     head, report = train_length_head(model, args.inputs, target, steps=args.steps, eval_inputs=args.eval,
@@ -245,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
     try:
-        args.func(args)
+        with _one_line_warnings(), _terminate_as_interrupt():
+            args.func(args)
         code = 0
     except ElasticTokError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -263,6 +276,33 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+@contextlib.contextmanager
+def _one_line_warnings():
+    """Libraries' warnings (PIL's corrupt EXIF, torch's) as one ``WARNING:`` line each, not two with source."""
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *_: logging.getLogger("elastictok").warning(
+            str(message).splitlines()[0] if str(message) else type(message).__name__)
+        yield
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (a killed job, a closed terminal's shell) unwinds like Ctrl-C, so that every atomic writer
+    removes its temporary file and worker pools are shut down."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _leave_process_group() -> bool:

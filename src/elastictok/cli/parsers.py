@@ -19,6 +19,13 @@ def _fps(text: str) -> float:
     return value
 
 
+def _output_path(text: str) -> str:
+    """An output path names something: an empty one would silently mean the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; name the output")
+    return text
+
+
 def _positive_int(text: str) -> int:
     if not text.isdecimal() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
@@ -83,7 +90,7 @@ def _add_encode(sub, commands: dict) -> None:
                        description="Tokenize each input with the fewest tokens per block that meet the target; "
                                    "writes DIR/<name>.etok per input.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files")
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
+    p.add_argument("-o", "--output", required=True, type=_output_path, metavar="DIR", help="output directory")
     _add_model_args(p)
     _add_target_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object per input on stdout")
@@ -100,7 +107,8 @@ def _add_decode(sub, commands: dict) -> None:
     p = sub.add_parser("decode", help="decode an .etok file to a video or image",
                        description="Decode tokens back to a video (.mp4) or image (.png/.jpg).")
     p.add_argument("tokens_file", metavar="FILE.etok")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.mp4 for videos, OUT.png for images")
+    p.add_argument("-o", "--output", required=True, type=_output_path,
+                   metavar="OUT", help="OUT.mp4 for videos, OUT.png for images")
     _add_model_args(p)
     p.set_defaults(func=commands["decode"])
 
@@ -111,7 +119,8 @@ def _add_reconstruct(sub, commands: dict) -> None:
                                    "side (tokens per block drawn on each frame), plus OUT's name with "
                                    "_tokens.png: a plot of tokens per block over time.")
     p.add_argument("input", metavar="INPUT")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.mp4 (or OUT.png for an image)")
+    p.add_argument("-o", "--output", required=True, type=_output_path,
+                   metavar="OUT", help="OUT.mp4 (or OUT.png for an image)")
     _add_model_args(p)
     _add_target_args(p)
     p.set_defaults(func=commands["reconstruct"])
@@ -123,7 +132,7 @@ def _add_tokenize_corpus(sub, commands: dict) -> None:
                                    "plain python or torchrun (each rank takes its shards); finished shards are "
                                    "skipped when rerun after a crash.")
     p.add_argument("sources", nargs="+", metavar="SRC", help="folders or files")
-    p.add_argument("destination", metavar="DST", help="output folder")
+    p.add_argument("destination", metavar="DST", type=_output_path, help="output folder")
     p.add_argument("--shard-size", type=_positive_int, default=100, help="inputs per shard (default: %(default)s)")
     _add_workers_arg(p)
     _add_model_args(p)
@@ -145,7 +154,8 @@ def _add_eval(sub, commands: dict) -> None:
     p.add_argument("--fractions", default="0.0625,0.125,0.25,0.375,0.5,0.75,1",
                    help="fixed token shares at which both models are measured (default: %(default)s)")
     p.add_argument("--search", choices=["binary", "full", "batched"], default="binary")
-    p.add_argument("--out", default="eval", metavar="DIR", help="output folder (default: %(default)s)")
+    p.add_argument("--out", default="eval", metavar="DIR", type=_output_path,
+                   help="output folder (default: %(default)s)")
     _add_model_args(p)
     p.set_defaults(func=commands["eval"])
 
@@ -158,7 +168,7 @@ def _add_report(sub, commands: dict) -> None:
                                    "a per-block table. With --baseline, also each baseline at the same tokens and "
                                    "the eval measurement (Fig. 4, rate-distortion, summary table).")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="images and videos")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.html", help="the page to write")
+    p.add_argument("-o", "--output", required=True, type=_output_path, metavar="OUT.html", help="the page to write")
     p.add_argument("--baseline", nargs="+", default=[], metavar="B", help="fixed-length baseline model directories")
     p.add_argument("--thresholds", default=DEFAULT_REPORT_TARGETS, metavar="T,T,...",
                    help="targets to switch between: mse:0.03, psnr:25, ssim:0.9, tokens:N, tokens:all, budget:N "
@@ -177,7 +187,7 @@ def _add_data(sub, commands: dict) -> None:
                             description="Pack images and videos under SRC into DST/shard-NNNNNN.tar (WebDataset "
                                         "layout): videos cut into clips, everything resized to a short side.")
     p.add_argument("sources", nargs="+", metavar="SRC", help="folders or files")
-    p.add_argument("destination", metavar="DST", help="output folder")
+    p.add_argument("destination", metavar="DST", type=_output_path, help="output folder")
     p.add_argument("--shard-size", type=_positive_int, default=1000, help="samples per shard (default: %(default)s)")
     p.add_argument("--clip-frames", type=_positive_int, default=32, help="frames per video clip (default: %(default)s)")
     p.add_argument("--short-side", type=_positive_int, default=256, help="resize so the short side is at most this "
@@ -194,7 +204,8 @@ def _add_train_length_head(sub, commands: dict) -> None:
                                    "and psnr: threshold. Save it as length_head.safetensors in a model's "
                                    "directory to make it that model's default.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files to learn from")
-    p.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write the head (.safetensors)")
+    p.add_argument("-o", "--output", required=True, type=_output_path,
+                   metavar="FILE", help="where to write the head (.safetensors)")
     p.add_argument("--threshold", default=DEFAULT_THRESHOLD, metavar="METRIC:VALUE",
                    help="mse: or psnr: target whose search sets each block's context, and the one --eval scores "
                         "(default: %(default)s)")
@@ -226,7 +237,7 @@ def _add_convert_official(sub, commands: dict) -> None:
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--preset", choices=["official-fsq-200m", "official-vae-200m"], help="the model it holds")
     group.add_argument("--official-config", help="JSON of the original's config fields (for other sizes)")
-    p.add_argument("-o", "--output", required=True, help="output directory")
+    p.add_argument("-o", "--output", required=True, type=_output_path, help="output directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=commands["convert-official"])
 

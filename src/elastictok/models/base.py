@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 
@@ -34,6 +33,7 @@ from torch import Tensor
 
 from ..errors import ElasticTokError
 from ..layers.transformer import KVCache
+from ..utils.fields import field_problems
 
 
 @runtime_checkable
@@ -83,26 +83,6 @@ def refuse_unknown_fields(cls: type, names: Any, message: str) -> None:
         raise ElasticTokError(f"{message}: {', '.join(unknown)}")
 
 
-def _holds(value: Any, annotation: str) -> bool:
-    """Whether ``value`` is of the kind a config field's annotation (a string: ``int``, ``float``, ``bool``,
-    ``str``, ``int | None``, ``tuple[int, int]``, ``tuple[int, ...]``, ``Literal[...]``) names."""
-    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
-    if annotation == "int | None":
-        return value is None or is_int(value)
-    if annotation == "int":
-        return is_int(value)
-    if annotation == "float":
-        return (is_int(value) or isinstance(value, float)) and math.isfinite(value)
-    if annotation == "bool":
-        return isinstance(value, bool)
-    if annotation == "str" or annotation.startswith("Literal["):
-        return isinstance(value, str)  # a Literal's choices are each config's own check
-    if annotation.startswith("tuple["):
-        length = None if "..." in annotation else annotation.count("int")
-        return isinstance(value, (list, tuple)) and all(map(is_int, value)) and length in (None, len(value))
-    raise TypeError(f"no check for config fields annotated {annotation!r}")
-
-
 class ConfigFile:
     """``to_dict``, ``from_dict`` and ``fingerprint`` for a family's config dataclass.
 
@@ -117,12 +97,14 @@ class ConfigFile:
         return dataclasses.asdict(self)
 
     def check_field_types(self) -> None:
-        """Every field holds the kind its annotation names (a list for a tuple, as JSON gives it; an int for
-        a float), numbers finite; one line naming each field that does not (a config.json is user input)."""
-        wrong = [f"{f.name} must be {f.type}, got {getattr(self, f.name)!r}" for f in dataclasses.fields(self)
-                 if not _holds(getattr(self, f.name), f.type)]
-        if wrong:
-            raise ElasticTokError(f"invalid {type(self).__name__}: " + "; ".join(wrong))
+        """Every field holds the kind its annotation names (numbers finite; JSON's lists are taken as the
+        tuples they stand for); one line naming each field that does not (a config.json is user input)."""
+        for f in dataclasses.fields(self):
+            if f.type.startswith("tuple[") and isinstance(getattr(self, f.name), list):
+                setattr(self, f.name, tuple(getattr(self, f.name)))
+        problems = field_problems(self, skip_choices=True)  # choices: each config's validate, with the rest
+        if problems:
+            raise ElasticTokError(f"invalid {type(self).__name__}: " + "; ".join(problems))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Any:

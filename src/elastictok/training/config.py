@@ -7,7 +7,6 @@ where a list of paths belongs) is refused in one line before any work starts.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import yaml
 from ..errors import ElasticTokError
 from ..models.base import refuse_unknown_fields
 from ..models.registry import config_from_preset
+from ..utils.fields import field_problems
 from ..utils.fileio import read_small_file
 from .masks import KeepSampler
 
@@ -74,8 +74,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.betas, list):  # YAML has no tuples
             self.betas = tuple(self.betas)
-        problems = [f"{f.name} must be {_kind(f.type)}, got {_short(getattr(self, f.name))}"
-                    for f in dataclasses.fields(self) if not _matches(getattr(self, f.name), f.type)]
+        problems = field_problems(self)
         if not problems:
             problems = self._range_problems()
         if problems:
@@ -104,6 +103,10 @@ class TrainConfig:
             problems.append(f"ema_decay must lie in (0, 1), got {self.ema_decay}")
         if not all(0 < f <= 1 for f in self.eval_keep_fractions):
             problems.append(f"eval_keep_fractions must lie in (0, 1], got {self.eval_keep_fractions}")
+        if not self.out_dir.strip():
+            problems.append("out_dir must name a folder, got an empty path")
+        if not 0 <= self.seed < 2**63:
+            problems.append(f"seed must lie in [0, 2^63), got {self.seed}")
         if self.device != "auto":
             try:
                 torch.device(self.device)
@@ -157,42 +160,3 @@ def _number(value: Any) -> Any:
         except ValueError:
             return value
     return value
-
-
-def _matches(value: Any, kind: str) -> bool:
-    """Whether ``value`` (from YAML) fits the field annotation ``kind``, e.g. "float | None", "list[str]"."""
-    if "|" in kind:
-        return any(_matches(value, option.strip()) for option in kind.split("|"))
-    if kind == "None":
-        return value is None
-    if kind == "bool":
-        return isinstance(value, bool)
-    if kind == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == "float":
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if kind == "str":
-        return isinstance(value, str)
-    if kind.startswith("list["):
-        return isinstance(value, list) and all(_matches(v, kind[5:-1]) for v in value)
-    if kind.startswith("tuple["):
-        parts = [p.strip() for p in kind[6:-1].split(",")]
-        return isinstance(value, tuple) and len(value) == len(parts) and all(map(_matches, value, parts))
-    if kind.startswith("dict[str"):
-        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
-    raise TypeError(f"no check for fields of type {kind}")  # a new field of a new kind: teach _matches
-
-
-KIND_WORDS = {"int": "a whole number", "float": "a finite number", "str": "text", "bool": "true or false",
-              "None": "empty", "list[str]": "a list of paths", "list[float]": "a list of numbers",
-              "tuple[float, float]": "two numbers", "dict[str, Any]": "a mapping of fields"}
-
-
-def _kind(kind: str) -> str:
-    """An annotation in words, for messages: "float | None" -> "a finite number or empty"."""
-    return " or ".join(KIND_WORDS.get(option.strip(), option.strip()) for option in kind.split("|"))
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

@@ -29,7 +29,8 @@ class atomic_path:
             parent = parent.parent
         self.target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            fd, name = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=self.target.parent)
+            # the name is cut so that any name the file system takes also takes its temporary's
+            fd, name = tempfile.mkstemp(prefix=f".{self.target.name[:64]}.", suffix=".tmp", dir=self.target.parent)
         except OSError as exc:
             self._remove_created()
             raise self._error(exc) from None
@@ -77,15 +78,15 @@ def check_output_dir(out_dir: str | os.PathLike) -> None:
         raise ElasticTokError(f"-o {out_dir}: {existing} is not writable")
 
 
-def check_output_file(output: str | os.PathLike, source: str | os.PathLike | None = None) -> None:
-    """An output file must be writable where it is named, and not be the ``source`` it is made from
-    (nothing is created here)."""
+def check_output_file(output: str | os.PathLike, *sources: str | os.PathLike) -> None:
+    """An output file must be writable where it is named, and not be one of the ``sources`` it is made
+    from (nothing is created here)."""
     output = Path(output)
     if output.is_dir():
         raise ElasticTokError(f"-o {output}: is a directory; name a file such as {output / 'out.png'}")
     check_output_dir(output.parent)
-    if source is not None and output.exists() and Path(source).exists() and output.samefile(source):
-        raise ElasticTokError(f"-o {output}: is the input; name another output")
+    if output.exists() and any(Path(s).exists() and output.samefile(s) for s in sources):
+        raise ElasticTokError(f"-o {output}: is an input; name another output")
 
 
 def check_input_file(path: str | os.PathLike, what: str) -> Path:

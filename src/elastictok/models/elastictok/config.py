@@ -56,11 +56,7 @@ class ElasticTokConfig(ConfigFile):
     name: str = "custom"
 
     def __post_init__(self) -> None:
-        self.check_field_types()
-        # JSON round trips turn tuples into lists; normalise them back.
-        self.resolution = tuple(int(v) for v in self.resolution)
-        self.patch_size = tuple(int(v) for v in self.patch_size)
-        self.fsq_levels = tuple(int(v) for v in self.fsq_levels)
+        self.check_field_types()  # also turns JSON's lists back into tuples
         self._validate_sizes()  # before anything divides by them
         if self.min_tokens is None:
             self.min_tokens = max(1, self.tokens_per_block // 16)

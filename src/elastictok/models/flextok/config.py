@@ -80,11 +80,7 @@ class FlexTokConfig(ConfigFile):
     name: str = "custom"
 
     def __post_init__(self) -> None:
-        self.check_field_types()
-        # JSON round trips turn tuples into lists; normalise them back.
-        self.resolution = tuple(int(v) for v in self.resolution)
-        self.patch_size = tuple(int(v) for v in self.patch_size)
-        self.fsq_levels = tuple(int(v) for v in self.fsq_levels)
+        self.check_field_types()  # also turns JSON's lists back into tuples
         self.validate()
 
     # ---- derived -------------------------------------------------------------
