@@ -289,6 +289,28 @@ def test_a_corrupt_stretch_of_video_is_skipped_and_the_rest_encoded(corpus, mode
                *encode_args(model_dir)).code == 0
 
 
+def test_a_video_whose_demuxer_gives_up_after_damage_says_so(corpus, model_dir, tmp_path, caplog):
+    """AVI's demuxer stops at damage without an error: the frames it lost are named, not silently dropped."""
+    import av
+
+    avi = tmp_path / "street.avi"
+    frames = VideoReader(corpus["street_mp4"]).read_all()
+    with av.open(str(avi), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame.numpy(), format="rgb24")))
+        container.mux(stream.encode())
+    data = bytearray(avi.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 4096] = random.Random(3).randbytes(4096)
+    avi.write_bytes(bytes(data))
+    caplog.clear()
+    run = cli("encode", avi, "-o", tmp_path / "out", *encode_args(model_dir, "--tokens", "4"))
+    assert run.crash is None and run.code == 0, str(run)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] + run.err.strip().splitlines()
+    assert any("street.avi" in w and f"of the {len(frames)} frames" in w for w in warnings), warnings
+
+
 @pytest.mark.parametrize("args, word", [
     case("bomb-in-a-real-process", ["bomb_png"], "pixels"),
     case("fps-negative-in-a-real-process", ["good_mp4", "--fps", "-5"], "fps"),
@@ -883,6 +905,28 @@ def test_bad_training_flags_are_refused(corpus, tmp_path, flag, value):
     config.write_text(f"model: micro\ndata: [{corpus['good_png']}]\nout_dir: {tmp_path / 'run'}\nsteps: 1\n")
     assert_refused(cli("train", "--config", config, flag, value, "--no-progress"), flag[2:].replace("-", "_"))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("summary", [b"garbage", b"[]", b"{}", b'{"inputs": "x"}'])
+def test_a_damaged_shard_summary_is_refused_not_trusted(corpus, model_dir, tmp_path, summary):
+    shards = tmp_path / "shards"
+    args = [corpus["good_png"], shards, *encode_args(model_dir, "--tokens", "4")]
+    assert cli("tokenize-corpus", *args).code == 0
+    (shards / "tokens-000000.json").write_bytes(summary)
+    assert_refused(cli("tokenize-corpus", *args), "tokens-000000.json", "damaged")
+
+
+@pytest.mark.parametrize("change", [
+    case("other-inputs", lambda args, corpus, model_dir: [corpus["root"] / "x" / "b.png", *args[1:]]),
+    case("other-target", lambda args, corpus, model_dir: [*args[:-1], "5"]),
+])
+def test_a_rerun_into_another_runs_shards_is_refused(corpus, model_dir, tmp_path, change):
+    args = [corpus["good_png"], tmp_path / "shards", *encode_args(model_dir, "--tokens", "4")]
+    assert cli("tokenize-corpus", *args).code == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "shards").iterdir()}
+    assert_refused(cli("tokenize-corpus", *change(args, corpus, model_dir)), "other inputs")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "shards").iterdir()} == before
+    assert "1 already done" in cli("tokenize-corpus", *args).out  # the same run again: skipped, not refused
 
 
 def test_a_corpus_run_where_every_input_fails_exits_2(corpus, model_dir, tmp_path):

@@ -123,3 +123,58 @@ def test_shard_command(photo_folder, tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "2 shards" in result.stdout and "2 video clips, 3 images" in result.stdout
+
+
+def _mpeg_ts(path, size: tuple[int, int], frames: int) -> bytes:
+    """An MPEG transport stream of ``frames`` grey frames of ``size`` (W, H); such streams concatenate."""
+    import av
+
+    with av.open(str(path), "w", format="mpegts") as container:
+        stream = container.add_stream("mpeg2video", rate=10)
+        stream.width, stream.height, stream.pix_fmt = *size, "yuv420p"
+        for i in range(frames):
+            image = torch.full((size[1], size[0], 3), 40 * (i % 5), dtype=torch.uint8).numpy()
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    return path.read_bytes()
+
+
+def test_odd_inputs_are_shards_or_named_skips(tmp_path):
+    """A video that changes size mid-stream, one too short for a clip, an image JPEG cannot hold, two
+    files with one stem: each becomes whole samples with keys of their own, or one warning and a skip."""
+    from PIL import Image
+
+    media = tmp_path / "media"
+    (media / "a").mkdir(parents=True)
+    (media / "b").mkdir()
+    (media / "resized.mpg").write_bytes(_mpeg_ts(tmp_path / "1.ts", (64, 64), 12)
+                                        + _mpeg_ts(tmp_path / "2.ts", (96, 48), 12))
+    _mpeg_ts(media / "short.mpg", (64, 64), 1)
+    Image.new("RGB", (65535, 2)).save(media / "wide.png")
+    for folder in ("a", "b"):
+        Image.new("RGB", (16, 16), "red").save(media / folder / "same.png")
+    summary = build_shards([media], tmp_path / "out", clip_frames=8, short_side=64, progress=False)
+    assert (summary.images, summary.skipped) == (2, 2)  # the two same.png; short.mpg and wide.png skipped
+    samples = list(itertools.chain.from_iterable(iter_shard(s) for s in list_shards([tmp_path / "out"])))
+    keys = [key for key, _, _ in samples]
+    assert len(keys) == len(set(keys)) == summary.images + summary.clips
+    sizes = {tuple(decode_sample(kind, payload).shape[1:3]) for _, kind, payload in samples if kind == "video"}
+    assert sizes == {(64, 64), (48, 96)}  # a clip never mixes the two sizes
+
+
+def test_an_interrupted_run_leaves_no_shard(photo_folder, tmp_path, monkeypatch):
+    import elastictok.training.shards as shards
+
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    real = shards._write_image
+    monkeypatch.setattr(shards, "_write_image", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_shards([photo_folder], tmp_path / "out", shard_size=1, progress=False)
+    assert not (tmp_path / "out").exists()  # the first image's finished shard went too: a rerun starts clean

@@ -168,6 +168,9 @@ class VideoReader:
         if self.skipped:
             log.warning("%s: skipped %d corrupt packets; the %d frames around them were encoded", self.path,
                         self.skipped, decoded)
+        if self.info.frames and decoded < self.info.frames:  # a demuxer that gave up after damage says nothing
+            log.warning("%s: decoded %d of the %d frames its container lists; the rest is damaged or missing",
+                        self.path, decoded, self.info.frames)
 
     def read_all(self) -> torch.Tensor:
         """Every frame as (T, H, W, 3) uint8: only for clips known to be short."""

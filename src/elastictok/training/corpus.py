@@ -4,9 +4,11 @@ Inputs (sorted) are grouped into shards of ``shard_size``; shard s belongs to ra
 On one machine without torchrun, ``workers`` processes share the cores instead
 (``tokenization.workers.TokenizerPool``: cores // workers threads each).
 Each finished shard is ``DST/tokens-NNNNNN.tar`` (``KEY.etok`` + ``KEY.json`` per input) with a
-``tokens-NNNNNN.json`` summary beside it, both renamed into place only when complete: after a
-crash, rerunning skips every finished shard. Unreadable inputs are listed, not fatal; a dead
-worker process stops the run before its shard is finished, so a rerun tokenizes that shard again.
+``tokens-NNNNNN.json`` summary beside it (its inputs, counts, and the model, target and options that
+made it), both renamed into place only when complete: after a crash, rerunning skips every
+finished shard, and a DST holding another run's shards is refused rather than mixed in. Unreadable
+inputs are listed, not fatal; a dead worker process stops the run before its shard is finished, so
+a rerun tokenizes that shard again.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from tqdm import tqdm
 
 from ..media.io import list_media
 from ..errors import ElasticTokError
-from ..utils.fileio import atomic_path
+from ..utils.fileio import atomic_path, read_small_file
 from ..tokenization.files import tokenize_each
 from ..tokenization.options import TokenizeOptions
 from ..tokenization.workers import WorkerDiedError
@@ -97,19 +99,21 @@ def tokenize_corpus(model, sources: list, destination: str | Path, target: Targe
     local = CorpusSummary()
     bar = tqdm(total=sum(map(len, shards.values())), unit="file", desc=f"rank {rank}", disable=not progress,
                position=rank)
+    options = TokenizeOptions.build(options, progress=False)
+    run = {"model": model.weights_digest(), "target": str(target), "search": options.search,
+           "window": options.window, "fps": options.fps, "fit": options.fit}
     pending = {}
     for shard, members in shards.items():
-        summary = destination / f"tokens-{shard:06d}.json"
-        if summary.exists() and summary.with_suffix(".tar").exists():
-            local.add(json.loads(summary.read_text()), "done")
+        record = _finished(destination / f"tokens-{shard:06d}.json", members, run)
+        if record is not None:
+            local.add(record, "done")
             bar.update(len(members))
         else:
             pending[shard] = members
-    options = TokenizeOptions.build(options, progress=False)
     inputs = [p for members in pending.values() for p in members]
     with torch.no_grad(), contextlib.closing(tokenize_each(model, inputs, target, options, workers, bf16)) as results:
         for shard, members in pending.items():
-            local.add(*_write_shard(model, destination, shard, members, results, root, bar))
+            local.add(*_write_shard(model, destination, shard, members, results, root, bar, run))
     bar.close()
     if made and not distributed and not any(destination.iterdir()):  # every input failed: leave no empty folder
         destination.rmdir()
@@ -121,11 +125,32 @@ def tokenize_corpus(model, sources: list, destination: str | Path, target: Targe
     return local
 
 
-def _write_shard(model, destination: Path, shard: int, members: list[Path], results, root: Path | None, bar
-                 ) -> tuple[dict, str]:
-    """Write ``tokens-NNNNNN.tar`` and its summary from the next ``len(members)`` of ``results``; return the
-    summary and "written", or "empty" when every input failed."""
-    record = {"inputs": len(members), "failed": [], "blocks": 0, "tokens": 0, "max_tokens": 0}
+def _finished(summary: Path, members: list[Path], run: dict) -> dict | None:
+    """The record of a shard an earlier run finished (None if it did not): the same inputs, model, target
+    and options, or one line saying that DST holds another run's shards (a rerun never mixes runs)."""
+    if not (summary.exists() and summary.with_suffix(".tar").exists()):
+        return None
+    try:
+        record = json.loads(read_small_file(summary, "a shard summary", limit=64 << 20).decode("utf-8"))
+    except ValueError:
+        record = None
+    counts = ("inputs", "blocks", "tokens", "max_tokens")
+    if not (isinstance(record, dict) and all(type(record.get(k)) is int for k in counts)
+            and isinstance(record.get("failed"), list)):
+        raise ElasticTokError(f"{summary}: a damaged shard summary; delete it and its .tar to tokenize that "
+                              "shard again")
+    if record.get("members") != [str(p) for p in members] or record.get("run") != run:
+        raise ElasticTokError(f"{summary.parent}: holds shards of other inputs, another model, target or options "
+                              f"({summary.name}); name a new DST, or delete them to start again")
+    return record
+
+
+def _write_shard(model, destination: Path, shard: int, members: list[Path], results, root: Path | None, bar,
+                 run: dict) -> tuple[dict, str]:
+    """Write ``tokens-NNNNNN.tar`` and its summary (with ``run``, what made it) from the next
+    ``len(members)`` of ``results``; return the summary and "written", or "empty" when every input failed."""
+    record = {"inputs": len(members), "failed": [], "blocks": 0, "tokens": 0, "max_tokens": 0,
+              "members": [str(p) for p in members], "run": run}
     try:
         _fill_shard(model, destination, shard, members, results, root, bar, record)
     except _NothingToWrite:  # no shard and no summary: a rerun tries these inputs again

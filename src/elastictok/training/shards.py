@@ -34,6 +34,7 @@ from .datasets import random_crop
 from ..errors import ElasticTokError
 
 log = logging.getLogger(__name__)
+JPEG_MAX_SIDE = 65500
 
 
 # ---- writing ------------------------------------------------------------------------------------------------
@@ -66,12 +67,20 @@ def _write_clips(writer, path: Path, stem: str, clip_frames: int, short_side: in
         index += 1
         pending = []
 
+    shortest = max(1, clip_frames // 4)
     for frame in reader:
-        pending.append(frame if min(frame.shape[:2]) <= short_side else resize_short_side(frame[None], short_side)[0])
+        frame = frame if min(frame.shape[:2]) <= short_side else resize_short_side(frame[None], short_side)[0]
+        if pending and frame.shape != pending[0].shape:  # the stream changed size: a clip holds one size
+            if len(pending) >= shortest:
+                flush()
+            pending = []
+        pending.append(frame)
         if len(pending) == clip_frames:
             flush()
-    if len(pending) >= max(1, clip_frames // 4):
+    if len(pending) >= shortest:
         flush()
+    if index == 0:
+        raise ElasticTokError(f"{path}: too short for a clip (at least {shortest} frames of one size)")
     return index
 
 
@@ -79,7 +88,11 @@ def _write_image(writer, path: Path, stem: str, short_side: int) -> None:
     image = read_image(path)
     if min(image.shape[:2]) > short_side:
         image = resize_short_side(image[None], short_side)[0]
-    writer.write({"__key__": stem, "jpg": _encode_image(image), "json": json.dumps({"source": str(path)}).encode()})
+    if max(image.shape[:2]) > JPEG_MAX_SIDE:  # checked here: libjpeg would print its own line first
+        raise ElasticTokError(f"{path}: {image.shape[1]}x{image.shape[0]} after resizing; a JPEG sample holds "
+                              f"at most {JPEG_MAX_SIDE} pixels a side")
+    payload = _encode_image(image)
+    writer.write({"__key__": stem, "jpg": payload, "json": json.dumps({"source": str(path)}).encode()})
 
 
 @dataclass
@@ -122,9 +135,13 @@ def build_shards(sources: list[str | os.PathLike], destination: str | os.PathLik
     numbers = [int(n) for n in existing if n.isdigit()]
     writer = wds.ShardWriter(str(destination / "shard-%06d.tar.tmp"), maxcount=shard_size, post=finished, verbose=0,
                              start_shard=max(numbers, default=-1) + 1)
+    stems: set[str] = set()
     try:
         for path in tqdm(files, desc="shards", unit="file", disable=not progress):
-            stem = path.stem.replace(".", "_")
+            stem, base, n = path.stem.replace(".", "_"), path.stem.replace(".", "_"), 1
+            while stem in stems:  # a/b.png and c/b.jpg: every sample's key is its own
+                stem, n = f"{base}-{n}", n + 1
+            stems.add(stem)
             try:
                 if is_video(path):
                     summary.clips += _write_clips(writer, path, stem, clip_frames, short_side, fps)
@@ -134,15 +151,23 @@ def build_shards(sources: list[str | os.PathLike], destination: str | os.PathLik
             except ElasticTokError as exc:
                 log.warning("skipping %s", exc)
                 summary.skipped += 1
-    finally:
+    except BaseException:  # interrupted or failed: this run's shards go too, or a rerun would repeat them
         writer.close()
+        _remove(written, destination if made else None)
+        raise
+    writer.close()
     if not summary.clips + summary.images:  # every input was unreadable: no empty shard, no empty folder
-        for shard in written:
-            shard.unlink()
+        _remove(written, destination if made else None)
         summary.shards = 0
-        if made and not any(destination.iterdir()):
-            destination.rmdir()
     return summary
+
+
+def _remove(shards: list[Path], made: Path | None) -> None:
+    """Delete ``shards``, and the folder ``made`` for them if that leaves it empty."""
+    for shard in shards:
+        shard.unlink(missing_ok=True)
+    if made is not None and made.is_dir() and not any(made.iterdir()):
+        made.rmdir()
 
 
 # ---- reading -------------------------------------------------------------------------------------------------
