@@ -431,6 +431,9 @@ BAD_MODELS = [
     case("all-nan-weights", _fill(math.nan), "finite"),
     case("all-inf-weights", _fill(math.inf), "finite"),
     case("one-nan-weight", _one_nan, "finite"),
+    case("integer-weights", lambda config, state: state.update({k: v.int() for k, v in state.items()}), "kind"),
+    case("complex-weights", lambda config, state: state.update({k: v.to(torch.complex64) for k, v in state.items()}),
+         "kind"),
     case("norm-eps-is-text", _set(norm_eps="x"), "norm_eps"),
     case("rope-theta-nan", lambda config, state: json.dumps({**config, "rope_theta": math.nan}), "rope_theta"),
     case("rope-theta-0", _set(rope_theta=0), "rope_theta"),
@@ -727,6 +730,15 @@ def test_pipes_and_devices_behind_models_and_configs_are_refused_not_read(model_
     assert not output.exists()
 
 
+@pytest.mark.parametrize("command", [["data", "shard"], ["tokenize-corpus"]])
+def test_a_pipe_among_corpus_inputs_is_named_as_one(model_dir, tmp_path, command):
+    os.mkfifo(tmp_path / "pipe.mp4")
+    model = [] if command[0] == "data" else encode_args(model_dir, "--tokens", "4")
+    assert_refused(cli(*command, tmp_path / "pipe.mp4", tmp_path / "out", *model, timeout=20), "pipe.mp4",
+                   "pipe or device")
+    assert not (tmp_path / "out").exists()
+
+
 def raw_header(good: Path, tmp_path: Path, **fields: str) -> Path:
     """``good`` with header fields replaced by raw text and a checksum that matches them."""
     from safetensors.torch import load, save
@@ -858,6 +870,8 @@ def test_an_official_config_that_is_not_an_object_is_refused(tmp_path):
 
 # ---- training configs ------------------------------------------------------------------------------------------
 BAD_TRAIN_CONFIGS = [
+    case("train-batch-size-huge", "batch_size: 100000000", "batch_size"),
+    case("train-n-blocks-huge", "n_blocks: 100000000", "n_blocks"),
     case("train-out-dir-empty", "out_dir: ''", "out_dir"),
     case("train-seed-huge", "seed: 99999999999999999999999", "seed"),
     case("train-betas-number", "betas: 5", "betas"),
@@ -897,6 +911,32 @@ def test_bad_training_configs_are_refused_before_any_work(corpus, tmp_path, line
     config.write_bytes(line if isinstance(line, bytes) else (base + line + "\n").encode())
     assert_refused(cli("train", "--config", config, "--no-progress"), word)
     assert not (tmp_path / "run").exists()
+
+
+def _nan_weights(blob):
+    next(iter(blob["model"].values())).fill_(math.nan)
+    return blob
+
+
+@pytest.mark.parametrize("damage", [
+    case("checkpoint-empty-dict", lambda blob: {}),
+    case("checkpoint-a-list", lambda blob: [1, 2]),
+    case("checkpoint-no-model", lambda blob: {k: v for k, v in blob.items() if k != "model"}),
+    case("checkpoint-step-text", lambda blob: {**blob, "step": "abc"}),
+    case("checkpoint-step-negative", lambda blob: {**blob, "step": -5}),
+    case("checkpoint-scheduler-empty", lambda blob: {**blob, "scheduler": {}}),
+    case("checkpoint-no-param-groups", lambda blob: {**blob, "optimizer": {"state": {}, "param_groups": []}}),
+    case("checkpoint-wrong-shapes", lambda blob: {**blob, "model": {k: v[..., :1] for k, v in blob["model"].items()}}),
+    case("checkpoint-nan-weights", _nan_weights),
+])
+def test_a_damaged_checkpoint_is_refused_on_resume(corpus, tmp_path, damage):
+    config = tmp_path / "ok.yaml"
+    config.write_text(f"model: micro\ndata: [{corpus['good_png']}]\nout_dir: {tmp_path / 'run'}\nsteps: 2\n"
+                      "stop_at: 1\ncheckpoint_every: 1\n")
+    assert cli("train", "--config", config, "--no-progress").code == 0
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    torch.save(damage(torch.load(last, weights_only=True)), last)
+    assert_refused(cli("train", "--config", config, "--resume", "--no-progress"), "last.pt")
 
 
 @pytest.mark.parametrize("flag, value", [("--steps", "-1"), ("--num-workers", "-1"), ("--max-minutes", "nan")])

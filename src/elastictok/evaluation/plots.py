@@ -110,14 +110,21 @@ def write_side_by_side(model, encoded: TokenizedVideo, source: str, output: str 
             yield torch.cat([left, right], dim=2)
 
     pairs = lambda: trim_padding(side_by_side(), 1 if encoded.info.is_image else encoded.info.frames)  # noqa: E731
-    with atomic_path(plot_path) as plot_tmp:  # the plot is renamed into place once the side-by-side is written
-        plot_tokens({Path(source).name: encoded}, plot_tmp)
-        if encoded.info.is_image:
-            write_image(output, next(pairs())[0])
-        else:
-            with VideoWriter(output, encoded.info.fps or 24) as writer:
-                for frames in pairs():
-                    writer.write(frames)
+    written = False
+    try:
+        with atomic_path(plot_path) as plot_tmp:  # the plot is renamed into place once the side-by-side is written
+            plot_tokens({Path(source).name: encoded}, plot_tmp)
+            if encoded.info.is_image:
+                write_image(output, next(pairs())[0])
+            else:
+                with VideoWriter(output, encoded.info.fps or 24) as writer:
+                    for frames in pairs():
+                        writer.write(frames)
+            written = True
+    except BaseException:  # e.g. Ctrl-C between the two renames: the pair is whole or absent
+        if written:
+            output.unlink(missing_ok=True)
+        raise
     mean = encoded.counts.float().mean().item()
     psnr = psnr_from_mse(torch.tensor(errors).mean()).item()
     return (f"{source}: {encoded.n_blocks} blocks, {mean:.1f}/{c.tokens_per_block} tokens per block "

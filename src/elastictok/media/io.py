@@ -251,6 +251,8 @@ def list_media(paths: list[str | os.PathLike]) -> list[Path]:
             found.extend(p for p in sorted(entry.rglob("*")) if p.is_file() and is_media(p))
         elif entry.is_file():
             found.append(entry)
+        elif entry.exists():
+            raise ElasticTokError(f"{entry}: is a pipe or device, not an image, video or folder")
         else:
             raise ElasticTokError(f"{entry}: no such file or folder")
     return found

@@ -74,10 +74,12 @@ class PretrainedFiles:
             raise ElasticTokError(f"{weights}: not a readable safetensors file ({exc})") from None
         expected = model.state_dict()
         missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+        wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape
+                       or expected[k].dtype.is_floating_point != state[k].dtype.is_floating_point
+                       or state[k].dtype.is_complex)
         if missing or extra or wrong:
             raise ElasticTokError(f"{weights} does not match its config: missing {missing[:3]}, "
-                                  f"unexpected {extra[:3]}, wrong shape {wrong[:3]}")
+                                  f"unexpected {extra[:3]}, wrong shape or kind {wrong[:3]}")
         broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
         if broken:
             raise ElasticTokError(f"{weights}: {len(broken)} weight tensors are not finite (NaN or Inf), "

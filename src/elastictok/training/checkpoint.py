@@ -51,6 +51,8 @@ class TrainState:
 
     def restore_trainer_fields(self, fields: dict[str, Any], where: Path) -> None:
         """Check the model config matches, then restore the scheduler and step."""
+        if not (isinstance(fields, dict) and type(fields.get("step")) is int and fields["step"] >= 0):
+            raise ElasticTokError(f"{where}: a damaged training checkpoint (no step count)")
         saved = fields["model_config"]
         saved = json.loads(saved) if isinstance(saved, str) else saved
         if type(self.model.config).from_dict(saved) != self.model.config:
@@ -106,12 +108,19 @@ class FileCheckpoint:
 
     def load(self, state: TrainState) -> None:
         blob = self.read()
-        state.restore_trainer_fields(blob, self.path)
-        state.model.load_state_dict(blob["model"])
-        state.optimizer.load_state_dict(blob["optimizer"])
-        if state.ema is not None and blob["ema"] is not None:
-            state.ema.module.load_state_dict(blob["ema"])
-            state.ema.n_averaged.copy_(blob["ema_n_averaged"])
+        try:
+            state.restore_trainer_fields(blob, self.path)
+            state.model.load_state_dict(blob["model"])
+            state.optimizer.load_state_dict(blob["optimizer"])
+            if state.ema is not None and blob["ema"] is not None:
+                state.ema.module.load_state_dict(blob["ema"])
+                state.ema.n_averaged.copy_(blob["ema_n_averaged"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:  # any layout
+            raise ElasticTokError(f"{self.path}: a damaged training checkpoint ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0][:160] if str(exc) else 'no detail'})") from None
+        if not all(torch.isfinite(p).all() for p in state.model.parameters()):
+            raise ElasticTokError(f"{self.path}: weights that are NaN or Inf; the run diverged before this "
+                                  "checkpoint, so resuming it would train nothing")
 
 
 class DistributedCheckpoint:

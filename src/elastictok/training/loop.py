@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,6 +158,14 @@ def _check_layout(cfg: TrainConfig, world: World) -> None:
         raise ElasticTokError("ema_decay is not supported with multi-process training yet")
     if cfg.sequence_parallel and (not world.distributed or cfg.distributed != "ddp"):
         raise ElasticTokError("sequence_parallel needs torchrun and distributed: ddp")
+    c = cfg.model_config()
+    batch_bytes = 4 * 3 * cfg.batch_size * cfg.n_blocks * c.frames_per_block * c.resolution[0] * c.resolution[1]
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if batch_bytes > memory // 4:  # activations take many times the input: refuse what cannot fit, before work
+        raise ElasticTokError(f"a batch of {cfg.batch_size} clips of {cfg.n_blocks} blocks is "
+                              f"{batch_bytes / 2**30:.1f} GiB of pixels before any activation, on a machine of "
+                              f"{memory / 2**30:.0f} GiB; "
+                              "lower batch_size (grad_accum keeps the batch) or n_blocks")
 
 
 def _build_state(cfg: TrainConfig, world: World, device: torch.device, init_from: str | None) -> TrainState:
