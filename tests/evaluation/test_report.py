@@ -23,7 +23,6 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-import torch
 
 from elastictok import ElasticTok
 from elastictok.cli.main import main
