@@ -89,7 +89,7 @@ def test_a_dead_worker_leaves_its_shard_for_the_rerun(trained_micro, photo_folde
     first = trained_micro.tokenize(str(members[0]), "mse:0.2")
     results = iter([first, WorkerDiedError(f"{members[1]}: not tokenized, a worker process died")])
     with pytest.raises(WorkerDiedError):
-        _write_shard(trained_micro, tmp_path, 0, members, results, None, tqdm(disable=True))
+        _write_shard(trained_micro, tmp_path, 0, members, results, None, tqdm(disable=True), run={})
     assert list(tmp_path.iterdir()) == []
     summary = tokenize_corpus(trained_micro, members, tmp_path, "mse:0.2", shard_size=2, progress=False)
     assert (summary.shards_written, summary.failed, summary.inputs) == (1, 0, 2)
