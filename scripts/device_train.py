@@ -90,7 +90,9 @@ def calibrate(names: list[str], folder: Path, device: str, threads: int) -> floa
                             eval_every=10**6, checkpoint_every=10**6) for n in names]
     processes = launch(configs, threads, folder)
     seen: dict[tuple[str, int], float] = {}
-    while any(p.poll() is None for p in processes):
+    running = True
+    while running:
+        running = any(p.poll() is None for p in processes)  # then one more look at the logs: none is missed
         for name in names:
             step = logged_step(folder / name)
             for mark in (first, last):
@@ -131,6 +133,7 @@ def main() -> int:
     COMMON.update(batch_size=args.batch_size, bf16=args.bf16)
 
     started = time.monotonic()
+    shutil.rmtree(args.work, ignore_errors=True)  # an earlier call's logs would fake the calibration
     seconds_per_step = calibrate(args.runs, args.work / "calibration", args.device, args.threads)
     steps = int((60 * args.minutes - STARTUP_SECONDS) / seconds_per_step)
     print(f"calibration: {seconds_per_step * 1000:.0f} ms per step with {len(args.runs)} runs together "

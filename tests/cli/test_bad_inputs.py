@@ -308,7 +308,7 @@ def test_a_video_whose_demuxer_gives_up_after_damage_says_so(corpus, model_dir, 
     run = cli("encode", avi, "-o", tmp_path / "out", *encode_args(model_dir, "--tokens", "4"))
     assert run.crash is None and run.code == 0, str(run)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] + run.err.strip().splitlines()
-    assert any("street.avi" in w and f"of the {len(frames)} frames" in w for w in warnings), warnings
+    assert any("street.avi" in w and "the rest is damaged or missing" in w for w in warnings), warnings
 
 
 @pytest.mark.parametrize("args, word", [
@@ -726,7 +726,8 @@ def test_pipes_and_devices_behind_models_and_configs_are_refused_not_read(model_
             "params.streaming": ["convert-official", path, "--preset", "official-fsq-200m", "-o", output],
             "official.json": ["convert-official", image, "--official-config", path, "-o", output],
             }[path.parent.name if path.parent.name == "model" else name]
-    assert_refused(cli(*args, timeout=20), path.name, "pipe or device")
+    word = "empty pipe" if name == "run.yaml" else "pipe or device"  # a config may come from <(sed ...)
+    assert_refused(cli(*args, timeout=20), path.name, word)
     assert not output.exists()
 
 
@@ -817,8 +818,8 @@ def test_bad_arguments_of_every_command_are_refused(corpus, model_dir, tmp_path,
     assert (model_dir / "model.safetensors").read_bytes() == weights
 
 
-def test_an_output_named_as_long_as_the_file_system_allows_is_written(corpus, model_dir, tmp_path):
-    stem = "x" * 240  # x...x.etok is 245 characters, under the usual limit of 255; its temporary's name is not
+@pytest.mark.parametrize("stem", ["x" * 240, "\U0001f600" * 61])  # + ".etok": 245 and 249 bytes, under 255
+def test_an_output_named_as_long_as_the_file_system_allows_is_written(corpus, model_dir, tmp_path, stem):
     image = tmp_path / f"{stem}.png"
     image.write_bytes(corpus["good_png"].read_bytes())
     run = cli("encode", image, "-o", tmp_path / "out", *encode_args(model_dir, "--tokens", "4"))

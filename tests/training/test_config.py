@@ -52,3 +52,17 @@ def test_a_device_is_not_read_as_a_config(tmp_path):
     (tmp_path / "zeros.yaml").symlink_to("/dev/zero")
     with pytest.raises(ElasticTokError, match="pipe or device"):
         TrainConfig.from_yaml(tmp_path / "zeros.yaml")
+
+
+def test_a_config_can_come_from_a_pipe():
+    """As from a shell's <(sed ...): /dev/fd/N of a pipe some process writes (a pipe nothing writes is refused
+    in tests/cli/test_bad_inputs.py)."""
+    import os
+
+    read, write = os.pipe()
+    os.write(write, b"model: micro\nsteps: 7\n")
+    os.close(write)
+    try:
+        assert TrainConfig.from_yaml(f"/dev/fd/{read}").steps == 7
+    finally:
+        os.close(read)

@@ -153,8 +153,9 @@ def test_odd_inputs_are_shards_or_named_skips(tmp_path):
     Image.new("RGB", (65535, 2)).save(media / "wide.png")
     for folder in ("a", "b"):
         Image.new("RGB", (16, 16), "red").save(media / folder / "same.png")
+    Image.new("RGB", (16, 16), "blue").save(media / "resized-00000.png")  # the key of resized.mpg's first clip
     summary = build_shards([media], tmp_path / "out", clip_frames=8, short_side=64, progress=False)
-    assert (summary.images, summary.skipped) == (2, 2)  # the two same.png; short.mpg and wide.png skipped
+    assert (summary.images, summary.skipped) == (3, 2)  # short.mpg and wide.png skipped
     samples = list(itertools.chain.from_iterable(iter_shard(s) for s in list_shards([tmp_path / "out"])))
     keys = [key for key, _, _ in samples]
     assert len(keys) == len(set(keys)) == summary.images + summary.clips

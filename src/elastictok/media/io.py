@@ -93,6 +93,7 @@ class VideoInfo:
     width: int
     height: int
     frames: int | None  # from the container; None when it does not say
+    seconds: float | None = None  # the stream's duration, from the container; None when it does not say
 
 
 class VideoReader:
@@ -113,8 +114,9 @@ class VideoReader:
                     raise ElasticTokError(f"{self.path}: has no video stream")
                 stream = container.streams.video[0]
                 rate = stream.average_rate or stream.guessed_rate or Fraction(24)
+                duration = stream.duration * stream.time_base if stream.duration and stream.time_base else None
                 self.info = VideoInfo(float(rate), stream.codec_context.width, stream.codec_context.height,
-                                      stream.frames or None)
+                                      stream.frames or None, float(duration) if duration else None)
         except av.error.FFmpegError as exc:
             raise ElasticTokError(f"{self.path}: not a readable video ({exc.strerror or exc})") from None
         if self.info.width == 0 or self.info.height == 0:
@@ -144,13 +146,14 @@ class VideoReader:
         Corrupt stretches are skipped with one warning naming how many packets were lost.
         """
         produced = decoded = 0
-        self.skipped = 0
+        self.skipped, last_time = 0, None
         try:
             with av.open(str(self.path)) as container:
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
                 for frame in self._frames(container, stream):
                     decoded += 1
+                    last_time = frame.time if frame.time is not None else last_time
                     image = torch.from_numpy(frame.to_ndarray(format="rgb24"))
                     # Source frame i covers [i, i+1) / source fps; emit it for every output tick inside.
                     until = decoded / self.info.fps
@@ -168,9 +171,12 @@ class VideoReader:
         if self.skipped:
             log.warning("%s: skipped %d corrupt packets; the %d frames around them were encoded", self.path,
                         self.skipped, decoded)
-        if self.info.frames and decoded < self.info.frames:  # a demuxer that gave up after damage says nothing
-            log.warning("%s: decoded %d of the %d frames its container lists; the rest is damaged or missing",
-                        self.path, decoded, self.info.frames)
+        seconds = self.info.seconds
+        if seconds and last_time is not None and seconds - last_time > max(2 / self.info.fps, 0.05 * seconds):
+            # a demuxer that gives up after damage (AVI's) says nothing; timestamps, not frame counts, tell
+            # (a variable-rate file lists frames its encoder dropped)
+            log.warning("%s: decoding ended at %.1f s of its %.1f s; the rest is damaged or missing", self.path,
+                        last_time, seconds)
 
     def read_all(self) -> torch.Tensor:
         """Every frame as (T, H, W, 3) uint8: only for clips known to be short."""

@@ -157,6 +157,10 @@ class LengthHead(nn.Module):
             head.load_state_dict(load_file(str(path)))
         except Exception as exc:
             raise ElasticTokError(f"{path}: not a readable length head ({str(exc).splitlines()[0][:120]})") from None
+        if head.config_hash != model.config.fingerprint():
+            raise ElasticTokError(f"{path}: this length head was trained for another model")
+        if head.weights_hash and head.weights_hash != model.weights_digest():
+            raise ElasticTokError(f"{path}: this length head was trained for other weights of this model")
         c = model.config
         counts_fit = head.counts == sorted(set(head.counts)) and head.counts[-1] == c.tokens_per_block \
             and head.counts[0] >= c.min_tokens
@@ -166,8 +170,4 @@ class LengthHead(nn.Module):
                                   f"{c.tokens_per_block} and the margin lie in [0, 10))")
         if not all(torch.isfinite(p).all() for p in head.parameters()):
             raise ElasticTokError(f"{path}: a damaged length head (weights that are NaN or Inf)")
-        if head.config_hash != model.config.fingerprint():
-            raise ElasticTokError(f"{path}: this length head was trained for another model")
-        if head.weights_hash and head.weights_hash != model.weights_digest():
-            raise ElasticTokError(f"{path}: this length head was trained for other weights of this model")
         return head.eval()

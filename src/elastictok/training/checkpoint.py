@@ -115,6 +115,8 @@ class FileCheckpoint:
             if state.ema is not None and blob["ema"] is not None:
                 state.ema.module.load_state_dict(blob["ema"])
                 state.ema.n_averaged.copy_(blob["ema_n_averaged"])
+        except (ElasticTokError, torch.OutOfMemoryError):  # already one line; or a good checkpoint, no memory
+            raise
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:  # any layout
             raise ElasticTokError(f"{self.path}: a damaged training checkpoint ({type(exc).__name__}: "
                                   f"{str(exc).splitlines()[0][:160] if str(exc) else 'no detail'})") from None

@@ -137,7 +137,7 @@ class TrainConfig:
 
 def _read_yaml(path: Path) -> dict:
     """A YAML mapping from ``path``, a regular file of at most 1 MiB (a pipe or /dev/zero cannot hang it)."""
-    raw = read_small_file(path, "a training config")
+    raw = read_small_file(path, "a training config", pipes=True)
     try:
         data = yaml.safe_load(raw.decode("utf-8")) or {}
     except UnicodeDecodeError:

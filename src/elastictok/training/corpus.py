@@ -14,6 +14,7 @@ a rerun tokenizes that shard again.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -101,7 +102,9 @@ def tokenize_corpus(model, sources: list, destination: str | Path, target: Targe
                position=rank)
     options = TokenizeOptions.build(options, progress=False)
     run = {"model": model.weights_digest(), "target": str(target), "search": options.search,
-           "window": options.window, "fps": options.fps, "fit": options.fit}
+           "window": options.resolve_window(model), "fps": options.fps, "fit": options.fit,
+           "candidates": options.candidates, "warm_start": options.warm_start, "bf16": bf16,
+           "length_head": _digest(options.length_head)}
     pending = {}
     for shard, members in shards.items():
         record = _finished(destination / f"tokens-{shard:06d}.json", members, run)
@@ -125,6 +128,16 @@ def tokenize_corpus(model, sources: list, destination: str | Path, target: Targe
     return local
 
 
+def _digest(module: torch.nn.Module | None) -> str | None:
+    """A short hash of a module's weights (e.g. a length head), None for none."""
+    if module is None:
+        return None
+    sha = hashlib.sha256()
+    for tensor in module.state_dict().values():
+        sha.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return sha.hexdigest()[:16]
+
+
 def _finished(summary: Path, members: list[Path], run: dict) -> dict | None:
     """The record of a shard an earlier run finished (None if it did not): the same inputs, model, target
     and options, or one line saying that DST holds another run's shards (a rerun never mixes runs)."""
@@ -139,6 +152,9 @@ def _finished(summary: Path, members: list[Path], run: dict) -> dict | None:
             and isinstance(record.get("failed"), list)):
         raise ElasticTokError(f"{summary}: a damaged shard summary; delete it and its .tar to tokenize that "
                               "shard again")
+    if "run" not in record:
+        raise ElasticTokError(f"{summary}: written by an older elastictok, which did not record what made a shard; "
+                              "name a new DST, or delete its shards to start again")
     if record.get("members") != [str(p) for p in members] or record.get("run") != run:
         raise ElasticTokError(f"{summary.parent}: holds shards of other inputs, another model, target or options "
                               f"({summary.name}); name a new DST, or delete them to start again")

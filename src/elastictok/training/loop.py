@@ -159,10 +159,11 @@ def _check_layout(cfg: TrainConfig, world: World) -> None:
     if cfg.sequence_parallel and (not world.distributed or cfg.distributed != "ddp"):
         raise ElasticTokError("sequence_parallel needs torchrun and distributed: ddp")
     c = cfg.model_config()
-    batch_bytes = 4 * 3 * cfg.batch_size * cfg.n_blocks * c.frames_per_block * c.resolution[0] * c.resolution[1]
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if batch_bytes > memory // 4:  # activations take many times the input: refuse what cannot fit, before work
-        raise ElasticTokError(f"a batch of {cfg.batch_size} clips of {cfg.n_blocks} blocks is "
+    clips = cfg.batch_size if cfg.sequence_parallel else cfg.batch_size // world.size  # what one process holds
+    batch_bytes = 4 * 3 * clips * cfg.n_blocks * c.frames_per_block * c.resolution[0] * c.resolution[1]
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+    if memory and batch_bytes > memory // 4:  # activations take many times the input: refuse it before work
+        raise ElasticTokError(f"a batch of {clips} clips of {cfg.n_blocks} blocks per process is "
                               f"{batch_bytes / 2**30:.1f} GiB of pixels before any activation, on a machine of "
                               f"{memory / 2**30:.0f} GiB; "
                               "lower batch_size (grad_accum keeps the batch) or n_blocks")

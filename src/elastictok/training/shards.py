@@ -17,7 +17,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import av
 import numpy as np
@@ -52,28 +52,31 @@ def _encode_image(image: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
-def _write_clips(writer, path: Path, stem: str, clip_frames: int, short_side: int, fps: float | None) -> int:
+def _write_clips(writer, path: Path, stem: str, unique: Callable[[str], str], clip_frames: int, short_side: int,
+                 fps: float | None) -> int:
     """Cut a video into clips of ``clip_frames`` (a tail of at least a quarter kept); returns the clips written."""
     reader = VideoReader(path, fps=fps)
     pending: list[torch.Tensor] = []
-    index = 0
+    index = start = 0
 
     def flush() -> None:
         nonlocal index, pending
         clip = torch.stack(pending)
-        meta = {"source": str(path), "frames": len(clip), "fps": reader.fps, "start": index * clip_frames}
-        writer.write({"__key__": f"{stem}-{index:05d}", "mp4": _encode_clip(clip, reader.fps),
+        meta = {"source": str(path), "frames": len(clip), "fps": reader.fps, "start": start}
+        writer.write({"__key__": unique(f"{stem}-{index:05d}"), "mp4": _encode_clip(clip, reader.fps),
                       "json": json.dumps(meta).encode()})
         index += 1
         pending = []
 
     shortest = max(1, clip_frames // 4)
-    for frame in reader:
+    for number, frame in enumerate(reader):
         frame = frame if min(frame.shape[:2]) <= short_side else resize_short_side(frame[None], short_side)[0]
         if pending and frame.shape != pending[0].shape:  # the stream changed size: a clip holds one size
             if len(pending) >= shortest:
                 flush()
             pending = []
+        if not pending:
+            start = number
         pending.append(frame)
         if len(pending) == clip_frames:
             flush()
@@ -84,7 +87,7 @@ def _write_clips(writer, path: Path, stem: str, clip_frames: int, short_side: in
     return index
 
 
-def _write_image(writer, path: Path, stem: str, short_side: int) -> None:
+def _write_image(writer, path: Path, stem: str, unique: Callable[[str], str], short_side: int) -> None:
     image = read_image(path)
     if min(image.shape[:2]) > short_side:
         image = resize_short_side(image[None], short_side)[0]
@@ -92,7 +95,7 @@ def _write_image(writer, path: Path, stem: str, short_side: int) -> None:
         raise ElasticTokError(f"{path}: {image.shape[1]}x{image.shape[0]} after resizing; a JPEG sample holds "
                               f"at most {JPEG_MAX_SIDE} pixels a side")
     payload = _encode_image(image)
-    writer.write({"__key__": stem, "jpg": payload, "json": json.dumps({"source": str(path)}).encode()})
+    writer.write({"__key__": unique(stem), "jpg": payload, "json": json.dumps({"source": str(path)}).encode()})
 
 
 @dataclass
@@ -135,18 +138,24 @@ def build_shards(sources: list[str | os.PathLike], destination: str | os.PathLik
     numbers = [int(n) for n in existing if n.isdigit()]
     writer = wds.ShardWriter(str(destination / "shard-%06d.tar.tmp"), maxcount=shard_size, post=finished, verbose=0,
                              start_shard=max(numbers, default=-1) + 1)
-    stems: set[str] = set()
+    used: set[str] = set()
+
+    def unique(key: str) -> str:
+        """``key``, or ``key-N`` if a sample has it already (a/b.png and c/b.jpg; x-00000.png and x.mp4's clip)."""
+        candidate, n = key, 1
+        while candidate in used:
+            candidate, n = f"{key}-{n}", n + 1
+        used.add(candidate)
+        return candidate
+
     try:
         for path in tqdm(files, desc="shards", unit="file", disable=not progress):
-            stem, base, n = path.stem.replace(".", "_"), path.stem.replace(".", "_"), 1
-            while stem in stems:  # a/b.png and c/b.jpg: every sample's key is its own
-                stem, n = f"{base}-{n}", n + 1
-            stems.add(stem)
+            stem = path.stem.replace(".", "_")
             try:
                 if is_video(path):
-                    summary.clips += _write_clips(writer, path, stem, clip_frames, short_side, fps)
+                    summary.clips += _write_clips(writer, path, stem, unique, clip_frames, short_side, fps)
                 else:
-                    _write_image(writer, path, stem, short_side)
+                    _write_image(writer, path, stem, unique, short_side)
                     summary.images += 1
             except ElasticTokError as exc:
                 log.warning("skipping %s", exc)

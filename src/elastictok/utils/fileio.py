@@ -29,8 +29,9 @@ class atomic_path:
             parent = parent.parent
         self.target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            # the name is cut so that any name the file system takes also takes its temporary's
-            fd, name = tempfile.mkstemp(prefix=f".{self.target.name[:64]}.", suffix=".tmp", dir=self.target.parent)
+            # the name is cut (in bytes) so that any name the file system takes also takes its temporary's
+            stem = self.target.name.encode()[:64].decode(errors="ignore")
+            fd, name = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=self.target.parent)
         except OSError as exc:
             self._remove_created()
             raise self._error(exc) from None
@@ -109,15 +110,27 @@ def check_input_file(path: str | os.PathLike, what: str) -> Path:
 MAX_SMALL_FILE_BYTES = 1 << 20
 
 
-def read_small_file(path: str | os.PathLike, what: str, limit: int = MAX_SMALL_FILE_BYTES) -> bytes:
-    """The bytes of a regular file of at most ``limit`` bytes (a config), refused in one line otherwise:
-    a pipe would block the read forever and a device such as /dev/zero would never end."""
-    path = check_input_file(path, what)
+def read_small_file(path: str | os.PathLike, what: str, limit: int = MAX_SMALL_FILE_BYTES,
+                    pipes: bool = False) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (a config), refused in one line otherwise: a
+    device such as /dev/zero would never end. With ``pipes``, a pipe is read too (a shell's ``<(sed ...)``);
+    one that no process writes reads as empty instead of blocking forever."""
+    path = Path(path)
     try:
-        with open(path, "rb") as file:
+        is_pipe = pipes and stat.S_ISFIFO(path.stat().st_mode)
+    except OSError:
+        is_pipe = False
+    if not is_pipe:
+        check_input_file(path, what)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a pipe without a writer would block
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as file:
             raw = file.read(limit + 1)
     except OSError as exc:
         raise ElasticTokError(f"{path}: cannot read {what} ({exc.strerror})") from None
     if len(raw) > limit:
         raise ElasticTokError(f"{path}: larger than {limit} bytes, not {what}")
+    if is_pipe and not raw.strip():
+        raise ElasticTokError(f"{path}: an empty pipe (nothing writes to it), not {what}")
     return raw
