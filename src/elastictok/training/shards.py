@@ -98,6 +98,21 @@ def _write_image(writer, path: Path, stem: str, unique: Callable[[str], str], sh
     writer.write({"__key__": unique(stem), "jpg": payload, "json": json.dumps({"source": str(path)}).encode()})
 
 
+class _UniqueKeys:
+    """Called with a sample's key: the key, or ``key-N`` if a sample of this run has it already (a/b.png and
+    c/b.jpg; x-00000.png and x.mp4's first clip)."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+
+    def __call__(self, key: str) -> str:
+        candidate, n = key, 1
+        while candidate in self.used:
+            candidate, n = f"{key}-{n}", n + 1
+        self.used.add(candidate)
+        return candidate
+
+
 @dataclass
 class ShardSummary:
     shards: int = 0
@@ -138,16 +153,7 @@ def build_shards(sources: list[str | os.PathLike], destination: str | os.PathLik
     numbers = [int(n) for n in existing if n.isdigit()]
     writer = wds.ShardWriter(str(destination / "shard-%06d.tar.tmp"), maxcount=shard_size, post=finished, verbose=0,
                              start_shard=max(numbers, default=-1) + 1)
-    used: set[str] = set()
-
-    def unique(key: str) -> str:
-        """``key``, or ``key-N`` if a sample has it already (a/b.png and c/b.jpg; x-00000.png and x.mp4's clip)."""
-        candidate, n = key, 1
-        while candidate in used:
-            candidate, n = f"{key}-{n}", n + 1
-        used.add(candidate)
-        return candidate
-
+    unique = _UniqueKeys()
     try:
         for path in tqdm(files, desc="shards", unit="file", disable=not progress):
             stem = path.stem.replace(".", "_")

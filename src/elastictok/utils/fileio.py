@@ -30,7 +30,7 @@ class atomic_path:
         self.target.parent.mkdir(parents=True, exist_ok=True)
         try:
             # the name is cut (in bytes) so that any name the file system takes also takes its temporary's
-            stem = self.target.name.encode()[:64].decode(errors="ignore")
+            stem = os.fsdecode(os.fsencode(self.target.name)[:64])  # names need not be UTF-8
             fd, name = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=self.target.parent)
         except OSError as exc:
             self._remove_created()
