@@ -680,6 +680,14 @@ def test_atomic_writer_passes_other_files_errors_through(tmp_path):
 
 
 # ---- special files, raw headers, odd names (found by a bad-input hunt) ---------------------------------------
+def make_special(path: Path, kind: str) -> None:
+    """A pipe nothing writes (a read would wait forever) or a link to /dev/zero (a read would never end)."""
+    if kind == "pipe":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+
+
 @pytest.mark.parametrize("command, name", [
     case("fifo-as-etok", "decode", "pipe.etok"),
     case("fifo-as-image", "encode", "pipe.png"),
@@ -688,10 +696,7 @@ def test_atomic_writer_passes_other_files_errors_through(tmp_path):
 ])
 def test_pipes_and_devices_are_refused_not_read(model_dir, tmp_path, command, name):
     path = tmp_path / name
-    if name.startswith("pipe"):
-        os.mkfifo(path)  # a read would wait forever for a writer
-    else:
-        path.symlink_to("/dev/zero")  # a read would never end
+    make_special(path, "pipe" if name.startswith("pipe") else "zeros")
     output = tmp_path / ("x.png" if command == "decode" else "out")
     run = cli(command, path, "-o", output, *encode_args(model_dir, *(["--tokens", "4"] if command == "encode" else [])),
               timeout=20)
@@ -713,10 +718,7 @@ def test_pipes_and_devices_behind_models_and_configs_are_refused_not_read(model_
     if path.parent.name == "model":  # a copy of the model with this one file replaced
         shutil.copytree(model_dir, path.parent)
         path.unlink()
-    if kind == "pipe":
-        os.mkfifo(path)
-    else:
-        path.symlink_to("/dev/zero")
+    make_special(path, kind)
     image, output = tmp_path / "small.png", tmp_path / "out"
     Image.fromarray(np.full((16, 16, 3), 128, np.uint8)).save(image)
     encode = ["encode", image, "-o", output, "--tokens", "4", "--no-progress"]
