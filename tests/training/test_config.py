@@ -46,6 +46,11 @@ def test_yaml_quirks_read_as_meant(tmp_path):
     path.write_text("model: micro\nlr: 1e-3\neval_data:\nmodel_overrides:\n")  # YAML 1.1: 1e-3 is text
     cfg = TrainConfig.from_yaml(path)
     assert cfg.lr == 1e-3 and cfg.eval_data == [] and cfg.model_overrides == {}  # empty fields: their defaults
+    path.write_text("model: micro\nmodel_overrides: {norm_eps: 1e-6, bottleneck: vae}\n")  # the same inside overrides
+    assert TrainConfig.from_yaml(path).model_config().norm_eps == 1e-6
+    path.write_text("model: [micro]\nmodel_overrides: {norm_eps: 1e-6}\n")
+    with pytest.raises(ElasticTokError, match="model must be text"):
+        TrainConfig.from_yaml(path)
 
 
 def test_a_device_is_not_read_as_a_config(tmp_path):

@@ -16,7 +16,7 @@ import yaml
 
 from ..errors import ElasticTokError
 from ..models.base import refuse_unknown_fields
-from ..models.registry import config_from_preset
+from ..models.registry import CONFIGS, PRESETS, config_from_preset, family_of_preset
 from ..utils.fields import field_problems
 from ..utils.fileio import read_small_file
 from .masks import KeepSampler
@@ -117,13 +117,17 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
         """The config in a YAML file (a pipe such as ``<(sed ...)`` too), with ``overrides`` (None values ignored)
-        on top. An empty field means its default; ``1e-3``, which YAML 1.1 reads as text, is a number."""
+        on top. An empty field means its default; ``1e-3``, which YAML 1.1 reads as text, is a number (in
+        ``model_overrides`` too)."""
         data = _read_yaml(Path(path))
         data.update({k: v for k, v in overrides.items() if v is not None})
         refuse_unknown_fields(cls, data, f"{path}: unknown training config fields")
         kinds = {f.name: f.type for f in dataclasses.fields(cls)}
-        data = {k: _number(v) if "float" in kinds[k] else v for k, v in data.items()
-                if v is not None or "None" in kinds[k]}
+        data = _read_numbers({k: v for k, v in data.items() if v is not None or "None" in kinds[k]}, cls)
+        model = data.get("model", cls.model)
+        if isinstance(data.get("model_overrides"), dict) and isinstance(model, str) \
+                and any(model in presets for presets in PRESETS.values()):
+            data["model_overrides"] = _read_numbers(data["model_overrides"], CONFIGS[family_of_preset(model)])
         return cls(**data)
 
     def model_config(self) -> Any:
@@ -152,8 +156,14 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
+def _read_numbers(data: dict, config_class: type) -> dict:
+    """``data`` with each text such as "1e-3" in a float field of ``config_class`` read as the number it spells
+    (YAML 1.1 needs "1.0e-3" to read a number)."""
+    kinds = {f.name: f.type for f in dataclasses.fields(config_class)}
+    return {k: _number(v) if "float" in kinds.get(k, "") else v for k, v in data.items()}
+
+
 def _number(value: Any) -> Any:
-    """``value``, or the number a text such as "1e-3" spells (YAML 1.1 needs "1.0e-3" to read a number)."""
     if isinstance(value, str):
         try:
             return float(value)
