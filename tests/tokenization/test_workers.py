@@ -1,11 +1,22 @@
-"""Worker pools: threads per worker never oversubscribe the cores; a bad file does not stop the others."""
+"""Worker pools: threads per worker never oversubscribe the cores; a bad file does not stop the others;
+Ctrl-C or SIGTERM stops every worker at once, cleanly."""
 
 from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
+import elastictok
 from elastictok import ElasticTok, ElasticTokConfig, ElasticTokError
 from elastictok.tokenization.targets import TokenCount
 from elastictok.tokenization.workers import TokenizerPool, threads_per_worker
@@ -36,3 +47,35 @@ def test_pool_tokenizes_in_order_and_reports_bad_files(tmp_path, workers):
     assert torch.get_num_threads() == threads  # an in-process pool restores the caller's threads
     assert isinstance(results[1], ElasticTokError) and "bad.png" in str(results[1])
     assert [r.info.source for r in results if not isinstance(r, Exception)] == [str(files[i]) for i in (0, 2, 3)]
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_an_interrupted_pool_stops_its_workers_at_once(tmp_path, how):
+    """Ctrl-C in a terminal signals the parent and its workers; SIGTERM (a killed job) only the parent."""
+    clip = Path(elastictok.__file__).parent / "assets" / "street.mp4"
+    inputs = [shutil.copy(clip, tmp_path / f"clip{i}.mp4") for i in range(12)]
+    out = tmp_path / "out"
+    run = subprocess.Popen([sys.executable, "-m", "elastictok.cli", "encode", *map(str, inputs), "-o", str(out),
+                            "--workers", "2", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not list(out.glob("*.etok")) and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # interrupt once the first file is written: the workers are busy with the next
+        assert run.poll() is None, "the encode ended before it could be interrupted"
+        if how == "ctrl-c":
+            os.killpg(run.pid, signal.SIGINT)
+        else:
+            run.send_signal(signal.SIGTERM)
+        interrupted = time.monotonic()
+        _, stderr = run.communicate(timeout=60)
+        seconds = time.monotonic() - interrupted
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)  # the whole session: the parent and any worker left
+    assert run.returncode == 130 and stderr.strip() == "interrupted", stderr
+    assert seconds < 6, f"took {seconds:.1f} s to stop"  # 1 to 1.5 s; finishing the queued clips took 12 to 14
+    written = sorted(out.iterdir())
+    assert 1 <= len(written) < len(inputs) and all(p.suffix == ".etok" for p in written)  # no temporaries
+    for path in written:
+        assert elastictok.read_etok(path).counts.numel() == 20  # each written file whole

@@ -10,8 +10,12 @@ file at a time, and results come back in input order. A file that fails gives it
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import signal
+import sys
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Iterable, Iterator
@@ -65,8 +69,62 @@ def _tokenize_one(path: str):
         return exc
 
 
+def _tokenize_in_worker(path: str):
+    """``_tokenize_one`` in a worker process; None once the worker was interrupted (Ctrl-C, or the pool
+    closing early), for this input and each one already queued to it, so that the worker exits at once."""
+    if _worker.get("interrupted"):
+        return None
+    _worker["busy"] = True
+    try:
+        return _tokenize_one(path)
+    except KeyboardInterrupt:
+        return None
+    finally:
+        _worker["busy"] = False
+
+
+def _on_ctrl_c(signum, frame) -> None:
+    """A worker's SIGINT handler: stop the input it is tokenizing, if any, and the ones after it. An idle
+    worker (waiting for input) only takes note: raising there would print a traceback."""
+    _worker["interrupted"] = True
+    if _worker.get("busy"):
+        raise KeyboardInterrupt
+
+
+def _quiet_interrupt_in_finalizer(unraisable) -> None:
+    """A Ctrl-C that lands in a finalizer (``__del__``) cannot stop the input; Python would print it as an
+    ignored exception. The worker has taken note of it (``_on_ctrl_c``): print nothing."""
+    if not issubclass(unraisable.exc_type, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
+
+
 def _ready(_: int) -> int:
     return torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def _deaf_to_ctrl_c():
+    """Block SIGINT while worker processes are spawned: they inherit the block, so that Ctrl-C during their
+    start (importing torch, loading the model) does not print a traceback from each; they read it once
+    started (``_start_worker_process``). Here a Ctrl-C meanwhile waits, and arrives when the block ends."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _start_worker_process(*args) -> None:
+    """The pool's initializer: ``_start_worker``, then handle SIGINT from now on (one that came during
+    start-up arrives now)."""
+    _start_worker(*args)
+    sys.unraisablehook = _quiet_interrupt_in_finalizer
+    signal.signal(signal.SIGINT, _on_ctrl_c)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 class TokenizerPool:
@@ -87,10 +145,15 @@ class TokenizerPool:
             _start_worker(model, self.threads, bf16, kwargs)
         else:
             context = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
-            self._executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+            self._executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker_process,
                                                  initargs=(model, self.threads, bf16, kwargs))
-            # start every worker now (and load its model), so start-up is not counted as work
-            list(self._executor.map(_ready, range(workers)))
+            try:  # start every worker now (and load its model), so start-up is not counted as work
+                with _deaf_to_ctrl_c():
+                    started = [self._executor.submit(_ready, i) for i in range(workers)]
+                [future.result() for future in started]
+            except BaseException:
+                self.close(stop_running=True)
+                raise
 
     def map(self, paths: Iterable[str | os.PathLike]) -> Iterator:
         """Per path, in order: its ``TokenizedVideo``, or the ``ElasticTokError`` that refused it
@@ -102,18 +165,25 @@ class TokenizerPool:
         return self._results(paths)
 
     def _results(self, paths: list[str]) -> Iterator:
-        results, broken = self._executor.map(_tokenize_one, paths), False
+        results, broken = self._executor.map(_tokenize_in_worker, paths), False
         for path in paths:
             if not broken:
                 try:
-                    yield next(results)
+                    result = next(results)
+                    yield WorkerDiedError(f"{path}: not tokenized, a worker was interrupted") if result is None else result
                     continue
                 except BrokenProcessPool:
                     broken = True
             yield WorkerDiedError(f"{path}: not tokenized, a worker process died (out of memory?)")
 
-    def close(self) -> None:
-        if self._executor is not None:  # inputs still queued (the caller stopped early) are dropped
+    def close(self, stop_running: bool = False) -> None:
+        """Drop the inputs still queued (the caller stopped early); with ``stop_running`` (an interrupt or
+        an error) also stop the workers' current inputs, rather than wait for them to finish."""
+        if self._executor is not None:
+            if stop_running:  # interrupt the workers as Ctrl-C would (the executor has no public way to)
+                for process in list(self._executor._processes.values()):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(process.pid, signal.SIGINT)
             self._executor.shutdown(cancel_futures=True)
         else:
             torch.set_num_threads(self._previous_threads)
@@ -122,5 +192,5 @@ class TokenizerPool:
     def __enter__(self) -> "TokenizerPool":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *_) -> None:
+        self.close(stop_running=exc_type is not None)
