@@ -10,16 +10,12 @@ The public API, re-exported from the layers that define it (docs/architecture.md
     video = model.detokenize("clip.etok")
 """
 
+from typing import TYPE_CHECKING
+
 from .errors import ElasticTokError
-from .models.base import ModelFamily
-from .models.elastictok.config import PRESETS, ElasticTokConfig
-from .models.elastictok.model import ElasticTok, ElasticTokOutput, Latents
-from .models.flextok import FlexTok, FlexTokConfig
-from .models.registry import FAMILIES, from_pretrained
-from .tokenization.options import TokenizeOptions
-from .tokenization.targets import Budget, Target, Threshold, TokenCount, parse_target
-from .tokenization.tokenfile import TokenizedVideo, etok_bytes, parse_etok, read_etok, write_etok
-from .tokenization.tokenizer import detokenize, tokenize
+
+if TYPE_CHECKING:
+    from ._api import *  # noqa: F403 (what __getattr__ loads, for type checkers and editors)
 
 __all__ = [
     "Budget", "ElasticTok", "ElasticTokConfig", "ElasticTokError", "ElasticTokOutput", "FAMILIES", "FlexTok",
@@ -29,3 +25,14 @@ __all__ = [
     "write_etok",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """The public API loads on first use, since it imports torch (seconds): so ``import elastictok`` is
+    instant, and the command line answers ``--help`` and bad arguments at once."""
+    if name not in __all__:
+        raise AttributeError(f"module 'elastictok' has no attribute {name!r}")
+    from . import _api
+
+    globals().update({export: getattr(_api, export) for export in __all__})
+    return globals()[name]

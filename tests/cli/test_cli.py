@@ -23,6 +23,18 @@ def model_dir(trained_micro, tmp_path_factory):
     return path
 
 
+def test_help_and_bad_arguments_answer_without_loading_the_library():
+    """``--help`` and argument errors come back at once: torch, seconds to import, is not loaded for them."""
+    code = ("import contextlib, sys\nfrom elastictok.cli import main\n"
+            "for argv in (['--help'], ['encode', '--help'], ['encode', 'x.mp4', '--tokens', 'many']):\n"
+            "    with contextlib.suppress(SystemExit):\n"
+            "        main(argv)\n"
+            "print('torch loaded:', 'torch' in sys.modules, file=sys.stderr)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "usage: elastictok encode" in run.stdout and "error: argument --tokens" in run.stderr, run.stderr
+    assert run.stderr.strip().splitlines()[-1] == "torch loaded: False"
+
+
 def test_help_lists_the_commands():
     result = cli("--help")
     assert result.returncode == 0

@@ -254,10 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # before the library loads: --help and bad arguments answer at once
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
     try:
         with _one_line_warnings(), _terminate_as_interrupt():
+            from ..tokenization import tokenizer  # noqa: F401 (the library, seconds with torch: here Ctrl-C is caught)
             args.func(args)
         code = 0
     except ElasticTokError as exc:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import math
 
-from ..media.io import FPS_RANGE, is_valid_fps
 from ..tokenization.options import SEARCHES
 
 
 def _fps(text: str) -> float:
+    from ..media.io import FPS_RANGE, is_valid_fps
+
     try:
         value = float(text)
     except ValueError:

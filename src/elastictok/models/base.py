@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
 import os
 from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
@@ -177,8 +178,8 @@ def provide_tokenization(tokenize: Callable, detokenize: Callable) -> None:
 
 
 def _tokenization(name: str) -> Callable:
-    if name not in _TOKENIZATION:  # only when elastictok.models was imported without the package root
-        raise ElasticTokError("tokenization is not loaded: import elastictok first")
+    if name not in _TOKENIZATION:  # not loaded yet (a deep import): load the layer above, which registers itself
+        importlib.import_module("elastictok.tokenization.tokenizer")
     return _TOKENIZATION[name]
 
 

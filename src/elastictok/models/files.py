@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import ElasticTokError
 from ..utils.fileio import atomic_path, check_input_file, read_small_file
+from ..utils.runtime import interrupts_held
 from .pretrained import resolve_model_path
 
 WEIGHTS_NAME = "model.safetensors"
@@ -69,7 +70,8 @@ class PretrainedFiles:
         model = cls(cls._read_config(directory))
         weights = check_input_file(directory / WEIGHTS_NAME, "a safetensors file")
         try:
-            state = load_file(str(weights), device=str(map_location))
+            with interrupts_held():
+                state = load_file(str(weights), device=str(map_location))
         except Exception as exc:  # safetensors raises several types for damaged files
             raise ElasticTokError(f"{weights}: not a readable safetensors file ({exc})") from None
         expected = model.state_dict()

@@ -15,7 +15,6 @@ import multiprocessing
 import os
 import signal
 import sys
-import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Iterable, Iterator
@@ -23,6 +22,7 @@ from typing import Iterable, Iterator
 import torch
 
 from ..errors import ElasticTokError
+from ..utils.runtime import interrupts_held, release_interrupts
 
 
 def available_cores() -> int:
@@ -102,29 +102,14 @@ def _ready(_: int) -> int:
     return torch.get_num_threads()
 
 
-@contextlib.contextmanager
-def _deaf_to_ctrl_c():
-    """Block SIGINT while worker processes are spawned: they inherit the block, so that Ctrl-C during their
-    start (importing torch, loading the model) does not print a traceback from each; they read it once
-    started (``_start_worker_process``). Here a Ctrl-C meanwhile waits, and arrives when the block ends."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-
-
 def _start_worker_process(*args) -> None:
-    """The pool's initializer: ``_start_worker``, then handle SIGINT from now on (one that came during
-    start-up arrives now)."""
+    """The pool's initializer: ``_start_worker``, then handle SIGINT. Workers start with interrupts held,
+    so that Ctrl-C during their start (importing torch, loading the model) prints no traceback from each;
+    one that came meanwhile arrives here."""
     _start_worker(*args)
     sys.unraisablehook = _quiet_interrupt_in_finalizer
     signal.signal(signal.SIGINT, _on_ctrl_c)
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    release_interrupts()
 
 
 class TokenizerPool:
@@ -148,7 +133,7 @@ class TokenizerPool:
             self._executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker_process,
                                                  initargs=(model, self.threads, bf16, kwargs))
             try:  # start every worker now (and load its model), so start-up is not counted as work
-                with _deaf_to_ctrl_c():
+                with interrupts_held():
                     started = [self._executor.submit(_ready, i) for i in range(workers)]
                 [future.result() for future in started]
             except BaseException:

@@ -1,9 +1,12 @@
-"""Where this process runs: its rank in a torch.distributed group (if any) and its device."""
+"""Where this process runs: its rank in a torch.distributed group (if any), its device, its interrupts."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
+import signal
+import threading
 
 import torch
 
@@ -31,6 +34,30 @@ def warn_if_slow_bf16(device_type: str) -> None:
         log.warning("bf16 was asked for, but this %s has no native bf16 (AVX512-BF16 or AMX): it runs several "
                     "times slower than fp32 here; use fp32 (--dtype fp32, or bf16: false in a training config)",
                     device_type.upper())
+
+
+INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def interrupts_held():
+    """Hold Ctrl-C and SIGTERM until the block ends, then deliver them. Torch's C code turns an interrupt
+    that lands inside it (e.g. while safetensors builds tensors) into an unrelated ValueError; held, it
+    arrives as itself. Processes started meanwhile inherit the hold (see ``release_interrupts``)."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def release_interrupts() -> None:
+    """In a process started under ``interrupts_held``: deliver the held interrupts, and later ones."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, INTERRUPTS)
 
 
 def distributed_ready() -> bool:
