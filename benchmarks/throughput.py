@@ -2,7 +2,7 @@
 
     python benchmarks/throughput.py [--folder DIR] [--copies 4] [--workers 1 2 4] [--threshold mse:0.03]
 
-Each worker gets cores // workers torch threads (``elastictok.tokenization.workers.threads_per_worker``), so
+Each worker gets cores // workers torch threads (``elastictok.utils.cores.threads_per_worker``), so
 the total never exceeds the cores. Without --folder, the bundled clip is copied ``--copies`` times
 into a temporary folder. Start-up (spawning workers, loading the model) is reported apart from the
 tokenizing time that the rate is computed from.
@@ -19,7 +19,8 @@ from pathlib import Path
 from elastictok.media.io import list_media
 from elastictok.models.pretrained import sample_video
 from elastictok.tokenization.targets import parse_target
-from elastictok.tokenization.workers import TokenizerPool, available_cores
+from elastictok.tokenization.workers import TokenizerPool
+from elastictok.utils.cores import available_cores
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ The public API, re-exported from the layers that define it (docs/architecture.md
     video = model.detokenize("clip.etok")
 """
 
+import importlib
 from typing import TYPE_CHECKING
 
 from .errors import ElasticTokError
@@ -27,12 +28,22 @@ __all__ = [
 __version__ = "0.1.0"
 
 
+_LAYERS = ["cli", "errors", "evaluation", "layers", "media", "metrics", "models", "tokenization", "training", "utils"]
+
+
 def __getattr__(name: str):
     """The public API loads on first use, since it imports torch (seconds): so ``import elastictok`` is
-    instant, and the command line answers ``--help`` and bad arguments at once."""
+    instant, and the command line answers ``--help`` and bad arguments at once. The layers' packages
+    (``elastictok.models`` ...) load on first use too."""
+    if name in _LAYERS:
+        return importlib.import_module(f".{name}", __name__)
     if name not in __all__:
         raise AttributeError(f"module 'elastictok' has no attribute {name!r}")
     from . import _api
 
     globals().update({export: getattr(_api, export) for export in __all__})
     return globals()[name]
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__, *_LAYERS})

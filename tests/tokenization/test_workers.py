@@ -19,7 +19,8 @@ from PIL import Image
 import elastictok
 from elastictok import ElasticTok, ElasticTokConfig, ElasticTokError
 from elastictok.tokenization.targets import TokenCount
-from elastictok.tokenization.workers import TokenizerPool, threads_per_worker
+from elastictok.tokenization.workers import TokenizerPool
+from elastictok.utils.cores import threads_per_worker
 
 
 def test_threads_per_worker_never_exceeds_the_cores():
@@ -74,7 +75,7 @@ def test_an_interrupted_pool_stops_its_workers_at_once(tmp_path, how):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(run.pid, signal.SIGKILL)  # the whole session: the parent and any worker left
     assert run.returncode == 130 and stderr.strip() == "interrupted", stderr
-    assert seconds < 6, f"took {seconds:.1f} s to stop"  # 1 to 1.5 s; finishing the queued clips took 12 to 14
+    assert seconds < 8, f"took {seconds:.1f} s to stop"  # 1 to 1.5 s; finishing the queued clips took 12 to 14
     written = sorted(out.iterdir())
     assert 1 <= len(written) < len(inputs) and all(p.suffix == ".etok" for p in written)  # no temporaries
     for path in written:

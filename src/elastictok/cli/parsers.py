@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import math
 
+from ..media.limits import FPS_RANGE, is_valid_fps
 from ..tokenization.options import SEARCHES
+from ..utils.cores import available_cores
 
 
 def _fps(text: str) -> float:
-    from ..media.io import FPS_RANGE, is_valid_fps
-
     try:
         value = float(text)
     except ValueError:
@@ -34,8 +34,6 @@ def _positive_int(text: str) -> int:
 
 
 def _workers(text: str) -> int:
-    from ..tokenization.workers import available_cores
-
     cores = available_cores()
     if not text.isdecimal() or not 1 <= int(text) <= cores:
         raise argparse.ArgumentTypeError(f"workers must be a whole number in [1, {cores}] (the cores this process "

@@ -11,7 +11,8 @@ import torch
 
 from ..errors import ElasticTokError
 from ..utils.blocks import image_as_block
-from .io import IMAGE_SUFFIXES, VideoReader, check_fps, is_video, read_image
+from .io import IMAGE_SUFFIXES, VideoReader, is_video, read_image
+from .limits import check_fps
 from .transforms import fit_to_resolution
 
 

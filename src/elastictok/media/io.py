@@ -21,25 +21,12 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import ElasticTokError
 from ..utils.fileio import atomic_path, check_input_file
+from .limits import MAX_PIXELS, MAX_SIDE, check_fps, is_valid_fps
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg"}
-MIN_FPS, MAX_FPS = 0.001, 1000.0  # frame rates accepted (a writer stores them as fractions over <= 1001)
-FPS_RANGE = f"[{MIN_FPS:g}, {MAX_FPS:g}]"
-MAX_SIDE = 65535  # the largest image or frame side accepted (JPEG's limit)
-MAX_PIXELS = 100_000_000  # larger images are refused before they are decoded (decompression bombs)
-
-
-def is_valid_fps(fps: object) -> bool:
-    """A frame rate is a number in FPS_RANGE (NaN and infinities are not)."""
-    return isinstance(fps, (int, float)) and MIN_FPS <= fps <= MAX_FPS
-
-
-def check_fps(fps: float | None, what: str = "fps") -> None:
-    if fps is not None and not is_valid_fps(fps):
-        raise ElasticTokError(f"{what} must be a number in {FPS_RANGE}, got {fps!r}")
 
 
 # ---- reading ------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from safetensors.torch import load, save
 
 from ..errors import ElasticTokError
 from ..media.blocks import MediaInfo
-from ..media.io import FPS_RANGE, MAX_SIDE, is_valid_fps
+from ..media.limits import FPS_RANGE, MAX_SIDE, is_valid_fps
 from ..utils.fileio import atomic_path, check_input_file
 
 FORMAT, VERSION = "elastictok-tokens", "3"

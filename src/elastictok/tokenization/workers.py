@@ -2,7 +2,7 @@
 
 Torch runs one thread per core in each process by default, so N plain worker processes on C
 cores run N*C threads that fight over C cores (measured: 20 to 50 times slower than one process).
-``TokenizerPool`` starts N workers and gives each ``threads_per_worker(N)`` = C // N threads, so
+``TokenizerPool`` starts N workers and gives each ``utils.cores.threads_per_worker(N)`` = C // N threads, so
 the total never exceeds the cores. Each worker loads the model once; inputs are handed out one
 file at a time, and results come back in input order. A file that fails gives its
 ``ElasticTokError`` in place of a result; the others go on.
@@ -22,22 +22,8 @@ from typing import Iterable, Iterator
 import torch
 
 from ..errors import ElasticTokError
-from ..utils.runtime import interrupts_held, release_interrupts
-
-
-def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def threads_per_worker(workers: int, cores: int | None = None) -> int:
-    """Torch threads for each of ``workers`` processes so that all of them together use ``cores``."""
-    if workers < 1:
-        raise ElasticTokError(f"workers must be at least 1, got {workers}")
-    return max(1, (cores or available_cores()) // workers)
+from ..utils.cores import threads_per_worker
+from ..utils.runtime import blocked_signals, interrupts_held, release_interrupts
 
 
 class WorkerDiedError(ElasticTokError):
@@ -102,14 +88,23 @@ def _ready(_: int) -> int:
     return torch.get_num_threads()
 
 
-def _start_worker_process(*args) -> None:
+def _start_worker_process(blocked_by_parent: set | None, *args) -> None:
     """The pool's initializer: ``_start_worker``, then handle SIGINT. Workers start with interrupts held,
     so that Ctrl-C during their start (importing torch, loading the model) prints no traceback from each;
     one that came meanwhile arrives here."""
     _start_worker(*args)
     sys.unraisablehook = _quiet_interrupt_in_finalizer
     signal.signal(signal.SIGINT, _on_ctrl_c)
-    release_interrupts()
+    release_interrupts(blocked_by_parent)
+
+
+def _interrupt(process) -> None:
+    """Interrupt a worker as Ctrl-C would (on POSIX; elsewhere there is no such signal: stop it)."""
+    if os.name != "posix":
+        process.terminate()
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(process.pid, signal.SIGINT)
 
 
 class TokenizerPool:
@@ -131,7 +126,7 @@ class TokenizerPool:
         else:
             context = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
             self._executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker_process,
-                                                 initargs=(model, self.threads, bf16, kwargs))
+                                                 initargs=(blocked_signals(), model, self.threads, bf16, kwargs))
             try:  # start every worker now (and load its model), so start-up is not counted as work
                 with interrupts_held():
                     started = [self._executor.submit(_ready, i) for i in range(workers)]
@@ -145,7 +140,7 @@ class TokenizerPool:
         (a ``WorkerDiedError`` when the worker tokenizing it died, e.g. out of memory: then for every
         path after it)."""
         paths = [str(p) for p in paths]
-        if self._executor is None:
+        if self.workers == 1:
             return (_tokenize_one(p) for p in paths)
         return self._results(paths)
 
@@ -155,22 +150,24 @@ class TokenizerPool:
             if not broken:
                 try:
                     result = next(results)
-                    yield WorkerDiedError(f"{path}: not tokenized, a worker was interrupted") if result is None else result
+                    yield result if result is not None else WorkerDiedError(f"{path}: not tokenized, a worker "
+                                                                            "was interrupted")
                     continue
                 except BrokenProcessPool:
                     broken = True
             yield WorkerDiedError(f"{path}: not tokenized, a worker process died (out of memory?)")
 
     def close(self, stop_running: bool = False) -> None:
-        """Drop the inputs still queued (the caller stopped early); with ``stop_running`` (an interrupt or
-        an error) also stop the workers' current inputs, rather than wait for them to finish."""
+        """Drop the inputs still queued; with ``stop_running`` (an interrupt, an error, or the caller done
+        early) also stop the workers' current inputs, rather than wait for them to finish."""
         if self._executor is not None:
-            if stop_running:  # interrupt the workers as Ctrl-C would (the executor has no public way to)
-                for process in list(self._executor._processes.values()):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(process.pid, signal.SIGINT)
+            if stop_running:
+                for process in list((self._executor._processes or {}).values()):  # no public way to do this
+                    if process.exitcode is None:  # still running: its pid is still its own
+                        _interrupt(process)
             self._executor.shutdown(cancel_futures=True)
-        else:
+            self._executor = None
+        elif self.workers == 1 and _worker:
             torch.set_num_threads(self._previous_threads)
             _worker.clear()
 

@@ -47,17 +47,25 @@ def interrupts_held():
     if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTS)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, [])  # read only: an interrupt raised here leaves no hold
     try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTS)
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def release_interrupts() -> None:
-    """In a process started under ``interrupts_held``: deliver the held interrupts, and later ones."""
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, INTERRUPTS)
+def blocked_signals() -> set | None:
+    """The signals this thread blocks (None where that cannot be read), to hand to a child process that
+    starts under ``interrupts_held``, which restores them with ``release_interrupts``."""
+    return signal.pthread_sigmask(signal.SIG_BLOCK, []) if hasattr(signal, "pthread_sigmask") else None
+
+
+def release_interrupts(blocked: set | None) -> None:
+    """In a process started under ``interrupts_held``: deliver the held interrupts, and later ones; the signals
+    its parent blocked before (``blocked_signals``) stay blocked."""
+    if blocked is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def distributed_ready() -> bool:
