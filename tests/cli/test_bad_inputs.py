@@ -14,6 +14,7 @@ import io
 import os
 import json
 import math
+import pickle
 import random
 import shutil
 import signal
@@ -939,6 +940,21 @@ def test_a_damaged_checkpoint_is_refused_on_resume(corpus, tmp_path, damage):
     assert cli("train", "--config", config, "--no-progress").code == 0
     last = tmp_path / "run" / "checkpoints" / "last.pt"
     torch.save(damage(torch.load(last, weights_only=True)), last)
+    assert_refused(cli("train", "--config", config, "--resume", "--no-progress"), "last.pt")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "pickle-of-a-function", "text", "empty"])
+def test_a_checkpoint_file_that_is_not_one_is_refused_on_resume(corpus, tmp_path, kind):
+    config = tmp_path / "ok.yaml"
+    config.write_text(f"model: micro\ndata: [{corpus['good_png']}]\nout_dir: {tmp_path / 'run'}\nsteps: 2\n"
+                      "stop_at: 1\ncheckpoint_every: 1\n")
+    assert cli("train", "--config", config, "--no-progress").code == 0
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    last.unlink()
+    if kind == "fifo":
+        os.mkfifo(last)  # would block torch.load forever
+    else:
+        last.write_bytes({"pickle-of-a-function": pickle.dumps(os.getcwd), "text": b"hello\n", "empty": b""}[kind])
     assert_refused(cli("train", "--config", config, "--resume", "--no-progress"), "last.pt")
 
 

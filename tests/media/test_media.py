@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import av
 import numpy as np
 import pytest
@@ -9,7 +12,7 @@ import torch
 from PIL import Image
 
 from elastictok import ElasticTokError
-from elastictok.media.io import VideoReader, read_image, write_image, write_video
+from elastictok.media.io import VideoReader, VideoWriter, read_image, write_image, write_video
 from elastictok.media.transforms import fit_to_resolution, from_model, to_model
 
 
@@ -90,6 +93,35 @@ def test_image_writer_is_atomic_and_checks_suffix(tmp_path):
     with pytest.raises(ElasticTokError, match="must end in"):
         write_image(tmp_path / "a.gif2", frame)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]  # no temporary left behind
+
+
+class InterruptedFlush:
+    """The H.264 stream, but Ctrl-C lands while the encoder flushes its last frames (the file's final 0.2 s)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def encode(self, frame=None):
+        if frame is None:
+            raise KeyboardInterrupt
+        return self.stream.encode(frame)
+
+
+def test_a_video_interrupted_while_it_is_flushed_is_not_written(tmp_path):
+    frames = torch.randint(0, 255, (8, 32, 32, 3), dtype=torch.uint8)
+    with pytest.raises(KeyboardInterrupt), VideoWriter(tmp_path / "x.mp4", 24) as writer:
+        writer.write(frames)
+        writer._stream = InterruptedFlush(writer._stream)
+    assert list(tmp_path.iterdir()) == []  # not a truncated x.mp4, and no temporary
+
+
+def test_writers_refuse_to_replace_a_device_or_folder(tmp_path):
+    (tmp_path / "folder.png").mkdir()
+    os.mkfifo(tmp_path / "pipe.png")
+    for name in ("folder.png", "pipe.png"):
+        with pytest.raises(ElasticTokError, match="is a (directory|pipe or device)"):
+            write_image(tmp_path / name, torch.zeros(8, 8, 3, dtype=torch.uint8))
+    assert (tmp_path / "folder.png").is_dir() and stat.S_ISFIFO((tmp_path / "pipe.png").stat().st_mode)
 
 
 @pytest.mark.parametrize("suffix, codec", [(".webm", "libvpx-vp9"), (".mkv", "libx264"), (".avi", "mpeg4")])

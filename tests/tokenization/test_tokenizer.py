@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
@@ -381,3 +382,40 @@ def test_older_token_files_still_read(micro, real_video, tmp_path):
     damaged = dict(header, source="elsewhere.mp4")
     with pytest.raises(ElasticTokError, match="checksum"):
         parse_etok(save(load(data), metadata=damaged))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_pixels_of_any_float_type_tokenize_as_float32(micro, dtype):
+    video = torch.rand(1, 4, 3, *micro.config.resolution) * 2 - 1
+    exact = micro.tokenize(video, "tokens:8")[0]
+    other = micro.tokenize(video.to(dtype), "tokens:8")[0]
+    assert torch.equal(exact.counts, other.counts) and exact.tokens.shape == other.tokens.shape
+    if dtype == torch.float64:  # float32 holds these pixels exactly
+        assert torch.equal(exact.tokens, other.tokens)
+
+
+@pytest.mark.parametrize("damage", [
+    lambda e: dataclasses.replace(e, counts=e.counts + 1),  # more tokens counted than held
+    lambda e: dataclasses.replace(e, counts=e.counts[None]),
+    lambda e: dataclasses.replace(e, tokens=e.tokens[:0]),
+    lambda e: dataclasses.replace(e, tokens=e.tokens.float()),
+    lambda e: dataclasses.replace(e, scores=None),
+    lambda e: None,
+    lambda e: 5,
+])
+def test_tokens_that_do_not_hold_together_are_refused_in_one_line(micro, tmp_path, damage):
+    encoded = damage(micro.tokenize(torch.zeros(1, 4, 3, *micro.config.resolution), "tokens:8")[0])
+    for use in (lambda: micro.detokenize(encoded), lambda: write_etok(tmp_path / "x.etok", encoded, micro.codebook_size)):
+        with pytest.raises(ElasticTokError) as error:
+            use()
+        assert "\n" not in str(error.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("codebook_size", ["x", -5, True, 0])
+def test_a_token_file_is_written_only_if_it_reads_back(micro, tmp_path, codebook_size):
+    encoded = micro.tokenize(torch.zeros(1, 4, 3, *micro.config.resolution), "tokens:8")[0]
+    with pytest.raises(ElasticTokError, match="codebook_size"):
+        write_etok(tmp_path / "x.etok", encoded, codebook_size)
+    write_etok(tmp_path / "x.etok", encoded, micro.codebook_size)
+    assert torch.equal(read_etok(tmp_path / "x.etok").tokens, encoded.tokens)

@@ -6,6 +6,7 @@ Frames are handled as uint8 tensors (T, H, W, 3) until they reach a model; see
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -218,14 +219,20 @@ class VideoWriter:
             self._container.mux(self._stream.encode(picture))
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        """Flush and close; the file appears only if both succeed (a Ctrl-C or a full disk while the encoder
+        flushes leaves nothing, rather than a truncated video under the target's name)."""
         try:
             if exc_type is None:
                 if self._stream is None:
                     raise ElasticTokError(f"{self.path}: no frames to write")
                 self._container.mux(self._stream.encode())
-        finally:
             self._container.close()
-            self._atomic.__exit__(exc_type or (ElasticTokError if self._stream is None else None), exc, tb)
+        except BaseException as error:
+            with contextlib.suppress(Exception):
+                self._container.close()  # already closed, or as closed as it can be
+            self._atomic.__exit__(type(error), error, error.__traceback__)  # removes ours (a write error: names it)
+            raise
+        self._atomic.__exit__(exc_type, exc, tb)
 
 
 def write_video(path: str | os.PathLike, frames: torch.Tensor, fps: float, crf: int = 18) -> None:

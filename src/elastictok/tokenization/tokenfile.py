@@ -86,8 +86,39 @@ def write_etok(path: str | os.PathLike, encoded: TokenizedVideo, codebook_size: 
 
 def etok_bytes(encoded: TokenizedVideo, codebook_size: int) -> bytes:
     """The .etok encoding of ``encoded``, in memory (token shards hold these)."""
-    tokens = encoded.tokens.to(index_dtype(codebook_size)) if not encoded.tokens.is_floating_point() \
-        else encoded.tokens.float()
+    header, tensors = _encoded(encoded, codebook_size)
+    return save(tensors, metadata=header)
+
+
+def check_tokenized(encoded: TokenizedVideo, codebook_size: int) -> None:
+    """Refuse, in one line, what the reader would refuse: so that what is written reads back, and what is
+    decoded from memory holds together (counts that add up to the tokens, indices in the codebook ...)."""
+    _encoded(encoded, codebook_size)
+
+
+def check_is_tokenized(encoded: object) -> None:
+    if not isinstance(encoded, TokenizedVideo):
+        raise ElasticTokError(f"expected a TokenizedVideo or an .etok path, got {type(encoded).__name__}")
+
+
+def _encoded(encoded: TokenizedVideo, codebook_size: int) -> tuple[dict[str, str], dict[str, Tensor]]:
+    """The header and tensors of ``encoded`` as written, checked by the reader's own validator."""
+    check_is_tokenized(encoded)
+    if not isinstance(codebook_size, int) or isinstance(codebook_size, bool) or codebook_size < 0:
+        raise ElasticTokError(f"codebook_size must be a whole number >= 0 (0: VAE latents), got {codebook_size!r}")
+    if encoded.tokens.is_floating_point() == (codebook_size > 0):
+        raise ElasticTokError(f"{'float' if encoded.tokens.is_floating_point() else 'integer'} tokens do not go "
+                              f"with codebook_size {codebook_size} (FSQ indices are integers, VAE latents floats)")
+    try:
+        header, tensors = _header_and_tensors(encoded, codebook_size)
+    except (AttributeError, TypeError, ValueError, IndexError) as exc:  # fields of the wrong kind
+        raise ElasticTokError(f"these tokens do not hold together ({type(exc).__name__}: {exc})") from None
+    _validate("these tokens", header, tensors)
+    return header, tensors
+
+
+def _header_and_tensors(encoded: TokenizedVideo, codebook_size: int) -> tuple[dict[str, str], dict[str, Tensor]]:
+    tokens = encoded.tokens.to(index_dtype(codebook_size)) if codebook_size > 0 else encoded.tokens.float()
     info = encoded.info
     header = {
         "format": FORMAT, "version": VERSION, "model_name": encoded.model_name, "config_hash": encoded.config_hash,
@@ -101,7 +132,7 @@ def etok_bytes(encoded: TokenizedVideo, codebook_size: int) -> bytes:
     tensors = {"counts": encoded.counts.to(torch.int32).contiguous(), "scores": encoded.scores.float().contiguous(),
                "tokens": tokens.contiguous()}
     header["checksum"] = _checksum(header, tensors)
-    return save(tensors, metadata=header)
+    return header, tensors
 
 
 def _text(name: str) -> str:

@@ -36,7 +36,7 @@ from .length_head import count_grid, error_curves, head_inputs
 from .options import TokenizeOptions
 from .search import make_search
 from .targets import MSE_SCORE, Budget, Target, Threshold, TokenCount, as_target
-from .tokenfile import TokenizedVideo, read_etok
+from .tokenfile import TokenizedVideo, check_is_tokenized, check_tokenized, read_etok
 
 # family -> (block coder, batched block decoder); a family not listed uses ElasticTok's.
 CODERS: dict[str, tuple[type, Callable]] = {"flextok": (FlexBlockCoder, decode_flex_blocks)}
@@ -202,7 +202,7 @@ def _tensor_blocks(video: Tensor, model) -> tuple[MediaInfo, Tensor]:
     frames = pad_to_blocks(frames, fpb)
     model.as_video(frames[None])  # shape, resolution and range checks with the model's messages
     info = MediaInfo("<tensor>", None, tuple(frames.shape[-2:]), 1 if is_image else n_real, is_image)
-    return info, frames
+    return info, frames.to(next(model.parameters()).dtype)  # float64 or float16 pixels: the model's own type
 
 
 def _tokenize_tensor(model, batch: Tensor, target: Target, options: TokenizeOptions, sink) -> list[TokenizedVideo]:
@@ -317,6 +317,7 @@ def _tokenize_to_budget(model, inputs, target: Budget, options: TokenizeOptions)
 # ---- decoding ----------------------------------------------------------------------------------------------
 def check_compatible(model, encoded: TokenizedVideo, weights_hash: str | None = None) -> None:
     """Refuse tokens that ``model`` did not make (``weights_hash``: its ``weights_digest()``, if known)."""
+    check_is_tokenized(encoded)
     c = model.config
     if encoded.family != model.family:
         raise ElasticTokError(f"these tokens were made by a {encoded.family} model; {c.name!r} is a {model.family} "
@@ -332,6 +333,7 @@ def check_compatible(model, encoded: TokenizedVideo, weights_hash: str | None = 
     if encoded.tokens.is_floating_point() == (model.codebook_size > 0):
         raise ElasticTokError("token type does not match the model's bottleneck")
     _check_fields(model, encoded)
+    check_tokenized(encoded, model.codebook_size)  # made in memory, they may not hold together
 
 
 def _check_fields(model, encoded: TokenizedVideo) -> None:

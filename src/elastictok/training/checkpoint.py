@@ -27,7 +27,8 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import ElasticTokError
-from ..utils.fileio import atomic_path
+from ..utils.fileio import atomic_path, check_input_file
+from ..utils.runtime import interrupts_held
 from .distributed import World
 
 
@@ -76,6 +77,16 @@ def checkpoint_for(out_dir: Path, distributed: bool) -> Checkpoint:
     return FileCheckpoint(out_dir / "checkpoints" / "last.pt")
 
 
+def _why_unreadable(exc: Exception) -> str:
+    """torch.load's refusal in a few words: its own text runs to several lines (and suggests unpickling
+    unsafely) or is a bare number."""
+    text = str(exc).strip()
+    if "Weights only load failed" in text:
+        return "it holds Python objects, not only tensors; refused without running them"
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first and not first.isdigit() else type(exc).__name__
+
+
 class FileCheckpoint:
     """Single-process checkpoint: one file, loaded with ``weights_only=True``."""
 
@@ -101,10 +112,12 @@ class FileCheckpoint:
             torch.save(blob, tmp)
 
     def read(self) -> dict[str, Any]:
+        path = check_input_file(self.path, "a training checkpoint")  # a pipe would hang the read
         try:
-            return torch.load(self.path, map_location="cpu", weights_only=True)
+            with interrupts_held():  # torch turns an interrupt inside it into an unrelated error
+                return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise ElasticTokError(f"{self.path}: not a readable training checkpoint ({exc})") from None
+            raise ElasticTokError(f"{self.path}: not a readable training checkpoint ({_why_unreadable(exc)})") from None
 
     def load(self, state: TrainState) -> None:
         blob = self.read()

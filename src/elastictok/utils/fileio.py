@@ -22,6 +22,13 @@ class atomic_path:
         self.target = Path(target)
 
     def __enter__(self) -> Path:
+        try:
+            mode = self.target.stat().st_mode
+        except OSError:  # not there yet (or unreadable: the rename below says so)
+            mode = stat.S_IFREG
+        if not stat.S_ISREG(mode):  # a rename would replace a device or pipe with a plain file
+            kind = "a directory" if stat.S_ISDIR(mode) else "a pipe or device"
+            raise ElasticTokError(f"{self.target}: is {kind}; name a file to write")
         parent = self.target.parent.absolute()
         self.created = []  # folders made here, deepest first
         while not parent.exists():
@@ -53,8 +60,11 @@ class atomic_path:
                 raise self._error(error) from None
         self.tmp.unlink(missing_ok=True)
         self._remove_created()
-        if isinstance(exc, OSError) and exc.filename in (None, str(self.tmp)):  # the write itself failed (disk
-            raise self._error(exc) from None  # full, ...): name the target; other files' errors pass unchanged
+        if isinstance(exc, OSError) and self._names_ours(exc):  # the write itself failed (disk full ...):
+            raise self._error(exc) from None  # name the target; other files' errors pass unchanged
+
+    def _names_ours(self, exc: OSError) -> bool:
+        return exc.filename is None or Path(os.fsdecode(exc.filename)).absolute() == self.tmp.absolute()
 
     def _error(self, exc: OSError) -> ElasticTokError:
         return ElasticTokError(f"{self.target}: cannot write ({exc.strerror or exc})")
