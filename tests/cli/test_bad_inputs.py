@@ -31,12 +31,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save
 
 from elastictok import ElasticTok, ElasticTokConfig, ElasticTokError
 from elastictok.cli import main
 from elastictok.media.io import VideoReader, write_video
 from elastictok.models.pretrained import sample_video
-from elastictok.tokenization.tokenfile import etok_bytes, read_etok
+from elastictok.tokenization.tokenfile import _header_and_tensors, read_etok
 
 # Cases the code does not handle yet (none: the 59 the layered layout failed were fixed by porting the
 # flat-layout fixes of branch robust-flat): strict xfail, so a fix shows up as XPASS and must be removed here.
@@ -612,8 +613,9 @@ def hostile(good: Path, model_dir: Path, tmp_path: Path, codebook: int | None = 
         encoded.scores = torch.zeros(len(counts))
     for key, value in changes.items():
         setattr(encoded, key, value)
-    path = tmp_path / "hostile.etok"
-    path.write_bytes(etok_bytes(encoded, model.quantizer.codebook_size if codebook is None else codebook))
+    path = tmp_path / "hostile.etok"  # written past the writer's own checks (the reader's are under test)
+    header, tensors = _header_and_tensors(encoded, model.quantizer.codebook_size if codebook is None else codebook)
+    path.write_bytes(save(tensors, metadata=header))
     return path
 
 
@@ -664,10 +666,14 @@ def test_a_file_written_at_any_accepted_fps_decodes(corpus, model_dir, tmp_path)
 def test_atomic_writer_cleans_up_when_the_rename_fails(tmp_path):
     from elastictok.utils.fileio import atomic_path
 
-    (tmp_path / "target").mkdir()
     with pytest.raises(ElasticTokError, match=r"target: cannot write"):  # names the target, not the temp file
         with atomic_path(tmp_path / "target") as tmp:
             tmp.write_bytes(b"x")
+            (tmp_path / "target").mkdir()  # a folder appears where the file goes: the rename fails
+    no_temporaries(tmp_path)
+    with pytest.raises(ElasticTokError, match=r"target: is a directory"):  # one there already: refused at once
+        with atomic_path(tmp_path / "target"):
+            pass
     no_temporaries(tmp_path)
 
 
@@ -857,7 +863,7 @@ def test_an_output_that_cannot_be_written_fails_that_input_only(corpus, model_di
     (out / "good.etok").mkdir(parents=True)  # where the image's tokens would go
     run = cli("encode", corpus["good_png"], corpus["root"] / "x" / "b.png", "-o", out,
               *encode_args(model_dir, "--tokens", "4"))
-    line = assert_refused(run, "1 of 2", "good.etok", "cannot write")
+    line = assert_refused(run, "1 of 2", "good.etok", "is a directory")
     assert ".tmp" not in line
     assert [p.name for p in out.glob("*.etok") if p.is_file()] == ["b.etok"]
     no_temporaries(tmp_path)

@@ -405,7 +405,8 @@ def test_pixels_of_any_float_type_tokenize_as_float32(micro, dtype):
 ])
 def test_tokens_that_do_not_hold_together_are_refused_in_one_line(micro, tmp_path, damage):
     encoded = damage(micro.tokenize(torch.zeros(1, 4, 3, *micro.config.resolution), "tokens:8")[0])
-    for use in (lambda: micro.detokenize(encoded), lambda: write_etok(tmp_path / "x.etok", encoded, micro.codebook_size)):
+    uses = (lambda: micro.detokenize(encoded), lambda: write_etok(tmp_path / "x.etok", encoded, micro.codebook_size))
+    for use in uses:
         with pytest.raises(ElasticTokError) as error:
             use()
         assert "\n" not in str(error.value)

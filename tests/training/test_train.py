@@ -112,9 +112,17 @@ def test_progressive_training_starts_from_another_run(photo_folder, tmp_path):
 
 
 def test_fixed_length_baseline_and_vae_train(photo_folder, tmp_path):
-    for overrides in ({"mask": "fixed:0.25"}, {"model_overrides": {"bottleneck": "vae"}}):
-        run = train(micro_config(photo_folder, tmp_path / str(len(overrides)), steps=3, **overrides))
+    for name, overrides in (("fixed", {"mask": "fixed:0.25"}), ("vae", {"model_overrides": {"bottleneck": "vae"}})):
+        run = train(micro_config(photo_folder, tmp_path / name, steps=3, **overrides))
         assert (run / "model" / "model.safetensors").exists()
+
+
+def test_a_finished_run_is_not_trained_over_unasked(photo_folder, tmp_path):
+    run = train(micro_config(photo_folder, tmp_path / "run", steps=2, checkpoint_every=1))
+    weights = (run / "model" / "model.safetensors").read_bytes()
+    with pytest.raises(ElasticTokError, match="holds a run already"):
+        train(micro_config(photo_folder, tmp_path / "run", steps=1))
+    assert (run / "model" / "model.safetensors").read_bytes() == weights
 
 
 def test_lpips_term_uses_user_weights(photo_folder, tmp_path):

@@ -198,12 +198,13 @@ def _tokenize_corpus(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from ..evaluation.measurement import evaluate_models, summary_table, write_report
+    from ..evaluation.measurement import check_report_dir, evaluate_models, summary_table, write_report
     from ..evaluation.report import parse_fractions
     from ..tokenization.targets import parse_target
 
     thresholds = [parse_target(t) for t in args.thresholds.split(",")]
     fractions = parse_fractions(args.fractions)
+    check_report_dir(args.out, args.inputs)  # before any work
     model = _load_model(args).eval()
     baselines = [_load_model(args, b).eval() for b in args.baseline]
     with _autocast(args, model):
@@ -255,7 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # before the library loads: --help and bad arguments answer at once
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
+    # our lines at INFO (DEBUG with -v); other libraries' at WARNING, e.g. not torch's statistics at exit
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    logging.getLogger("elastictok").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         with _one_line_warnings(), _terminate_as_interrupt():
             from ..tokenization import tokenizer  # noqa: F401 (the library, seconds with torch: here Ctrl-C is caught)
@@ -271,12 +274,29 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130
+    except Exception as exc:  # a C extension (matplotlib's backend importing, ...) may wrap a Ctrl-C in its own error
+        if not _caused_by_interrupt(exc):
+            raise
+        print("interrupted", file=sys.stderr)
+        code = 130
+    if argv is None:  # the program itself, done: a Ctrl-C while the interpreter shuts down (torch's exit
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # handlers) would print a traceback and lose the exit code
     if "torch" in sys.modules and _leave_process_group():
         # gloo's teardown can abort at interpreter exit; leave now that the group is destroyed.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 @contextlib.contextmanager

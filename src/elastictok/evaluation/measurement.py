@@ -10,7 +10,13 @@ the elastic model's token share.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,13 +29,13 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from ..errors import ElasticTokError  # noqa: E402
+from ..media.io import is_video  # noqa: E402
 from ..metrics.quality import METRICS  # noqa: E402
 from ..tokenization.options import TokenizeOptions  # noqa: E402
 from ..tokenization.targets import Threshold, TokenCount  # noqa: E402
 from ..tokenization.tokenfile import TokenizedVideo  # noqa: E402
 from ..tokenization.tokenizer import read_source, source_scores, tokenize_blocks  # noqa: E402
-from ..utils.fileio import atomic_path  # noqa: E402
-from .plots import plot_tokens  # noqa: E402
+from .plots import save_png, tokens_figure  # noqa: E402
 
 
 @dataclass
@@ -221,28 +227,89 @@ def summary_table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict, out: str | Path) -> list[Path]:
-    """``report.json``, ``summary.md`` and the plots; returns the files written."""
+REPORT_FILES = ("report.json", "summary.md", "fig4_share_vs_tokens.png", "rate_distortion.png")
+
+
+def report_files(inputs: list[str]) -> list[str]:
+    """The names ``write_report`` writes for these inputs: ``REPORT_FILES`` and a plot per video."""
+    return [*REPORT_FILES, *(_tokens_plot_name(p) for p in inputs if is_video(Path(p)))]
+
+
+def check_report_dir(out: str | Path, inputs: list[str]) -> None:
+    """Before the work: ``out`` is a writable folder or can be made one, and none of the report's file
+    names in it is a folder, pipe or device (which a file cannot replace). Nothing is created here."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise ElasticTokError(f"{out}: cannot be the report folder ({existing} is a file)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ElasticTokError(f"{out}: cannot be the report folder ({existing} is not writable)")
+    for name in report_files(inputs):
+        path = out / name
+        if path.exists() and not path.is_file():
+            kind = "a directory" if path.is_dir() else "a pipe or device"
+            raise ElasticTokError(f"{path}: is {kind}; the report writes a file of that name")
+
+
+def write_report(report: dict, out: str | Path) -> list[Path]:
+    """``report.json``, ``summary.md`` and the plots in the folder ``out``; returns the files written.
+
+    All are written into a temporary folder first and moved into ``out`` together: the report
+    appears whole or not at all (an error, a full disk, Ctrl-C).
+    """
+    out = Path(out)
     encodings = report.pop("_encodings", {})
-    with atomic_path(out / "report.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-    with atomic_path(out / "summary.md") as tmp:
-        tmp.write_text(summary_table(report))
-    written = [out / "report.json", out / "summary.md", _plot_fig4(report, out / "fig4_share_vs_tokens.png"),
-               _plot_rate_distortion(report, out / "rate_distortion.png")]
-    videos = {p for per_threshold in encodings.values() for e in per_threshold for p in [e.info.source]
-              if not e.info.is_image}
-    for source in sorted(videos):
-        per_threshold = {name: next(e for e in es if e.info.source == source) for name, es in encodings.items()}
-        path = out / f"tokens_over_time_{Path(source).stem}.png"
-        plot_tokens(per_threshold, path, title=f"{Path(source).name}: tokens per block")
-        written.append(path)
-    return written
+    videos = sorted({e.info.source for per_threshold in encodings.values() for e in per_threshold
+                     if not e.info.is_image})
+    check_report_dir(out, videos)
+    try:
+        with _staged(out) as stage:
+            (stage / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+            (stage / "summary.md").write_text(summary_table(report))
+            save_png(_plot_fig4(report), stage / "fig4_share_vs_tokens.png")
+            save_png(_plot_rate_distortion(report), stage / "rate_distortion.png")
+            for source in videos:
+                per_threshold = {name: next(e for e in es if e.info.source == source) for name, es in encodings.items()}
+                save_png(tokens_figure(per_threshold, title=f"{Path(source).name}: tokens per block"),
+                      stage / _tokens_plot_name(source))
+    except OSError as exc:  # a full disk, ...: one line naming the report folder
+        raise ElasticTokError(f"{out}: cannot write the report ({exc.strerror or exc})") from None
+    return [out / name for name in report_files(videos)]
 
 
-def _plot_fig4(report: dict, path: Path) -> Path:
+@contextlib.contextmanager
+def _staged(out: Path) -> Iterator[Path]:
+    """A hidden temporary folder inside ``out`` (made if missing) to write files into; they are moved into
+    ``out`` once all are written. In every case the temporary folder is removed; on failure, also the
+    files already moved and the folders made here."""
+    made = list(itertools.takewhile(lambda p: not p.exists(), (out.absolute(), *out.absolute().parents)))
+    stage, moved, done = None, [], False
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".report.", suffix=".tmp", dir=out))
+        yield stage
+        for file in sorted(stage.iterdir()):
+            os.replace(file, out / file.name)
+            moved.append(out / file.name)
+        done = True
+    finally:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+        if not done:
+            for path in moved:
+                path.unlink(missing_ok=True)
+            for folder in made:  # deepest first
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty: something else was written there
+                    break
+
+
+def _tokens_plot_name(source: str) -> str:
+    return f"tokens_over_time_{Path(source).stem}.png"
+
+
+def _plot_fig4(report: dict) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=120)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     baseline = "fixed-length baseline" if len(report["baselines"]) == 1 else "fixed-length baselines (best)"
@@ -260,12 +327,10 @@ def _plot_fig4(report: dict, path: Path) -> Path:
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     ax.set_title("blocks meeting the threshold vs tokens (paper Fig. 4)")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def _plot_rate_distortion(report: dict, path: Path) -> Path:
+def _plot_rate_distortion(report: dict) -> plt.Figure:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
     for ax, metric in zip(axes, ("psnr", "ssim")):
         for key, label, style in (("baseline_fixed", "fixed-length baseline", "o--"),
@@ -280,6 +345,4 @@ def _plot_rate_distortion(report: dict, path: Path) -> Path:
     axes[0].legend(fontsize=8)
     fig.suptitle("rate-distortion")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return fig

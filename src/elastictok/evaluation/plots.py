@@ -39,8 +39,21 @@ def label_frames(frames: torch.Tensor, text: str, scale: int) -> torch.Tensor:
 
 
 def plot_tokens(encodings: dict[str, TokenizedVideo], path: str | Path, title: str = "") -> None:
-    """Tokens per block over time, one line per labelled encoding, with Mmax for reference; a PNG, written
-    atomically."""
+    """``tokens_figure`` as a PNG, written atomically."""
+    with atomic_path(path) as tmp:
+        save_png(tokens_figure(encodings, title), tmp)
+
+
+def save_png(fig: plt.Figure, path: str | Path) -> None:
+    """Save and close ``fig``."""
+    try:
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
+
+
+def tokens_figure(encodings: dict[str, TokenizedVideo], title: str = "") -> plt.Figure:
+    """Tokens per block over time, one line per labelled encoding, with Mmax for reference."""
     fig, ax = plt.subplots(figsize=(8, 3.2), dpi=120)
     for label, encoded in encodings.items():
         fps, fpb = encoded.info.fps, None
@@ -58,11 +71,7 @@ def plot_tokens(encodings: dict[str, TokenizedVideo], path: str | Path, title: s
     if len(encodings) > 1:
         ax.legend()
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
+    return fig
 
 
 def reconstruct_side_by_side(model, source: str, output: str | Path, target: Target,
@@ -113,7 +122,7 @@ def write_side_by_side(model, encoded: TokenizedVideo, source: str, output: str 
     written = False
     try:
         with atomic_path(plot_path) as plot_tmp:  # the plot is renamed into place once the side-by-side is written
-            plot_tokens({Path(source).name: encoded}, plot_tmp)
+            save_png(tokens_figure({Path(source).name: encoded}), plot_tmp)  # an error names plot_path
             if encoded.info.is_image:
                 write_image(output, next(pairs())[0])
             else:

@@ -39,7 +39,7 @@ from ..tokenization.options import TokenizeOptions
 from ..tokenization.targets import Budget, Target, Threshold, TokenCount, parse_target
 from ..tokenization.tokenfile import TokenizedVideo
 from ..tokenization.tokenizer import decoded_with_sources, score_block
-from ..utils.fileio import atomic_path
+from ..utils.fileio import atomic_path, check_output_file
 from .measurement import evaluate_models, summary_table
 
 ASSETS = Path(__file__).parent / "report_assets"
@@ -341,6 +341,9 @@ def make_report(model, inputs: list[str], output: str | Path, targets: str | lis
     """
     if Path(output).suffix.lower() not in (".html", ".htm"):
         raise ElasticTokError(f"{output}: the report is an HTML page; name it .html")
+    if Path(output).is_dir():
+        raise ElasticTokError(f"-o {output}: is a directory; name a file such as {Path(output) / 'report.html'}")
+    check_output_file(output, *inputs)  # before the work, which takes minutes
     if isinstance(fractions, str):
         fractions = parse_fractions(fractions)
     if isinstance(targets, str):

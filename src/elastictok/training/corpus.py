@@ -6,7 +6,8 @@ On one machine without torchrun, ``workers`` processes share the cores instead
 Each finished shard is ``DST/tokens-NNNNNN.tar`` (``KEY.etok`` + ``KEY.json`` per input) with a
 ``tokens-NNNNNN.json`` summary beside it (its inputs, counts, and the model, target and options that
 made it), both renamed into place only when complete: after a crash, rerunning skips every
-finished shard, and a DST holding another run's shards is refused rather than mixed in. Unreadable
+finished shard, and a DST holding another run's shards is refused rather than mixed in, as is a DST
+that another run is writing at the moment (``shards.OutputFolder``: a lock held for the run). Unreadable
 inputs are listed, not fatal; a dead worker process stops the run before its shard is finished, so
 a rerun tokenizes that shard again.
 """
@@ -36,6 +37,7 @@ from ..tokenization.workers import WorkerDiedError
 from ..tokenization.targets import Target
 from ..utils.runtime import distributed_ready, rank_and_world_size
 from ..tokenization.tokenfile import etok_bytes
+from .shards import OutputFolder
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +93,45 @@ def tokenize_corpus(model, sources: list, destination: str | Path, target: Targe
     distributed = distributed_ready()
     if distributed and workers > 1:
         raise ElasticTokError("--workers shares one machine's cores; under torchrun every rank is the worker")
-    made = not destination.exists()
-    destination.mkdir(parents=True, exist_ok=True)
     rank, world = rank_and_world_size()
+    folder = _open_destination(destination, distributed, rank)
+    try:
+        local = _tokenize_shards(model, files, sources, destination, target, options, shard_size, progress, workers,
+                                 bf16, rank, world)
+        fields = ("inputs", "shards_written", "shards_skipped", "failed", "blocks", "tokens", "max_tokens")
+        if distributed:
+            totals = torch.tensor([getattr(local, f) for f in fields], dtype=torch.long)
+            dist.all_reduce(totals)  # every rank has finished its shards: rank 0 may release DST after this
+            return CorpusSummary(*totals.tolist())
+        return local
+    finally:  # no folder this run made is left empty (under torchrun another rank may still be writing one)
+        folder.close(remove_empty=not distributed)
+
+
+def _open_destination(destination: Path, distributed: bool, rank: int) -> OutputFolder:
+    """DST, made if needed and held by this run: refused in one line while another run writes it. Under
+    torchrun rank 0 holds it for all ranks, and every rank refuses together (none is left waiting)."""
+    folder = OutputFolder(destination)
+    try:
+        folder.open(lock=not distributed or rank == 0)
+        refusal = None
+    except ElasticTokError as exc:
+        if not distributed:
+            raise
+        refusal = exc
+    if distributed:
+        refused = torch.tensor([int(refusal is not None)], dtype=torch.long)
+        dist.all_reduce(refused)
+        if refused.item():
+            folder.close(remove_empty=False)
+            raise refusal or ElasticTokError(f"{destination}: cannot be written by this run (rank 0 says why)")
+    return folder
+
+
+def _tokenize_shards(model, files: list[Path], sources: list, destination: Path, target: Target,
+                     options: TokenizeOptions | None, shard_size: int, progress: bool, workers: int, bf16: bool,
+                     rank: int, world: int) -> CorpusSummary:
+    """This rank's shards: the finished ones counted, the others tokenized and written."""
     root = Path(sources[0]) if len(sources) == 1 and Path(sources[0]).is_dir() else None
     n_shards = -(-len(files) // shard_size)
     shards = {s: files[s * shard_size:(s + 1) * shard_size] for s in range(n_shards) if s % world == rank}
@@ -118,13 +156,6 @@ def tokenize_corpus(model, sources: list, destination: str | Path, target: Targe
         for shard, members in pending.items():
             local.add(*_write_shard(model, destination, shard, members, results, root, bar, run))
     bar.close()
-    if made and not distributed and not any(destination.iterdir()):  # every input failed: leave no empty folder
-        destination.rmdir()
-    fields = ("inputs", "shards_written", "shards_skipped", "failed", "blocks", "tokens", "max_tokens")
-    if distributed:
-        totals = torch.tensor([getattr(local, f) for f in fields], dtype=torch.long)
-        dist.all_reduce(totals)
-        return CorpusSummary(*totals.tolist())
     return local
 
 
@@ -171,8 +202,12 @@ def _write_shard(model, destination: Path, shard: int, members: list[Path], resu
         _fill_shard(model, destination, shard, members, results, root, bar, record)
     except _NothingToWrite:  # no shard and no summary: a rerun tries these inputs again
         return record, "empty"
-    with atomic_path(destination / f"tokens-{shard:06d}.json") as tmp:
-        tmp.write_text(json.dumps(record))
+    try:
+        with atomic_path(destination / f"tokens-{shard:06d}.json") as tmp:
+            tmp.write_text(json.dumps(record))
+    except BaseException:  # a shard without its summary would be tokenized again: leave neither
+        (destination / f"tokens-{shard:06d}.tar").unlink(missing_ok=True)
+        raise
     return record, "written"
 
 

@@ -344,6 +344,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     if cfg.bf16 and world.main:
         warn_if_slow_bf16(device.type)
     checkpoint = checkpoint_for(out_dir, world.distributed)
+    if not resume and (checkpoint.exists() or (out_dir / "model").exists()):  # never train over a run unasked
+        raise ElasticTokError(f"{out_dir} holds a run already: continue it with --resume (resume=True), or set "
+                              "another out_dir")
     resuming = resume and checkpoint.exists()
     state = _build_state(cfg, world, device, None if resuming else cfg.init_from)
     lpips = _lpips(cfg, device)

@@ -2,13 +2,15 @@
 
 A shard is a tar of samples grouped by key (the WebDataset convention): ``KEY.mp4`` (a clip of at
 most ``clip_frames`` frames, re-encoded at a reduced size) or ``KEY.jpg`` (an image), plus
-``KEY.json`` (where it came from). Shards are written with ``webdataset.ShardWriter`` and read
+``KEY.json`` (where it came from). Shards are written with ``webdataset.TarWriter`` and read
 here with ``tarfile`` so that the order is ours to control: deterministic for a (seed, rank,
 worker) and resumable from a batch position without decoding the skipped samples.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import logging
@@ -28,13 +30,130 @@ from tqdm import tqdm
 from ..media.io import VideoReader, VideoWriter, is_video, list_media, read_image
 from ..media.transforms import resize_short_side, to_model
 from ..utils.blocks import image_as_block
+from ..utils.fileio import publish
 from ..utils.runtime import rank_and_world_size
 from ..utils.seeds import stable_seed
 from .datasets import random_crop
 from ..errors import ElasticTokError
 
+try:
+    import fcntl
+except ImportError:  # no flock (Windows): runs into one DST are not checked against each other
+    fcntl = None
+
 log = logging.getLogger(__name__)
 JPEG_MAX_SIDE = 65500
+LOCK_NAME = ".elastictok.lock"
+
+
+# ---- output folders ------------------------------------------------------------------------------------------
+class OutputFolder:
+    """A run's output folder (``data shard``, ``tokenize-corpus``): made as needed, remembering which folders
+    this run made, and held by this run alone while it writes.
+
+    ``open`` takes an exclusive ``flock`` on ``DST/.elastictok.lock`` (holding this process's id), so that
+    a second run into the same DST is refused in one line instead of both choosing the same shard numbers;
+    ``close`` removes the lock file and then every folder this run made that is left empty. The lock is
+    the kernel's, not the file's: a run that was killed leaves at most a stale file, which the next run
+    simply locks again. Where there is no ``fcntl``, or the file system takes no locks, runs are unchecked.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.lock_path = self.path / LOCK_NAME
+        self.made: list[Path] = []  # deepest first
+        self.fd: int | None = None
+
+    def open(self, lock: bool = True) -> "OutputFolder":
+        for _ in range(20):
+            self._make()
+            if not lock or fcntl is None or self._lock():
+                return self
+        return self  # the folder kept vanishing under us (another run removing it as it ended): unchecked
+
+    def close(self, remove_empty: bool = True) -> None:
+        """Release the lock; with ``remove_empty``, remove the folders this run made that hold nothing."""
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                self.lock_path.unlink(missing_ok=True)  # before the lock goes: see _lock's inode check
+            os.close(self.fd)
+            self.fd = None
+        if remove_empty:
+            for folder in self.made:
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty (or already gone): something else is there
+                    break
+        self.made = []
+
+    def _make(self) -> None:
+        missing, folder = [], self.path
+        while not (folder.exists() or folder.is_symlink()) and folder != folder.parent:
+            missing.append(folder)
+            folder = folder.parent
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+            except FileExistsError:  # another run made it at the same moment: not ours to remove
+                continue
+            except OSError as exc:
+                self.close()
+                raise ElasticTokError(f"{self.path}: cannot create the folder ({exc.strerror or exc})") from None
+            self.made.insert(0, folder)
+        if not self.path.is_dir():
+            self.close()
+            raise ElasticTokError(f"{self.path}: is a file, not a folder")
+
+    def _lock(self) -> bool:
+        """True once this run holds the lock (or cannot take one); False to try again."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the folder went (a run ending removed it): make it again
+            return False
+        except OSError as exc:  # a read-only DST (it may hold only finished shards) or a full one: unchecked;
+            log.debug("%s: no lock (%s)", self.lock_path, exc)  # whatever is written later says why it fails
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _read_pid(fd)
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                self.close()
+                who = f"another run (pid {holder})" if holder else "another run"
+                raise ElasticTokError(f"{self.path}: being written by {who}; wait for it to end, or name "
+                                      "another DST") from None
+            with contextlib.suppress(OSError):  # a file system without locks: unchecked, and no file left
+                self.lock_path.unlink()
+            log.debug("%s: no lock (%s)", self.lock_path, exc)
+            return True
+        try:
+            current = os.stat(self.lock_path)
+        except OSError:
+            current = None
+        opened = os.fstat(fd)
+        if current is None or (current.st_dev, current.st_ino) != (opened.st_dev, opened.st_ino):
+            os.close(fd)  # the run before removed this file between our open and our lock: lock the new one
+            return False
+        self.fd = fd
+        with contextlib.suppress(OSError):  # who holds it, for the refusal line; a full disk may not take even that
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        return True
+
+    def __enter__(self) -> "OutputFolder":
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None
 
 
 # ---- writing ------------------------------------------------------------------------------------------------
@@ -121,6 +240,70 @@ class ShardSummary:
     skipped: int = 0
 
 
+class _CannotWrite(Exception):
+    """A shard could not be written (full disk, ...): not an input's fault, so never a skipped input."""
+
+    def __init__(self, shard: Path, exc: OSError):
+        super().__init__(f"{shard}: cannot write ({exc.strerror or exc})")
+
+
+class _ShardWriter:
+    """Samples into ``DST/shard-NNNNNN.tar`` from ``start``, at most ``size`` per shard. Each shard is written
+    under a temporary name of its own and renamed when whole; ``discard`` removes an unfinished one."""
+
+    def __init__(self, destination: Path, start: int, size: int):
+        self.destination, self.number, self.size = destination, start, size
+        self.written: list[Path] = []
+        self.tar = self.stream = self.tmp = None
+        self.count = 0
+
+    @property
+    def shard(self) -> Path:
+        return self.destination / f"shard-{self.number:06d}.tar"
+
+    def write(self, sample: dict) -> None:
+        if self.tar is not None and self.count >= self.size:
+            self.finish()
+        try:
+            if self.tar is None:
+                import webdataset as wds
+
+                fd, name = tempfile.mkstemp(prefix=f".{self.shard.name}.", suffix=".tmp", dir=self.destination)
+                self.tmp, self.stream, self.count = Path(name), os.fdopen(fd, "wb"), 0
+                self.tar = wds.TarWriter(self.stream)
+            self.tar.write(sample)
+        except OSError as exc:
+            self.discard()
+            raise _CannotWrite(self.shard, exc) from None
+        self.count += 1
+
+    def finish(self) -> None:
+        """Complete the open shard, if any, and rename it into place."""
+        if self.tar is None:
+            return
+        try:
+            self.tar.close()
+            self.stream.close()
+            publish(self.tmp, self.shard)
+        except OSError as exc:
+            self.discard()
+            raise _CannotWrite(self.shard, exc) from None
+        self.written.append(self.shard)
+        self.tar = self.stream = self.tmp = None
+        self.number += 1
+
+    def discard(self) -> None:
+        """Drop the unfinished shard (never raises: a full disk fails its closing writes again)."""
+        for closing in (self.tar, self.stream):
+            if closing is not None:
+                with contextlib.suppress(Exception):
+                    closing.close()
+        if self.tmp is not None:
+            with contextlib.suppress(OSError):
+                self.tmp.unlink(missing_ok=True)
+        self.tar = self.stream = self.tmp = None
+
+
 def build_shards(sources: list[str | os.PathLike], destination: str | os.PathLike, shard_size: int = 1000,
                  clip_frames: int = 32, short_side: int = 256, fps: float | None = None,
                  progress: bool = True) -> ShardSummary:
@@ -129,32 +312,24 @@ def build_shards(sources: list[str | os.PathLike], destination: str | os.PathLik
 
     Videos are cut into clips of ``clip_frames`` frames (a shorter tail is kept if it has at least
     a quarter of that); media are resized to ``short_side`` (never enlarged). Each shard appears
-    whole: it is written under a temporary name and renamed when complete.
+    whole: it is written under a temporary name and renamed when complete. A run that fails or is
+    interrupted removes every shard it wrote (a rerun would repeat them) and any folder it made; a
+    second run into a DST that one is writing is refused (see ``OutputFolder``).
     """
-    import webdataset as wds
-
     if shard_size < 1 or clip_frames < 1 or short_side < 8:
         raise ElasticTokError("shard size and clip frames must be positive, short side at least 8")
     destination = Path(destination)
     files = list_media(sources)
     if not files:
         raise ElasticTokError(f"no images or videos under {', '.join(map(str, sources))}")
-    made = not destination.exists()
-    destination.mkdir(parents=True, exist_ok=True)
+    folder = OutputFolder(destination).open()
     summary = ShardSummary()
-    written: list[Path] = []
-
-    def finished(name: str) -> None:
-        written.append(Path(name[: -len(".tmp")]))
-        os.replace(name, written[-1])
-        summary.shards += 1
-
-    existing = [p.stem.removeprefix("shard-") for p in destination.glob("shard-*.tar")]
-    numbers = [int(n) for n in existing if n.isdigit()]
-    writer = wds.ShardWriter(str(destination / "shard-%06d.tar.tmp"), maxcount=shard_size, post=finished, verbose=0,
-                             start_shard=max(numbers, default=-1) + 1)
-    unique = _UniqueKeys()
-    try:
+    writer = None
+    try:  # numbered after the shards there, now that no other run can add any
+        existing = [p.stem.removeprefix("shard-") for p in destination.glob("shard-*.tar")]
+        numbers = [int(n) for n in existing if n.isdigit()]
+        writer = _ShardWriter(destination, max(numbers, default=-1) + 1, shard_size)
+        unique = _UniqueKeys()
         for path in tqdm(files, desc="shards", unit="file", disable=not progress):
             stem = path.stem.replace(".", "_")
             try:
@@ -166,23 +341,24 @@ def build_shards(sources: list[str | os.PathLike], destination: str | os.PathLik
             except ElasticTokError as exc:
                 log.warning("skipping %s", exc)
                 summary.skipped += 1
-    except BaseException:  # interrupted or failed: this run's shards go too, or a rerun would repeat them
-        writer.close()
-        _remove(written, destination if made else None)
+        writer.finish()
+    except BaseException as exc:  # interrupted or failed: this run's shards go too, or a rerun would repeat them
+        if writer is not None:
+            writer.discard()
+            _remove(writer.written)
+        folder.close()
+        if isinstance(exc, _CannotWrite):
+            raise ElasticTokError(str(exc)) from None
         raise
-    writer.close()
-    if not summary.clips + summary.images:  # every input was unreadable: no empty shard, no empty folder
-        _remove(written, destination if made else None)
-        summary.shards = 0
+    summary.shards = len(writer.written)  # none if every input was unreadable: no empty shard, no empty folder
+    folder.close()
     return summary
 
 
-def _remove(shards: list[Path], made: Path | None) -> None:
-    """Delete ``shards``, and the folder ``made`` for them if that leaves it empty."""
+def _remove(shards: list[Path]) -> None:
     for shard in shards:
-        shard.unlink(missing_ok=True)
-    if made is not None and made.is_dir() and not any(made.iterdir()):
-        made.rmdir()
+        with contextlib.suppress(OSError):
+            shard.unlink(missing_ok=True)
 
 
 # ---- reading -------------------------------------------------------------------------------------------------

@@ -49,10 +49,7 @@ class atomic_path:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             try:
-                umask = os.umask(0)
-                os.umask(umask)
-                os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
-                os.replace(self.tmp, self.target)
+                publish(self.tmp, self.target)
                 return
             except OSError as error:
                 self.tmp.unlink(missing_ok=True)
@@ -75,6 +72,15 @@ class atomic_path:
                 folder.rmdir()
             except OSError:  # not empty: something else was written there
                 break
+
+
+def publish(tmp: Path, target: Path) -> None:
+    """Rename a finished temporary file (made by ``mkstemp``, mode 0600) onto ``target``, with the permissions
+    a plain new file gets."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, target)
 
 
 def check_output_dir(out_dir: str | os.PathLike) -> None:
