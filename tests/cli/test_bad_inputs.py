@@ -827,6 +827,13 @@ def test_bad_arguments_of_every_command_are_refused(corpus, model_dir, tmp_path,
     assert (model_dir / "model.safetensors").read_bytes() == weights
 
 
+def test_an_input_named_with_a_newline_is_refused_in_one_line(model_dir, tmp_path):
+    bad = tmp_path / "two\nlines.png"
+    bad.write_bytes(b"not an image")
+    assert_refused(cli("encode", bad, "-o", tmp_path / "out", *encode_args(model_dir, "--tokens", "4")),
+                   "two\\nlines.png")
+
+
 @pytest.mark.parametrize("stem", ["x" * 240, "\U0001f600" * 61])  # + ".etok": 245 and 249 bytes, under 255
 def test_an_output_named_as_long_as_the_file_system_allows_is_written(corpus, model_dir, tmp_path, stem):
     image = tmp_path / f"{stem}.png"

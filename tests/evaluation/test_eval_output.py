@@ -48,6 +48,15 @@ def test_a_whole_report_lands_beside_other_files(model_dir, photo_folder, tmp_pa
     assert f"wrote {out / 'report.json'}" in capsys.readouterr().out
 
 
+def test_videos_that_share_a_name_get_a_plot_each(model_dir, photo_folder, tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "pan.mp4").write_bytes((photo_folder / "pan.mp4").read_bytes())
+    out = tmp_path / "ev"
+    assert main(eval_args([tmp_path / "a" / "pan.mp4", tmp_path / "b" / "pan.mp4"], model_dir, out)) == 0
+    assert set(os.listdir(out)) == FILES | {"tokens_over_time_a_pan.png", "tokens_over_time_b_pan.png"}
+
+
 @pytest.mark.parametrize("name", ["rate_distortion.png", "tokens_over_time_pan.png"])
 def test_a_folder_in_the_way_is_refused_before_the_work(name, model_dir, photo_folder, tmp_path, capsys):
     out = tmp_path / "ev"

@@ -265,11 +265,11 @@ def main(argv: list[str] | None = None) -> int:
             args.func(args)
         code = 0
     except ElasticTokError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _print_error(str(exc))
         code = 2
     except OSError as exc:  # the file system refused (full disk, permissions, a file where a folder should be)
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        _print_error(f"{where}{exc.strerror or exc}")
         code = 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -287,6 +287,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def _print_error(message: str) -> None:
+    """``error: <message>`` on one line, whatever the names in it hold (a file name may contain a newline)."""
+    print("error: " + message.replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr)
 
 
 def _caused_by_interrupt(exc: BaseException) -> bool:

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,7 +233,7 @@ REPORT_FILES = ("report.json", "summary.md", "fig4_share_vs_tokens.png", "rate_d
 
 def report_files(inputs: list[str]) -> list[str]:
     """The names ``write_report`` writes for these inputs: ``REPORT_FILES`` and a plot per video."""
-    return [*REPORT_FILES, *(_tokens_plot_name(p) for p in inputs if is_video(Path(p)))]
+    return [*REPORT_FILES, *_tokens_plot_names([p for p in inputs if is_video(Path(p))]).values()]
 
 
 def check_report_dir(out: str | Path, inputs: list[str]) -> None:
@@ -268,10 +269,10 @@ def write_report(report: dict, out: str | Path) -> list[Path]:
             (stage / "summary.md").write_text(summary_table(report))
             save_png(_plot_fig4(report), stage / "fig4_share_vs_tokens.png")
             save_png(_plot_rate_distortion(report), stage / "rate_distortion.png")
-            for source in videos:
+            for source, plot_name in _tokens_plot_names(videos).items():
                 per_threshold = {name: next(e for e in es if e.info.source == source) for name, es in encodings.items()}
                 save_png(tokens_figure(per_threshold, title=f"{Path(source).name}: tokens per block"),
-                      stage / _tokens_plot_name(source))
+                         stage / plot_name)
     except OSError as exc:  # a full disk, ...: one line naming the report folder
         raise ElasticTokError(f"{out}: cannot write the report ({exc.strerror or exc})") from None
     return [out / name for name in report_files(videos)]
@@ -305,8 +306,20 @@ def _staged(out: Path) -> Iterator[Path]:
                     break
 
 
-def _tokens_plot_name(source: str) -> str:
-    return f"tokens_over_time_{Path(source).stem}.png"
+def _tokens_plot_names(videos: list[str]) -> dict[str, str]:
+    """Each video's tokens-over-time plot: named by its stem, or by its folder and stem where videos share a stem
+    (``a/clip.mp4`` and ``b/clip.mp4``), so that no plot replaces another."""
+    stems = Counter(Path(v).stem for v in set(videos))
+    names: dict[str, str] = {}
+    for video in sorted(set(videos)):
+        path = Path(video)
+        label = path.stem if stems[path.stem] == 1 else f"{path.parent.name}_{path.stem}"
+        name, n = f"tokens_over_time_{label}.png", 1
+        while name in names.values():
+            n += 1
+            name = f"tokens_over_time_{label}_{n}.png"
+        names[video] = name
+    return names
 
 
 def _plot_fig4(report: dict) -> plt.Figure:
