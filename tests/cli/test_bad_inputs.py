@@ -935,6 +935,15 @@ def _nan_weights(blob):
     return blob
 
 
+def stopped_run(corpus, tmp_path: Path) -> tuple[Path, Path]:
+    """A training config and the checkpoint of its run, stopped after one of two steps: (config, last.pt)."""
+    config = tmp_path / "ok.yaml"
+    config.write_text(f"model: micro\ndata: [{corpus['good_png']}]\nout_dir: {tmp_path / 'run'}\nsteps: 2\n"
+                      "stop_at: 1\ncheckpoint_every: 1\n")
+    assert cli("train", "--config", config, "--no-progress").code == 0
+    return config, tmp_path / "run" / "checkpoints" / "last.pt"
+
+
 @pytest.mark.parametrize("damage", [
     case("checkpoint-empty-dict", lambda blob: {}),
     case("checkpoint-a-list", lambda blob: [1, 2]),
@@ -947,22 +956,14 @@ def _nan_weights(blob):
     case("checkpoint-nan-weights", _nan_weights),
 ])
 def test_a_damaged_checkpoint_is_refused_on_resume(corpus, tmp_path, damage):
-    config = tmp_path / "ok.yaml"
-    config.write_text(f"model: micro\ndata: [{corpus['good_png']}]\nout_dir: {tmp_path / 'run'}\nsteps: 2\n"
-                      "stop_at: 1\ncheckpoint_every: 1\n")
-    assert cli("train", "--config", config, "--no-progress").code == 0
-    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    config, last = stopped_run(corpus, tmp_path)
     torch.save(damage(torch.load(last, weights_only=True)), last)
     assert_refused(cli("train", "--config", config, "--resume", "--no-progress"), "last.pt")
 
 
 @pytest.mark.parametrize("kind", ["fifo", "pickle-of-a-function", "text", "empty"])
 def test_a_checkpoint_file_that_is_not_one_is_refused_on_resume(corpus, tmp_path, kind):
-    config = tmp_path / "ok.yaml"
-    config.write_text(f"model: micro\ndata: [{corpus['good_png']}]\nout_dir: {tmp_path / 'run'}\nsteps: 2\n"
-                      "stop_at: 1\ncheckpoint_every: 1\n")
-    assert cli("train", "--config", config, "--no-progress").code == 0
-    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    config, last = stopped_run(corpus, tmp_path)
     last.unlink()
     if kind == "fifo":
         os.mkfifo(last)  # would block torch.load forever

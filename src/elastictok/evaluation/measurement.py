@@ -11,7 +11,6 @@ the elastic model's token share.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
 import shutil
@@ -36,6 +35,7 @@ from ..tokenization.options import TokenizeOptions  # noqa: E402
 from ..tokenization.targets import Threshold, TokenCount  # noqa: E402
 from ..tokenization.tokenfile import TokenizedVideo  # noqa: E402
 from ..tokenization.tokenizer import read_source, source_scores, tokenize_blocks  # noqa: E402
+from ..utils.fileio import missing_folders, remove_empty_folders  # noqa: E402
 from .plots import save_png, tokens_figure  # noqa: E402
 
 
@@ -283,7 +283,7 @@ def _staged(out: Path) -> Iterator[Path]:
     """A hidden temporary folder inside ``out`` (made if missing) to write files into; they are moved into
     ``out`` once all are written. In every case the temporary folder is removed; on failure, also the
     files already moved and the folders made here."""
-    made = list(itertools.takewhile(lambda p: not p.exists(), (out.absolute(), *out.absolute().parents)))
+    made = missing_folders(out)
     stage, moved, done = None, [], False
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -299,11 +299,7 @@ def _staged(out: Path) -> Iterator[Path]:
         if not done:
             for path in moved:
                 path.unlink(missing_ok=True)
-            for folder in made:  # deepest first
-                try:
-                    folder.rmdir()
-                except OSError:  # not empty: something else was written there
-                    break
+            remove_empty_folders(made)
 
 
 def _tokens_plot_names(videos: list[str]) -> dict[str, str]:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from ..media.io import VideoReader, VideoWriter, is_video, list_media, read_image
 from ..media.transforms import resize_short_side, to_model
 from ..utils.blocks import image_as_block
-from ..utils.fileio import publish
+from ..utils.fileio import publish, remove_empty_folders
 from ..utils.runtime import rank_and_world_size
 from ..utils.seeds import stable_seed
 from .datasets import random_crop
@@ -79,11 +79,7 @@ class OutputFolder:
             os.close(self.fd)
             self.fd = None
         if remove_empty:
-            for folder in self.made:
-                try:
-                    folder.rmdir()
-                except OSError:  # not empty (or already gone): something else is there
-                    break
+            remove_empty_folders(self.made)
         self.made = []
 
     def _make(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
 import tempfile
@@ -29,18 +30,14 @@ class atomic_path:
         if not stat.S_ISREG(mode):  # a rename would replace a device or pipe with a plain file
             kind = "a directory" if stat.S_ISDIR(mode) else "a pipe or device"
             raise ElasticTokError(f"{self.target}: is {kind}; name a file to write")
-        parent = self.target.parent.absolute()
-        self.created = []  # folders made here, deepest first
-        while not parent.exists():
-            self.created.append(parent)
-            parent = parent.parent
+        self.created = missing_folders(self.target.parent)
         self.target.parent.mkdir(parents=True, exist_ok=True)
         try:
             # the name is cut (in bytes) so that any name the file system takes also takes its temporary's
             stem = os.fsdecode(os.fsencode(self.target.name)[:64])  # names need not be UTF-8
             fd, name = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=self.target.parent)
         except OSError as exc:
-            self._remove_created()
+            remove_empty_folders(self.created)
             raise self._error(exc) from None
         os.close(fd)
         self.tmp = Path(name)
@@ -53,10 +50,10 @@ class atomic_path:
                 return
             except OSError as error:
                 self.tmp.unlink(missing_ok=True)
-                self._remove_created()
+                remove_empty_folders(self.created)
                 raise self._error(error) from None
         self.tmp.unlink(missing_ok=True)
-        self._remove_created()
+        remove_empty_folders(self.created)
         if isinstance(exc, OSError) and self._names_ours(exc):  # the write itself failed (disk full ...):
             raise self._error(exc) from None  # name the target; other files' errors pass unchanged
 
@@ -66,12 +63,20 @@ class atomic_path:
     def _error(self, exc: OSError) -> ElasticTokError:
         return ElasticTokError(f"{self.target}: cannot write ({exc.strerror or exc})")
 
-    def _remove_created(self) -> None:
-        for folder in self.created:
-            try:
-                folder.rmdir()
-            except OSError:  # not empty: something else was written there
-                break
+
+def missing_folders(folder: str | os.PathLike) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first: what making it will create."""
+    folder = Path(folder).absolute()
+    return list(itertools.takewhile(lambda p: not p.exists(), (folder, *folder.parents)))
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first, as made for an output), stopping at the first that is not empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone): something else was written there
+            break
 
 
 def publish(tmp: Path, target: Path) -> None:
