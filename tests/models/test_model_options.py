@@ -1,5 +1,5 @@
-"""Model options beyond the original design: the conv output head, an encoder without mask
-conditioning, and decoding several kept lengths per sample in one forward."""
+"""Model options beyond the original design: the conv output head and input stem, an encoder without
+mask conditioning, and decoding several kept lengths per sample in one forward."""
 
 from __future__ import annotations
 
@@ -51,6 +51,43 @@ def test_conv_head_mixes_across_patch_borders(conv_uncond, real_video):
     assert delta[:hp, wp].sum() > 0  # the pixel column right of the patch border changed too
 
 
+@pytest.fixture
+def conv_stem() -> ElasticTok:
+    model = build(input_stem="conv", stem_channels=4, encoder_mask_conditioning=False)
+    with torch.no_grad():
+        for p in model.in_proj.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def test_conv_stem_keeps_block_causality(conv_stem, real_video):
+    """The stem convolves within a frame: changing block 2's pixels leaves blocks 0 and 1's tokens."""
+    model = conv_stem
+    changed = real_video.clone()
+    changed[:, 4:] = changed[:, 4:].flip(-1)
+    z, other = model.encode(real_video).z, model.encode(changed).z
+    m = model.config.tokens_per_block
+    assert torch.equal(z[:, :2 * m], other[:, :2 * m])
+    assert not torch.allclose(z[:, 2 * m:], other[:, 2 * m:])
+    assert model.decode(model.encode(real_video)).shape == real_video.shape
+
+
+def test_conv_stem_reads_across_patch_borders(conv_stem, real_video):
+    """A linear stem's first token depends on its own patch only; the conv stem's also on the next column."""
+    clip = real_video[:, :2]
+    hp, wp = conv_stem.config.patch_size[1:]
+    changed = clip.clone()
+    changed[:, 0, :, :hp, wp] += 0.5  # the pixel column just right of the first patch, frame 0
+    for model, reads_it in ((conv_stem, True), (build(), False)):
+        first_token = [model.in_proj(model.patchify(x))[:, 0] for x in (clip, changed)]
+        assert torch.equal(*first_token) is not reads_it
+
+
+def test_conv_stem_needs_whole_frames(conv_stem):
+    with pytest.raises(ElasticTokError, match="whole frames"):
+        conv_stem.in_proj(torch.zeros(1, 5, conv_stem.config.patch_dim))
+
+
 def test_unconditioned_encoder_is_one_pass_for_every_count(conv_uncond, real_video):
     """Without mask conditioning the kept tokens are a prefix of one encoding, whatever the count."""
     model = conv_uncond
@@ -89,13 +126,18 @@ def test_keep_sampler_modes():
         KeepSampler("elastic+full", 2, 32)
     with pytest.raises(ElasticTokError, match="output_head"):
         ElasticTokConfig.from_preset("micro", output_head="deconv")
+    with pytest.raises(ElasticTokError, match="input_stem"):
+        ElasticTokConfig.from_preset("micro", input_stem="patchify")
+    with pytest.raises(ElasticTokError, match="stem_channels"):
+        ElasticTokConfig.from_preset("micro", stem_channels=0)
 
 
 def test_new_fields_leave_earlier_fingerprints_unchanged():
     """Token files record the fingerprint: models written before the new fields must keep theirs."""
     config = ElasticTokConfig.from_preset("tiny")
     data = config.to_dict()
-    for key in ("encoder_mask_conditioning", "output_head", "head_channels"):
+    for key in ("encoder_mask_conditioning", "output_head", "head_channels", "input_stem", "stem_channels"):
         data.pop(key)
     assert ElasticTokConfig.from_dict(data).fingerprint() == config.fingerprint()
     assert ElasticTokConfig.from_preset("tiny", output_head="conv").fingerprint() != config.fingerprint()
+    assert ElasticTokConfig.from_preset("tiny", input_stem="conv").fingerprint() != config.fingerprint()

@@ -24,7 +24,8 @@ class ElasticTokConfig(ConfigFile):
 
     # Fields added after token files were first written, with the value every earlier model had.
     fields_added_later: ClassVar[dict[str, Any]] = {
-        "encoder_mask_conditioning": True, "output_head": "linear", "head_channels": 32}
+        "encoder_mask_conditioning": True, "output_head": "linear", "head_channels": 32, "input_stem": "linear",
+        "stem_channels": 16}
 
     resolution: tuple[int, int] = (64, 64)  # (H, W) of every frame
     frames_per_block: int = 4
@@ -50,6 +51,11 @@ class ElasticTokConfig(ConfigFile):
     # frame, which removes the patch-grid seams at a small cost.
     output_head: Literal["linear", "conv"] = "linear"
     head_channels: int = 32
+    # "linear": each patch's pixels are projected to its token (the original). "conv": two 3x3
+    # convolutions per frame first turn the pixels into stem_channels feature maps, so a token also
+    # sees its neighbours' border pixels (an overlapping patch embedding, the output head's mirror).
+    input_stem: Literal["linear", "conv"] = "linear"
+    stem_channels: int = 16
     # Context blocks the tokenizer caches by default (None: all). Positions beyond the clips a model
     # was trained on extrapolate: a model trained on n-block clips does best with n - 1.
     window: int | None = 16
@@ -94,7 +100,8 @@ class ElasticTokConfig(ConfigFile):
         problems = []
         sizes = {"frames_per_block": self.frames_per_block, "width": self.width, "num_heads": self.num_heads,
                  "mlp_width": self.mlp_width, "encoder_depth": self.encoder_depth,
-                 "decoder_depth": self.decoder_depth, "head_channels": self.head_channels}
+                 "decoder_depth": self.decoder_depth, "head_channels": self.head_channels,
+                 "stem_channels": self.stem_channels}
         for name, value in sizes.items():
             smallest = 0 if name.endswith("depth") else 1
             if not isinstance(value, int) or isinstance(value, bool) or value < smallest:
@@ -128,10 +135,9 @@ class ElasticTokConfig(ConfigFile):
             problems.append(f"bottleneck must be 'fsq' or 'vae', got {self.bottleneck!r}")
         if self.bottleneck == "fsq" and any(level < 2 for level in self.fsq_levels):
             problems.append(f"fsq_levels must all be >= 2, got {self.fsq_levels}")
-        if self.output_head not in ("linear", "conv"):
-            problems.append(f"output_head must be 'linear' or 'conv', got {self.output_head!r}")
-        if self.head_channels < 1:
-            problems.append(f"head_channels must be positive, got {self.head_channels}")
+        for field_name in ("output_head", "input_stem"):
+            if getattr(self, field_name) not in ("linear", "conv"):
+                problems.append(f"{field_name} must be 'linear' or 'conv', got {getattr(self, field_name)!r}")
         if self.window is not None and self.window < 1:
             problems.append(f"window must be at least 1 block or None, got {self.window}")
         if self.tokens_per_block < 1:
