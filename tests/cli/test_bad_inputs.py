@@ -10,6 +10,7 @@ run says what it skipped and writes the rest.
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import json
@@ -853,6 +854,19 @@ def test_sigterm_unwinds_like_ctrl_c_and_leaves_no_temporary(tmp_path):
         os.kill(os.getpid(), signal.SIGTERM)
     assert list(tmp_path.iterdir()) == []
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is the CLI's only while it runs
+
+
+def test_ctrl_c_while_the_arguments_are_read_is_one_line(monkeypatch, capsys):
+    cli_main = importlib.import_module("elastictok.cli.main")
+    build_parser = cli_main.build_parser
+
+    def ctrl_c_then_build():
+        os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, landing before any command starts
+        return build_parser()
+
+    monkeypatch.setattr(cli_main, "build_parser", ctrl_c_then_build)
+    assert cli_main.main(["encode", "clip.mp4", "-o", "out"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
 
 
 def test_library_warnings_are_one_line_each(tmp_path):

@@ -133,3 +133,13 @@ def test_report_refuses_a_folder_before_the_work(micro, photo_folder, tmp_path):
     with pytest.raises(ElasticTokError, match="is a directory; name a file such as .*report.html"):
         make_report(micro, [str(photo_folder / "photo0.jpg")], page, "mse:0.1")
     assert os.listdir(page) == []
+
+
+def test_report_refuses_its_output_before_loading_a_model(photo_folder, tmp_path, capsys):
+    page = tmp_path / "page.html"
+    page.mkdir()
+    photo = str(photo_folder / "photo0.jpg")
+    assert main(["report", photo, "--model", str(tmp_path / "no-such-model"), "-o", str(page)]) == 2
+    assert "is a directory; name a file such as" in capsys.readouterr().err
+    assert main(["report", photo, "--model", str(tmp_path / "no-such-model"), "-o", str(tmp_path / "page.txt")]) == 2
+    assert "name it .html" in capsys.readouterr().err

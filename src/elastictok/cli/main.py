@@ -216,9 +216,10 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from ..evaluation.report import make_report
+    from ..evaluation.report import check_report_file, make_report
     from .parsers import DEFAULT_THRESHOLD
 
+    check_report_file(args.output, args.inputs)  # before loading the models
     model = _load_model(args).eval()
     baselines = [_load_model(args, b).eval() for b in args.baseline]
     with _autocast(args, model):
@@ -254,12 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)  # before the library loads: --help and bad arguments answer at once
-    # our lines at INFO (DEBUG with -v); other libraries' at WARNING, e.g. not torch's statistics at exit
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    logging.getLogger("elastictok").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
+        args = build_parser().parse_args(argv)  # before the library loads: --help and bad arguments answer at once
+        # our lines at INFO (DEBUG with -v); other libraries' at WARNING, e.g. not torch's statistics at exit
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+        logging.getLogger("elastictok").setLevel(logging.DEBUG if args.verbose else logging.INFO)
         with _one_line_warnings(), _terminate_as_interrupt():
             from ..tokenization import tokenizer  # noqa: F401 (the library, seconds with torch: here Ctrl-C is caught)
             args.func(args)

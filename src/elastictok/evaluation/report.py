@@ -339,11 +339,7 @@ def make_report(model, inputs: list[str], output: str | Path, targets: str | lis
     ``targets`` and ``fractions`` may be their comma-separated text. ``selected`` is where the page
     opens when it is one of the targets (else the first threshold).
     """
-    if Path(output).suffix.lower() not in (".html", ".htm"):
-        raise ElasticTokError(f"{output}: the report is an HTML page; name it .html")
-    if Path(output).is_dir():
-        raise ElasticTokError(f"-o {output}: is a directory; name a file such as {Path(output) / 'report.html'}")
-    check_output_file(output, *inputs)  # before the work, which takes minutes
+    check_report_file(output, inputs)  # before the work, which takes minutes
     if isinstance(fractions, str):
         fractions = parse_fractions(fractions)
     if isinstance(targets, str):
@@ -355,6 +351,15 @@ def make_report(model, inputs: list[str], output: str | Path, targets: str | lis
     report = build_report(model, inputs, targets, baselines, baseline_names=baseline_names, fractions=fractions,
                           search=search, window=window, progress=progress, selected=selected)
     return summary_line(report, write_report_html(report, output))
+
+
+def check_report_file(output: str | Path, inputs: list[str]) -> None:
+    """Refuse a report page that could not be written (or would replace an input) before any work."""
+    if Path(output).suffix.lower() not in (".html", ".htm"):
+        raise ElasticTokError(f"{output}: the report is an HTML page; name it .html")
+    if Path(output).is_dir():
+        raise ElasticTokError(f"-o {output}: is a directory; name a file such as {Path(output) / 'report.html'}")
+    check_output_file(output, *inputs)
 
 
 def summary_line(report: dict, output: Path) -> str:
