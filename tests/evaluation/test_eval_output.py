@@ -127,6 +127,31 @@ def test_an_interrupt_while_writing_leaves_no_report(signum, existing, model_dir
         assert not out.exists()
 
 
+def test_ctrl_c_among_the_final_renames_leaves_the_new_report_whole(micro, photo_folder, tmp_path, monkeypatch):
+    from elastictok.evaluation import measurement
+
+    report = evaluate_models(micro, [micro], [str(photo_folder / "photo0.jpg")], [parse_target("mse:0.1")],
+                             [0.5, 1.0], progress=False)
+    out = tmp_path / "ev"
+    write_report(dict(report), out)
+    old = {name: (out / name).read_bytes() for name in FILES}
+    report["note"] = "the second report"  # so that the new report.json differs from the old one
+    replace = os.replace
+
+    def ctrl_c_during_first_rename(src, dst):
+        if not ctrl_c_during_first_rename.sent:
+            ctrl_c_during_first_rename.sent = True
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, landing among the renames
+        replace(src, dst)
+
+    ctrl_c_during_first_rename.sent = False
+    monkeypatch.setattr(measurement.os, "replace", ctrl_c_during_first_rename)
+    with pytest.raises(KeyboardInterrupt):
+        write_report(report, out)
+    assert set(os.listdir(out)) == FILES  # all of the new report, no temporary
+    assert (out / "report.json").read_bytes() != old["report.json"]
+
+
 def test_report_refuses_a_folder_before_the_work(micro, photo_folder, tmp_path):
     page = tmp_path / "page.html"
     page.mkdir()

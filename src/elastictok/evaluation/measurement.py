@@ -36,6 +36,7 @@ from ..tokenization.targets import Threshold, TokenCount  # noqa: E402
 from ..tokenization.tokenfile import TokenizedVideo  # noqa: E402
 from ..tokenization.tokenizer import read_source, source_scores, tokenize_blocks  # noqa: E402
 from ..utils.fileio import missing_folders, remove_empty_folders  # noqa: E402
+from ..utils.runtime import interrupts_held  # noqa: E402
 from .plots import save_png, tokens_figure  # noqa: E402
 
 
@@ -289,10 +290,11 @@ def _staged(out: Path) -> Iterator[Path]:
         out.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=".report.", suffix=".tmp", dir=out))
         yield stage
-        for file in sorted(stage.iterdir()):
-            os.replace(file, out / file.name)
-            moved.append(out / file.name)
-        done = True
+        with interrupts_held():  # a Ctrl-C among the renames would leave half the old report, half the new
+            for file in sorted(stage.iterdir()):
+                os.replace(file, out / file.name)
+                moved.append(out / file.name)
+            done = True
     finally:
         if stage is not None:
             shutil.rmtree(stage, ignore_errors=True)

@@ -44,15 +44,25 @@ def interrupts_held():
     """Hold Ctrl-C and SIGTERM until the block ends, then deliver them. Torch's C code turns an interrupt
     that lands inside it (e.g. while safetensors builds tensors) into an unrelated ValueError; held, it
     arrives as itself. Processes started meanwhile inherit the hold (see ``release_interrupts``)."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, [])  # read only: an interrupt raised here leaves no hold
+    held: list[int] = []
+    # Two holds: handlers that only note the signal (the kernel may hand a process-wide signal to any
+    # thread, e.g. tqdm's monitor, whatever this thread's mask says), and a blocked mask, which is
+    # what child processes inherit.
+    previous_handlers = {signum: signal.signal(signum, lambda signum, _: held.append(signum))
+                         for signum in INTERRUPTS}
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTS) if hasattr(signal, "pthread_sigmask") else None
     try:
-        signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTS)
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        if previous_mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)  # a pending one lands in ``held``
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: one set from C
+        if held:
+            signal.raise_signal(held[0])  # once, to the handler the block started with
 
 
 def blocked_signals() -> set | None:
