@@ -88,6 +88,14 @@ def test_conv_stem_needs_whole_frames(conv_stem):
         conv_stem.in_proj(torch.zeros(1, 5, conv_stem.config.patch_dim))
 
 
+def test_sequence_parallel_shards_hold_whole_frames_for_the_conv_stem(conv_stem):
+    tokens_per_block = conv_stem.config.tokens_per_block  # 2 frames of 16 tokens
+    conv_stem.check_sequence_split(tokens_per_block, 2)  # a frame per rank
+    with pytest.raises(ElasticTokError, match="whole frames \\(16 tokens each"):
+        conv_stem.check_sequence_split(tokens_per_block, 4)
+    build().check_sequence_split(tokens_per_block, 4)  # a linear stem and head split anywhere
+
+
 def test_unconditioned_encoder_is_one_pass_for_every_count(conv_uncond, real_video):
     """Without mask conditioning the kept tokens are a prefix of one encoding, whatever the count."""
     model = conv_uncond

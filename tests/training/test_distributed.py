@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -23,13 +24,15 @@ def config(photo_folder, out, **overrides) -> TrainConfig:
     return TrainConfig(**fields)
 
 
-def torchrun(cfg: TrainConfig, tmp_path, nproc: int, resume: bool = False) -> None:
+def torchrun(cfg: TrainConfig, tmp_path, nproc: int, resume: bool = False) -> str:
+    """Train ``cfg`` under torchrun; returns what it printed to stderr."""
     path = tmp_path / f"cfg-{nproc}-{resume}.yaml"
     path.write_text(yaml.safe_dump({k: v for k, v in vars(cfg).items() if k != "betas"}))
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
                f"--master_port={free_port()}", "-m", "elastictok.cli", "train", "--config", str(path)]
     result = subprocess.run(command + (["--resume"] if resume else []), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+    return result.stderr
 
 
 def weights(run) -> dict[str, torch.Tensor]:
@@ -59,6 +62,21 @@ def test_checkpoint_from_two_processes_resumes_on_one(photo_folder, tmp_path):
     cfg.max_minutes = None
     torchrun(cfg, tmp_path, 1, resume=True)
     assert_close(weights(reference), weights(tmp_path / "resharded"))
+
+
+def test_a_save_stopped_between_its_renames_resumes_from_the_newest_checkpoint(photo_folder, tmp_path):
+    """What rank 0 leaves when stopped after moving DIR aside and before moving DIR.tmp in: no DIR."""
+    reference = train(config(photo_folder, tmp_path / "reference", steps=4))
+    cfg = config(photo_folder, tmp_path / "stopped", steps=4, max_minutes=0.0)  # stops after step 1
+    torchrun(cfg, tmp_path, 2)
+    checkpoints = tmp_path / "stopped" / "checkpoints"
+    (checkpoints / "last").rename(checkpoints / "last.tmp")  # the newest save, not yet moved in
+    shutil.copytree(checkpoints / "last.tmp", checkpoints / "last.old")  # the one it was replacing
+    (checkpoints / "last.old" / "trainer.json").write_text('{"step": 0}')
+    cfg.max_minutes = None
+    assert "resuming from step 1" in torchrun(cfg, tmp_path, 2, resume=True)
+    assert_close(weights(reference), weights(tmp_path / "stopped"))
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["last"]
 
 
 def test_sequence_parallel_training_matches_one_process(photo_folder, tmp_path):

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from elastictok.utils.runtime import interrupts_held
+from elastictok.utils.runtime import INTERRUPTS, interrupts_held
 
 
 @pytest.mark.parametrize("other_thread", [False, True])
@@ -32,3 +32,23 @@ def test_an_interrupt_during_a_held_block_arrives_when_it_ends(signum, other_thr
         signal.signal(signum, previous)
         done.set()
 
+
+
+def test_an_interrupt_while_the_handlers_are_put_back_leaves_every_one_restored(monkeypatch):
+    """Python runs a pending signal's handler before it swaps a handler; one that raises there must not
+    leave the hold's note-only handler installed (which would swallow every later SIGTERM)."""
+    before = {signum: signal.getsignal(signum) for signum in INTERRUPTS}
+    swap, calls = signal.signal, []
+
+    def ctrl_c_then_swap(signum, handler):
+        calls.append(signum)
+        if len(calls) == 2 + 2:  # two installed, SIGINT put back: a Ctrl-C as SIGTERM's is put back
+            os.kill(os.getpid(), signal.SIGINT)
+        return swap(signum, handler)
+
+    monkeypatch.setattr(signal, "signal", ctrl_c_then_swap)
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_held():
+            pass
+    monkeypatch.undo()
+    assert {signum: signal.getsignal(signum) for signum in INTERRUPTS} == before

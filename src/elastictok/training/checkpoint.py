@@ -70,10 +70,13 @@ class Checkpoint(Protocol):
     def load(self, state: TrainState) -> None: ...  # restores into ``state`` (its step included)
 
 
-def checkpoint_for(out_dir: Path, distributed: bool) -> Checkpoint:
-    """The run's checkpoint in the form its process layout needs."""
-    if distributed:
-        return DistributedCheckpoint(out_dir / "checkpoints" / "last")
+def checkpoint_for(out_dir: Path, world: World) -> Checkpoint:
+    """The run's checkpoint in the form its process layout needs (a distributed one whole again, if a
+    save was stopped between its renames)."""
+    if world.distributed:
+        checkpoint = DistributedCheckpoint(out_dir / "checkpoints" / "last")
+        checkpoint.finish_interrupted_save(world)
+        return checkpoint
     return FileCheckpoint(out_dir / "checkpoints" / "last.pt")
 
 
@@ -147,28 +150,43 @@ class DistributedCheckpoint:
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
+        self.tmp = self.directory.with_name(self.directory.name + ".tmp")  # the save being written
+        self.old = self.directory.with_name(self.directory.name + ".old")  # the one it replaces
 
     def exists(self) -> bool:
         return (self.directory / "trainer.json").is_file()
+
+    def finish_interrupted_save(self, world: World) -> None:
+        """Rank 0 completes a save that stopped between its renames; the others wait. Without ``DIR``
+        the newest whole checkpoint is ``DIR.tmp`` (its trainer.json is written last), else ``DIR.old``."""
+        if world.main:
+            if not self.directory.exists():
+                whole = [d for d in (self.tmp, self.old) if (d / "trainer.json").is_file()]
+                if whole:
+                    os.replace(whole[0], self.directory)
+            if self.directory.exists():
+                shutil.rmtree(self.old, ignore_errors=True)  # the next save renames DIR onto it
+        dist.barrier()
 
     def _write(self, model, optimizer, trainer_state: dict, world: World) -> None:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        tmp = self.directory.with_name(self.directory.name + ".tmp")
-        if world.main and tmp.exists():
-            shutil.rmtree(tmp)
+        if world.main and self.tmp.exists():
+            shutil.rmtree(self.tmp)
         dist.barrier()
         model_state, optim_state = get_state_dict(model, optimizer)
-        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / "model_optim"))
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(self.tmp / "model_optim"))
         dist.barrier()
         if world.main:
-            (tmp / "trainer.json").write_text(json.dumps({**trainer_state, "world_size": world.size}))
-            old = self.directory.with_name(self.directory.name + ".old")
-            if self.directory.exists():
-                os.replace(self.directory, old)
-            os.replace(tmp, self.directory)
-            shutil.rmtree(old, ignore_errors=True)
+            with atomic_path(self.tmp / "trainer.json") as trainer_json:  # last, and whole: it marks DIR.tmp done
+                trainer_json.write_text(json.dumps({**trainer_state, "world_size": world.size}))
+            shutil.rmtree(self.old, ignore_errors=True)
+            with interrupts_held():  # Ctrl-C between the renames would leave no DIR (finish_interrupted_save)
+                if self.directory.exists():
+                    os.replace(self.directory, self.old)
+                os.replace(self.tmp, self.directory)
+            shutil.rmtree(self.old, ignore_errors=True)
         dist.barrier()
 
     def _read(self, model, optimizer) -> dict:

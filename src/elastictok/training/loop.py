@@ -181,6 +181,8 @@ def _build_state(cfg: TrainConfig, world: World, device: torch.device, init_from
         if not hasattr(model, "sequence_group"):
             raise ElasticTokError(f"sequence_parallel is not supported by the {model.family} family")
         model.sequence_group = dist.group.WORLD
+        for blocks in {1, cfg.n_blocks}:  # an image batch, a video clip: refused now, not at its first batch
+            model.check_sequence_split(blocks * config.tokens_per_block, world.size)
     optimizer = build_optimizer(net, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
     ema = None
@@ -343,7 +345,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     _check_layout(cfg, world)
     if cfg.bf16 and world.main:
         warn_if_slow_bf16(device.type)
-    checkpoint = checkpoint_for(out_dir, world.distributed)
+    checkpoint = checkpoint_for(out_dir, world)
     if not resume and (checkpoint.exists() or (out_dir / "model").exists()):  # never train over a run unasked
         raise ElasticTokError(f"{out_dir} holds a run already: continue it with --resume (resume=True), or set "
                               "another out_dir")

@@ -51,18 +51,39 @@ def interrupts_held():
     # Two holds: handlers that only note the signal (the kernel may hand a process-wide signal to any
     # thread, e.g. tqdm's monitor, whatever this thread's mask says), and a blocked mask, which is
     # what child processes inherit.
-    previous_handlers = {signum: signal.signal(signum, lambda signum, _: held.append(signum))
-                         for signum in INTERRUPTS}
+    previous, arrived = _set_handlers({signum: lambda signum, _: held.append(signum) for signum in INTERRUPTS})
+    if arrived is not None:  # an interrupt from before the block: deliver it now, hold nothing
+        _set_handlers(previous)
+        raise arrived
     previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTS) if hasattr(signal, "pthread_sigmask") else None
     try:
         yield
     finally:
         if previous_mask is not None:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)  # a pending one lands in ``held``
-        for signum, handler in previous_handlers.items():
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: one set from C
+        _, arrived = _set_handlers(previous)
+        if arrived is not None:
+            raise arrived
         if held:
             signal.raise_signal(held[0])  # once, to the handler the block started with
+
+
+def _set_handlers(handlers: dict) -> tuple[dict, BaseException | None]:
+    """Install every handler, even when a pending signal's handler raises while one is swapped (Python runs
+    pending handlers first); returns the handlers replaced and the first such exception, for the caller to raise."""
+    previous, arrived = {}, None
+    for signum, handler in handlers.items():
+        for _ in range(3):  # each pending signal's handler runs once; more tries only for a hammered Ctrl-C
+            try:
+                old = signal.signal(signum, handler)
+            except BaseException as exc:  # noqa: BLE001 (an interrupt's handler raised: keep it, finish the swap)
+                arrived = arrived or exc
+                continue
+            previous[signum] = signal.SIG_DFL if old is None else old  # None: a handler set from C
+            break
+        else:
+            raise arrived
+    return previous, arrived
 
 
 def blocked_signals() -> set | None:

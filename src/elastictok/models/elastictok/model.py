@@ -294,6 +294,17 @@ class ElasticTok(Tokenizable, PretrainedFiles, nn.Module):
         return ElasticTokOutput(recon=first.mean(1) if is_image else first, loss=mse + self.config.kl_weight * kl,
                                 mse=mse, kl=kl, latents=full)
 
+    def check_sequence_split(self, tokens: int, size: int) -> None:
+        """Refuse a sequence of ``tokens`` that does not split over ``size`` sequence-parallel ranks (in whole
+        frames, where a conv stem or head convolves each frame)."""
+        c = self.config
+        unit = 1
+        if "conv" in (c.input_stem, c.output_head):
+            unit = (c.resolution[0] // c.patch_size[1]) * (c.resolution[1] // c.patch_size[2])
+        if tokens % (size * unit):
+            whole = f" of whole frames ({unit} tokens each, for the conv stem or head)" if unit > 1 else ""
+            raise ElasticTokError(f"{tokens} tokens do not split over {size} sequence-parallel ranks{whole}")
+
     def forward_sequence_shard(self, video: Tensor, keep: Tensor | int | None = None, group=None
                                ) -> ElasticTokOutput:
         """Sequence parallelism: this rank's share of ``forward`` on a video every rank of ``group`` holds.
@@ -309,8 +320,7 @@ class ElasticTok(Tokenizable, PretrainedFiles, nn.Module):
         keep = self._check_keep(keep, video.shape[0], video.shape[1] // self.config.frames_per_block, video.device)
         rank, size = dist.get_rank(group), dist.get_world_size(group)
         patches, mask = self.patchify(video), self.keep_mask(keep)
-        if patches.shape[1] % size:
-            raise ElasticTokError(f"{patches.shape[1]} tokens do not split over {size} sequence-parallel ranks")
+        self.check_sequence_split(patches.shape[1], size)
         length = patches.shape[1] // size
         shard = slice(rank * length, (rank + 1) * length)
         latents, _ = self.encode_patches(patches[:, shard], mask[:, shard], start=rank * length, sequence_group=group)
