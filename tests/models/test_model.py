@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -145,6 +147,25 @@ def test_deterministic(micro, real_video):
 def test_save_and_load_round_trip(micro, real_video, tmp_path):
     micro.save_pretrained(tmp_path / "m")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = ElasticTok.from_pretrained(tmp_path / "m")
+    assert loaded.config == micro.config
+    torch.testing.assert_close(loaded(real_video, 11).recon, micro(real_video, 11).recon, rtol=0, atol=0)
+
+
+def test_ctrl_c_while_saving_leaves_a_matching_pair(micro, real_video, tmp_path, monkeypatch):
+    """Weights and config land together: a Ctrl-C as the weights are written waits for the config too."""
+    from elastictok.models import files
+
+    ElasticTok(ElasticTokConfig.from_preset("micro", width=64)).save_pretrained(tmp_path / "m")  # an older model
+    save_file = files.save_file
+
+    def save_then_ctrl_c(*args, **kwargs):
+        save_file(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, between the two files
+
+    monkeypatch.setattr(files, "save_file", save_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        micro.save_pretrained(tmp_path / "m")
     loaded = ElasticTok.from_pretrained(tmp_path / "m")
     assert loaded.config == micro.config
     torch.testing.assert_close(loaded(real_video, 11).recon, micro(real_video, 11).recon, rtol=0, atol=0)

@@ -57,10 +57,11 @@ class PretrainedFiles:
         state = {name: (value.detach().to(dtype) if dtype and value.is_floating_point() else value.detach())
                  .contiguous().cpu() for name, value in self.state_dict().items()}
         config = {**self.config.to_dict(), "family": self.family}
-        with atomic_path(directory / WEIGHTS_NAME) as tmp:
-            save_file(state, str(tmp), metadata={"format": "pt", "elastictok_config": json.dumps(config)})
-        with atomic_path(directory / CONFIG_NAME) as tmp:
-            tmp.write_text(json.dumps(config, indent=2) + "\n")
+        # both or neither: a Ctrl-C waits for the pair, so weights never land beside another model's config
+        with interrupts_held(), atomic_path(directory / WEIGHTS_NAME) as weights, \
+                atomic_path(directory / CONFIG_NAME) as config_file:
+            save_file(state, str(weights), metadata={"format": "pt", "elastictok_config": json.dumps(config)})
+            config_file.write_text(json.dumps(config, indent=2) + "\n")
 
     @classmethod
     def from_pretrained(cls: type[Model], name_or_path: str | os.PathLike,

@@ -277,14 +277,15 @@ class _ShardWriter:
         """Complete the open shard, if any, and rename it into place."""
         if self.tar is None:
             return
+        self.written.append(self.shard)  # before it appears: a Ctrl-C just after the rename still removes it
         try:
             self.tar.close()
             self.stream.close()
             publish(self.tmp, self.shard)
         except OSError as exc:
+            self.written.pop()
             self.discard()
             raise _CannotWrite(self.shard, exc) from None
-        self.written.append(self.shard)
         self.tar = self.stream = self.tmp = None
         self.number += 1
 

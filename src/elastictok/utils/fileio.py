@@ -48,10 +48,12 @@ class atomic_path:
             try:
                 publish(self.tmp, self.target)
                 return
-            except OSError as error:
+            except BaseException as error:  # a refused rename, or Ctrl-C landing in it: no temporary left
                 self.tmp.unlink(missing_ok=True)
                 remove_empty_folders(self.created)
-                raise self._error(error) from None
+                if isinstance(error, OSError):
+                    raise self._error(error) from None
+                raise
         self.tmp.unlink(missing_ok=True)
         remove_empty_folders(self.created)
         if isinstance(exc, OSError) and self._names_ours(exc):  # the write itself failed (disk full ...):
