@@ -35,7 +35,7 @@ from ..tokenization.options import TokenizeOptions  # noqa: E402
 from ..tokenization.targets import Threshold, TokenCount  # noqa: E402
 from ..tokenization.tokenfile import TokenizedVideo  # noqa: E402
 from ..tokenization.tokenizer import read_source, source_scores, tokenize_blocks  # noqa: E402
-from ..utils.fileio import missing_folders, remove_empty_folders  # noqa: E402
+from ..utils.fileio import check_output_dir, missing_folders, remove_empty_folders  # noqa: E402
 from ..utils.runtime import interrupts_held  # noqa: E402
 from .plots import save_png, tokens_figure  # noqa: E402
 
@@ -241,11 +241,7 @@ def check_report_dir(out: str | Path, inputs: list[str]) -> None:
     """Before the work: ``out`` is a writable folder or can be made one, and none of the report's file
     names in it is a folder, pipe or device (which a file cannot replace). Nothing is created here."""
     out = Path(out)
-    existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        raise ElasticTokError(f"{out}: cannot be the report folder ({existing} is a file)")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ElasticTokError(f"{out}: cannot be the report folder ({existing} is not writable)")
+    check_output_dir(out)
     for name in report_files(inputs):
         path = out / name
         if path.exists() and not path.is_file():

@@ -38,12 +38,6 @@ def label_frames(frames: torch.Tensor, text: str, scale: int) -> torch.Tensor:
     return torch.stack(out)
 
 
-def plot_tokens(encodings: dict[str, TokenizedVideo], path: str | Path, title: str = "") -> None:
-    """``tokens_figure`` as a PNG, written atomically."""
-    with atomic_path(path) as tmp:
-        save_png(tokens_figure(encodings, title), tmp)
-
-
 def save_png(fig: plt.Figure, path: str | Path) -> None:
     """Save and close ``fig``."""
     try:

@@ -357,9 +357,7 @@ def check_report_file(output: str | Path, inputs: list[str]) -> None:
     """Refuse a report page that could not be written (or would replace an input) before any work."""
     if Path(output).suffix.lower() not in (".html", ".htm"):
         raise ElasticTokError(f"{output}: the report is an HTML page; name it .html")
-    if Path(output).is_dir():
-        raise ElasticTokError(f"-o {output}: is a directory; name a file such as {Path(output) / 'report.html'}")
-    check_output_file(output, *inputs)
+    check_output_file(output, *inputs, example="report.html")
 
 
 def summary_line(report: dict, output: Path) -> str:

@@ -98,16 +98,16 @@ def check_output_dir(out_dir: str | os.PathLike) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise ElasticTokError(f"-o {out_dir}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK):
+    if not os.access(existing, os.W_OK | os.X_OK):  # what making an entry in it takes
         raise ElasticTokError(f"-o {out_dir}: {existing} is not writable")
 
 
-def check_output_file(output: str | os.PathLike, *sources: str | os.PathLike) -> None:
+def check_output_file(output: str | os.PathLike, *sources: str | os.PathLike, example: str = "out.png") -> None:
     """An output file must be writable where it is named, and not be one of the ``sources`` it is made
-    from (nothing is created here)."""
+    from (nothing is created here); a folder is refused with ``example`` as the file to name in it."""
     output = Path(output)
     if output.is_dir():
-        raise ElasticTokError(f"-o {output}: is a directory; name a file such as {output / 'out.png'}")
+        raise ElasticTokError(f"-o {output}: is a directory; name a file such as {output / example}")
     check_output_dir(output.parent)
     if output.exists() and any(Path(s).exists() and output.samefile(s) for s in sources):
         raise ElasticTokError(f"-o {output}: is an input; name another output")

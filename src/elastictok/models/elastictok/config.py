@@ -70,11 +70,15 @@ class ElasticTokConfig(ConfigFile):
 
     # ---- derived -------------------------------------------------------------
     @property
+    def patch_grid(self) -> tuple[int, int]:
+        """Patches per frame, (H / Hp, W / Wp): the tokens of one patch-time step."""
+        return self.resolution[0] // self.patch_size[1], self.resolution[1] // self.patch_size[2]
+
+    @property
     def tokens_per_block(self) -> int:
         """Mmax: one latent token per (Tp, Hp, Wp) patch of a block."""
-        tp, hp, wp = self.patch_size
-        h, w = self.resolution
-        return (self.frames_per_block // tp) * (h // hp) * (w // wp)
+        gh, gw = self.patch_grid
+        return (self.frames_per_block // self.patch_size[0]) * gh * gw
 
     @property
     def patch_dim(self) -> int:

@@ -59,7 +59,7 @@ def tokens_to_frames(x: Tensor, config: ElasticTokConfig) -> Tensor:
     one CPU convolutions run fastest on (about 25% less time than a strided NCHW view).
     """
     tp, hp, wp = config.patch_size
-    gh, gw = (r // p for r, p in zip(config.resolution, (hp, wp)))
+    gh, gw = config.patch_grid
     if x.shape[1] % (gh * gw):
         raise ElasticTokError(f"the conv stem and head need whole frames: {x.shape[1]} tokens is not a "
                               f"multiple of {gh * gw}")
@@ -160,9 +160,9 @@ class ElasticTok(Tokenizable, PretrainedFiles, nn.Module):
 
     def unpatchify(self, patches: Tensor) -> Tensor:
         tp, hp, wp = self.config.patch_size
-        h, w = self.config.resolution
+        gh, gw = self.config.patch_grid
         return rearrange(patches, "b (t h w) (tp hp wp c) -> b (t tp) c (h hp) (w wp)",
-                         h=h // hp, w=w // wp, tp=tp, hp=hp, wp=wp, c=3)
+                         h=gh, w=gw, tp=tp, hp=hp, wp=wp, c=3)
 
     def keep_mask(self, keep: Tensor) -> Tensor:
         """(B, n_blocks) counts -> (B, N) bool: True for the first keep[b, k] tokens of each block."""
@@ -298,9 +298,7 @@ class ElasticTok(Tokenizable, PretrainedFiles, nn.Module):
         """Refuse a sequence of ``tokens`` that does not split over ``size`` sequence-parallel ranks (in whole
         frames, where a conv stem or head convolves each frame)."""
         c = self.config
-        unit = 1
-        if "conv" in (c.input_stem, c.output_head):
-            unit = (c.resolution[0] // c.patch_size[1]) * (c.resolution[1] // c.patch_size[2])
+        unit = c.patch_grid[0] * c.patch_grid[1] if "conv" in (c.input_stem, c.output_head) else 1
         if tokens % (size * unit):
             whole = f" of whole frames ({unit} tokens each, for the conv stem or head)" if unit > 1 else ""
             raise ElasticTokError(f"{tokens} tokens do not split over {size} sequence-parallel ranks{whole}")
