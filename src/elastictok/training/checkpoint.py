@@ -44,9 +44,11 @@ class TrainState:
     world: World
     cfg: Any  # the TrainConfig
     step: int = 0
+    clock: Any = None  # the run's TrainingClock (minutes trained, across resumes)
 
     def trainer_fields(self) -> dict[str, Any]:
         return {"step": self.step, "data_position": self.step * self.cfg.grad_accum,
+                "train_seconds": self.clock.seconds if self.clock else 0.0,
                 "scheduler": self.scheduler.state_dict(), "model_config": self.model.config.to_dict(),
                 "train_config": dataclasses.asdict(self.cfg)}
 
@@ -60,6 +62,8 @@ class TrainState:
             raise ElasticTokError(f"{where} was written for a different model config; not resuming")
         self.scheduler.load_state_dict(fields["scheduler"])
         self.step = fields["step"]
+        if self.clock is not None:  # checkpoints written before the clock existed start it at zero
+            self.clock.restore(float(fields.get("train_seconds", 0.0)))
 
 
 class Checkpoint(Protocol):

@@ -19,13 +19,13 @@ from ..models.base import refuse_unknown_fields
 from ..models.registry import CONFIGS, PRESETS, config_from_preset, family_of_preset
 from ..utils.fields import field_problems
 from ..utils.fileio import read_small_file
-from .masks import KeepSampler
+from .masks import KEEP_DISTRIBUTIONS, KeepSampler
 
-CHOICES = {"schedule": ("cosine", "constant"), "distributed": ("ddp", "fsdp")}
+CHOICES = {"schedule": ("cosine", "constant"), "distributed": ("ddp", "fsdp"), "keep_distribution": KEEP_DISTRIBUTIONS}
 AT_LEAST = {"steps": 1, "batch_size": 1, "grad_accum": 1, "n_blocks": 1, "mask_lengths": 1, "warmup_steps": 0,
             "eval_every": 1, "checkpoint_every": 1, "log_every": 1, "num_workers": 0, "stop_at": 1,
             "weight_decay": 0, "lpips_weight": 0, "grad_clip": 0, "max_minutes": 0}
-IN_UNIT = ("image_fraction", "min_lr_ratio")  # fields in [0, 1]
+IN_UNIT = ("image_fraction", "min_lr_ratio", "full_length_first")  # fields in [0, 1]
 POSITIVE = ("lr", "fps")  # fields > 0 (where set)
 
 
@@ -39,7 +39,7 @@ class TrainConfig:
     eval_data: list[str] = field(default_factory=list)  # held out
     out_dir: str = "runs/tiny"
     steps: int = 1000
-    max_minutes: float | None = None  # stop early (with a checkpoint) after this much wall time
+    max_minutes: float | None = None  # a time budget: the schedule ends at steps or max_minutes, whichever is first
     stop_at: int | None = None  # stop after this step (the schedule still spans `steps`), e.g. to match a run
     batch_size: int = 8  # video clips per micro-batch; image batches hold batch_size * n_blocks images
     grad_accum: int = 1
@@ -48,6 +48,8 @@ class TrainConfig:
     fps: float | None = None  # resample training videos to this rate (None: as recorded)
     mask: str = "elastic"  # elastic (FlexTok: its nested_dropout) | elastic+full | full | fixed:<fraction>
     mask_lengths: int = 1  # kept lengths decoded per sample and step (one encoder pass when it is unconditioned)
+    keep_distribution: str = "uniform"  # elastic counts: uniform (the paper) | long (more long prefixes)
+    full_length_first: float = 0.0  # share of the run (steps or minutes) trained at all tokens before the mask
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     schedule: str = "cosine"  # cosine | constant (after warmup)
@@ -86,7 +88,7 @@ class TrainConfig:
         c = self.model_config()
         if hasattr(c, "nested_dropout") and self.mask_lengths != 1:  # FlexTok
             raise ElasticTokError("mask_lengths > 1 is an ElasticTok option; FlexTok keeps one length per sample")
-        KeepSampler(self.mask, c.min_tokens, c.tokens_per_block, self.mask_lengths)
+        KeepSampler(self.mask, c.min_tokens, c.tokens_per_block, self.mask_lengths, self.keep_distribution)
 
     def _range_problems(self) -> list[str]:
         problems = [f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"

@@ -44,14 +44,50 @@ log = logging.getLogger(__name__)
 CSV_FIELDS = ["step", "loss", "mse", "kl", "lpips", "psnr", "lr", "frames_per_s", "skipped_files"]
 
 
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup, then constant or cosine down to ``min_lr_ratio``."""
+class TrainingClock:
+    """Seconds spent training, across resumes: what a ``max_minutes`` budget is measured against.
+
+    ``seconds`` is the reading of the last ``tick``, the same on every rank (their maximum), so that
+    a schedule that follows the clock gives every rank the same learning rate.
+    """
+
+    def __init__(self) -> None:
+        self.before, self.started, self.seconds = 0.0, time.monotonic(), 0.0
+
+    def restore(self, seconds: float) -> None:
+        """Continue from ``seconds`` already trained (a resumed run)."""
+        self.before, self.started, self.seconds = seconds, time.monotonic(), seconds
+
+    def tick(self, world: World) -> float:
+        reading = self.before + time.monotonic() - self.started
+        if world.distributed:
+            packed = torch.tensor([reading])
+            dist.all_reduce(packed, op=dist.ReduceOp.MAX)
+            reading = packed.item()
+        self.seconds = reading
+        return reading
+
+
+def run_progress(step: int, cfg: TrainConfig, seconds: float = 0.0) -> float:
+    """How far through its budget a run is, in [0, 1]: steps done, or minutes spent if ``max_minutes`` ends it first.
+
+    With a time budget, the schedule (learning rate, ``full_length_first``) follows the clock, so a run
+    stopped by ``max_minutes`` has decayed its learning rate like one that ran all its steps.
+    """
+    by_steps = step / cfg.steps
+    by_time = seconds / (60 * cfg.max_minutes) if cfg.max_minutes else 0.0
+    return min(1.0, max(by_steps, by_time))
+
+
+def lr_factor(step: int, cfg: TrainConfig, seconds: float = 0.0) -> float:
+    """Linear warmup, then constant or cosine down to ``min_lr_ratio`` over the rest of the budget."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return 1.0
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    after_warmup = run_progress(step - cfg.warmup_steps, dataclasses.replace(cfg, steps=max(1, cfg.steps - cfg.warmup_steps)),
+                                seconds)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * after_warmup))
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -184,12 +220,14 @@ def _build_state(cfg: TrainConfig, world: World, device: torch.device, init_from
         for blocks in {1, cfg.n_blocks}:  # an image batch, a video clip: refused now, not at its first batch
             model.check_sequence_split(blocks * config.tokens_per_block, world.size)
     optimizer = build_optimizer(net, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    clock = TrainingClock()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, clock.seconds))
     ema = None
     if cfg.ema_decay:
         ema = torch.optim.swa_utils.AveragedModel(
             model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay))
-    return TrainState(model=model, net=net, optimizer=optimizer, scheduler=scheduler, ema=ema, world=world, cfg=cfg)
+    return TrainState(model=model, net=net, optimizer=optimizer, scheduler=scheduler, ema=ema, world=world, cfg=cfg,
+                      clock=clock)
 
 
 def _training_data(cfg: TrainConfig, c: Any, world: World, start_step: int) -> TrainingData:
@@ -219,8 +257,11 @@ def _micro_batch(state: TrainState, data: TrainingData, sampler: KeepSampler, in
     video = next(data.batches)
     if data.from_shards:  # (batch, undecodable samples so far) from the worker that made batch `index`
         video, data.skipped_by_worker[index % max(1, cfg.num_workers)] = video
-    keep = sampler(video.shape[0], video.shape[1] // c.frames_per_block,
-                   torch.Generator().manual_seed(stable_seed(cfg.seed, "keep", index)))
+    n_blocks = video.shape[1] // c.frames_per_block
+    if run_progress(state.step, cfg, state.clock.seconds) < cfg.full_length_first:  # one length: every token
+        keep = torch.full((video.shape[0], n_blocks), c.tokens_per_block, dtype=torch.long)
+    else:
+        keep = sampler(video.shape[0], n_blocks, torch.Generator().manual_seed(stable_seed(cfg.seed, "keep", index)))
     if not data.from_shards and data.data_ranks > 1:  # this rank's contiguous share of the global batch
         share = video.shape[0] // world.size
         video = video[world.rank * share:(world.rank + 1) * share]
@@ -331,7 +372,7 @@ def _keep_sampler(cfg: TrainConfig, model: torch.nn.Module):
     c = model.config
     if hasattr(model, "nested_dropout") and cfg.mask == "elastic":  # FlexTok: one kept prefix per sample and block
         return model.nested_dropout
-    return KeepSampler(cfg.mask, c.min_tokens, c.tokens_per_block, cfg.mask_lengths)
+    return KeepSampler(cfg.mask, c.min_tokens, c.tokens_per_block, cfg.mask_lengths, cfg.keep_distribution)
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
@@ -371,10 +412,12 @@ def _run(state: TrainState, data: TrainingData, sampler: KeepSampler, lpips, dev
     """Steps until ``cfg.steps``, ``stop_at`` or ``max_minutes``: log, evaluate and checkpoint as configured."""
     cfg, world = state.cfg, state.world
     state.net.train()
+    state.clock.restore(state.clock.seconds)  # loading data and the held-out clips is not training time
     started, frames_seen = time.monotonic(), 0
     bar = tqdm(total=cfg.steps, initial=state.step, desc="train", disable=not (cfg.progress and world.main),
                dynamic_ncols=True)
     while state.step < cfg.steps:
+        state.clock.tick(world)
         totals, frames = _train_step(state, data, sampler, lpips, device)
         frames_seen += frames
         totals = _mean_over_ranks(totals, world)
@@ -386,7 +429,8 @@ def _run(state: TrainState, data: TrainingData, sampler: KeepSampler, lpips, dev
         step = state.step
         if run_log and (step % cfg.log_every == 0 or step == cfg.steps):
             run_log.write(step, totals)
-        out_of_time = _any_rank(cfg.max_minutes is not None and elapsed > 60 * cfg.max_minutes
+        spent = state.clock.tick(world)
+        out_of_time = _any_rank(cfg.max_minutes is not None and spent > 60 * cfg.max_minutes
                                 or cfg.stop_at is not None and step >= cfg.stop_at, world)
         _maybe_evaluate(state, eval_samples, device, run_log, bar, out_dir, out_of_time)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:

@@ -8,6 +8,9 @@ from torch import Tensor
 from ..errors import ElasticTokError
 
 
+KEEP_DISTRIBUTIONS = ("uniform", "long")
+
+
 class KeepSampler:
     """Draws ``keep`` (B, n_blocks) for a training batch.
 
@@ -15,10 +18,16 @@ class KeepSampler:
     ``elastic+full`` (as elastic, but the first of several ``lengths`` is always Mmax),
     ``fixed:<fraction>`` (a constant count: the fixed-length baseline), ``full`` (every token).
     With ``lengths`` L > 1 every sample is decoded at L counts: the sampler returns (L, B, n_blocks).
+    ``distribution`` shapes the elastic counts: ``uniform`` (the paper) or ``long`` (density rising
+    linearly towards Mmax, so long prefixes, which the full-length quality rests on, train more often).
     """
 
-    def __init__(self, mode: str, min_tokens: int, max_tokens: int, lengths: int = 1):
+    def __init__(self, mode: str, min_tokens: int, max_tokens: int, lengths: int = 1,
+                 distribution: str = "uniform"):
         self.mode, self.min_tokens, self.max_tokens, self.lengths = mode, min_tokens, max_tokens, lengths
+        if distribution not in KEEP_DISTRIBUTIONS:
+            raise ElasticTokError(f"unknown keep distribution {distribution!r}; use {' or '.join(KEEP_DISTRIBUTIONS)}")
+        self.distribution = distribution
         if lengths < 1:
             raise ElasticTokError(f"mask_lengths must be at least 1, got {lengths}")
         if mode == "elastic+full" and lengths < 2:
@@ -42,7 +51,12 @@ class KeepSampler:
         shape = (self.lengths, batch, n_blocks) if self.lengths > 1 else (batch, n_blocks)
         if self.fixed is not None:
             return torch.full(shape, self.fixed, dtype=torch.long)
-        keep = torch.randint(self.min_tokens, self.max_tokens + 1, shape, generator=generator)
+        if self.distribution == "uniform":
+            keep = torch.randint(self.min_tokens, self.max_tokens + 1, shape, generator=generator)
+        else:  # "long": the square root of a uniform variable has density 2x on [0, 1]
+            spread = self.max_tokens - self.min_tokens + 1
+            fraction = torch.rand(shape, generator=generator).sqrt()
+            keep = self.min_tokens + (fraction * spread).long().clamp(max=spread - 1)
         if self.mode == "elastic+full":
             keep[0] = self.max_tokens
         return keep
