@@ -45,6 +45,37 @@ def test_lr_warmup_then_cosine():
     assert lr_factor(10, TrainConfig(schedule="constant", warmup_steps=10)) == 1.0
 
 
+def test_long_prefix_distribution_favours_long_prefixes():
+    generator = torch.Generator().manual_seed(0)
+    uniform = KeepSampler("elastic", 4, 32)(4000, 1, generator).float()
+    long = KeepSampler("elastic", 4, 32, distribution="long")(4000, 1, generator)
+    assert long.min() >= 4 and long.max() == 32
+    assert long.float().mean() > uniform.mean() + 3  # density rising to Mmax: mean 4 + 2/3 * 28, not 4 + 1/2 * 28
+    with pytest.raises(ElasticTokError, match="keep distribution"):
+        KeepSampler("elastic", 4, 32, distribution="short")
+
+
+def test_a_time_budget_shapes_the_schedule():
+    """With max_minutes, the cosine ends when the minutes do, even if the steps would last longer."""
+    cfg = TrainConfig(steps=10_000, warmup_steps=10, min_lr_ratio=0.1, max_minutes=2)
+    assert lr_factor(20, cfg, seconds=0) > 0.99
+    assert lr_factor(20, cfg, seconds=60) == pytest.approx(0.55, abs=0.01)  # half the budget: half-way down
+    assert lr_factor(20, cfg, seconds=120) == pytest.approx(0.1)
+    assert lr_factor(20, TrainConfig(steps=10_000, warmup_steps=10), seconds=120) > 0.99  # no budget: steps rule
+
+
+def test_full_length_first_trains_as_the_full_mask(photo_folder, tmp_path):
+    """A run wholly in its full-length phase is the full-length run, weight for weight."""
+    full = train(micro_config(photo_folder, tmp_path / "full", steps=4, mask="full"))
+    first = train(micro_config(photo_folder, tmp_path / "first", steps=4, mask="elastic+full", mask_lengths=2,
+                               full_length_first=1.0))
+    a, b = _final_weights(full), _final_weights(first)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    elastic = _final_weights(train(micro_config(photo_folder, tmp_path / "elastic", steps=4, mask="elastic+full",
+                                                mask_lengths=2)))
+    assert not all(torch.equal(a[k], elastic[k]) for k in a)
+
+
 def test_training_learns_on_real_photos(photo_folder, tmp_path):
     cfg = micro_config(photo_folder, tmp_path / "run", steps=60, eval_every=60, checkpoint_every=60, lr=5e-3)
     torch.manual_seed(0)
