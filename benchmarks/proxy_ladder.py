@@ -9,7 +9,8 @@ A row is the ladder's ``base`` training config with the row's fields on top. Eac
 ``max_minutes`` of wall time (the learning-rate schedule follows the clock, so every row finishes
 its cosine) and ends with training's held-out evaluation at the config's keep fractions. Results
 are appended to ``OUT/results.jsonl``; a row whose result is there already is skipped, so an
-interrupted ladder continues where it stopped. Run one ladder at a time: two training processes on
+interrupted ladder continues where it stopped (a row resumes from its last checkpoint). The file
+is read again before each row, so rows can be added or reordered while a ladder runs. Run one ladder at a time: two training processes on
 the same cores slow each other far more than they share.
 """
 
@@ -85,14 +86,17 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     out.mkdir(parents=True, exist_ok=True)
     done = {(r["row"], r["seed"]) for r in results}
-    for name in args.rows or list(ladder["rows"]):
-        if (name, args.seed) in done:
-            continue
+    while True:  # the ladder file is read again before each row: rows may be added or reordered meanwhile
+        ladder = yaml.safe_load(Path(args.ladder).read_text())
+        pending = [name for name in args.rows or ladder["rows"] if (name, args.seed) not in done]
+        if not pending:
+            return 0
+        name = pending[0]
         result = run_row(row_config(ladder, name, args.seed, out, args.minutes), name, args.seed)
         print(json.dumps(result), flush=True)
         with results_path.open("a") as f:
             f.write(json.dumps(result) + "\n")
-    return 0
+        done.add((name, args.seed))
 
 
 if __name__ == "__main__":

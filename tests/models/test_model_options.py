@@ -149,3 +149,21 @@ def test_new_fields_leave_earlier_fingerprints_unchanged():
     assert ElasticTokConfig.from_dict(data).fingerprint() == config.fingerprint()
     assert ElasticTokConfig.from_preset("tiny", output_head="conv").fingerprint() != config.fingerprint()
     assert ElasticTokConfig.from_preset("tiny", input_stem="conv").fingerprint() != config.fingerprint()
+
+
+def test_feed_forward_conv_keeps_block_causality_and_the_cache(real_video):
+    """The feed-forward convolution mixes a frame's token grid only: blocks stay causal, and encoding
+    block by block through the KV cache gives what one pass over the whole clip gives."""
+    model = build(ffn_conv=True, encoder_mask_conditioning=False)
+    m = model.config.tokens_per_block
+    whole = model.encode(real_video).z
+    changed = real_video.clone()
+    changed[:, 4:] = changed[:, 4:].flip(-1)
+    other = model.encode(changed).z
+    assert torch.equal(whole[:, :2 * m], other[:, :2 * m]) and not torch.allclose(whole[:, 2 * m:], other[:, 2 * m:])
+    patches = model.patchify(real_video)
+    keep = torch.ones(patches.shape[:2], dtype=torch.bool)
+    first, past = model.encode_patches(patches[:, :m], keep[:, :m])
+    second, _ = model.encode_patches(patches[:, m:2 * m], keep[:, m:2 * m], past)
+    torch.testing.assert_close(torch.cat([first.z, second.z], 1), whole[:, :2 * m])
+    assert not torch.allclose(whole, build(encoder_mask_conditioning=False).encode(real_video).z)

@@ -106,23 +106,34 @@ class Attention(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    def __init__(self, width: int, hidden: int):
+    """The gated feed-forward layer; with ``grid`` (tokens per frame as (h, w)), a depthwise 3x3
+    convolution over each frame's token grid mixes the gate with its neighbours' (LeanVAE's
+    neighbourhood-aware feed-forward, arXiv 2503.14325). The input must then be whole frames."""
+
+    def __init__(self, width: int, hidden: int, grid: tuple[int, int] | None = None):
         super().__init__()
         self.w1 = nn.Linear(width, hidden, bias=False)
         self.w2 = nn.Linear(hidden, width, bias=False)
         self.w3 = nn.Linear(width, hidden, bias=False)
+        self.grid = grid
+        self.local = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False) if grid else None
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        gate = self.w1(x)  # (B, N, hidden)
+        if self.local is not None:
+            gh, gw = self.grid
+            frames = gate.reshape(-1, gh, gw, gate.shape[-1]).permute(0, 3, 1, 2)  # (B * N/(gh*gw), hidden, gh, gw)
+            gate = gate + self.local(frames).permute(0, 2, 3, 1).reshape(gate.shape)
+        return self.w2(F.silu(gate) * self.w3(x))
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, width: int, num_heads: int, mlp_width: int, eps: float):
+    def __init__(self, width: int, num_heads: int, mlp_width: int, eps: float, grid: tuple[int, int] | None = None):
         super().__init__()
         self.attention_norm = RMSNorm(width, eps)
         self.attention = Attention(width, num_heads)
         self.ffn_norm = RMSNorm(width, eps)
-        self.feed_forward = SwiGLU(width, mlp_width)
+        self.feed_forward = SwiGLU(width, mlp_width, grid)
 
     def forward(self, x, cos, sin, mask, past, ring=None):
         attended, present = self.attention(self.attention_norm(x), cos, sin, mask, past, ring)
@@ -141,12 +152,12 @@ class Transformer(nn.Module):
     """
 
     def __init__(self, width: int, depth: int, num_heads: int, mlp_width: int, eps: float,
-                 block_size: int, rope_theta: float):
+                 block_size: int, rope_theta: float, ffn_grid: tuple[int, int] | None = None):
         super().__init__()
         self.block_size = block_size
         self.rope_theta = rope_theta
         self.head_dim = width // num_heads
-        self.blocks = nn.ModuleList(TransformerBlock(width, num_heads, mlp_width, eps) for _ in range(depth))
+        self.blocks = nn.ModuleList(TransformerBlock(width, num_heads, mlp_width, eps, ffn_grid) for _ in range(depth))
         self.ln_f = RMSNorm(width, eps)
 
     def forward(self, x: Tensor, past: KVCache | None = None, start: int | None = None,

@@ -25,7 +25,7 @@ class ElasticTokConfig(ConfigFile):
     # Fields added after token files were first written, with the value every earlier model had.
     fields_added_later: ClassVar[dict[str, Any]] = {
         "encoder_mask_conditioning": True, "output_head": "linear", "head_channels": 32, "input_stem": "linear",
-        "stem_channels": 16}
+        "stem_channels": 16, "ffn_conv": False}
 
     resolution: tuple[int, int] = (64, 64)  # (H, W) of every frame
     frames_per_block: int = 4
@@ -56,6 +56,9 @@ class ElasticTokConfig(ConfigFile):
     # sees its neighbours' border pixels (an overlapping patch embedding, the output head's mirror).
     input_stem: Literal["linear", "conv"] = "linear"
     stem_channels: int = 16
+    # A depthwise 3x3 convolution over each frame's token grid inside every feed-forward layer: local
+    # mixing that attention over a 1-D RoPE order must otherwise learn (LeanVAE's neighbourhood-aware FFN).
+    ffn_conv: bool = False
     # Context blocks the tokenizer caches by default (None: all). Positions beyond the clips a model
     # was trained on extrapolate: a model trained on n-block clips does best with n - 1.
     window: int | None = 16

@@ -129,7 +129,8 @@ class ElasticTok(Tokenizable, PretrainedFiles, nn.Module):
         self.config = config
         c = config
         transformer = dict(width=c.width, num_heads=c.num_heads, mlp_width=c.mlp_width, eps=c.norm_eps,
-                           block_size=c.tokens_per_block, rope_theta=c.rope_theta)
+                           block_size=c.tokens_per_block, rope_theta=c.rope_theta,
+                           ffn_grid=c.patch_grid if c.ffn_conv else None)
         # encoder
         self.in_proj = nn.Linear(c.patch_dim, c.width, bias=False) if c.input_stem == "linear" else ConvStem(c)
         if c.encoder_mask_conditioning:
@@ -298,9 +299,9 @@ class ElasticTok(Tokenizable, PretrainedFiles, nn.Module):
         """Refuse a sequence of ``tokens`` that does not split over ``size`` sequence-parallel ranks (in whole
         frames, where a conv stem or head convolves each frame)."""
         c = self.config
-        unit = c.patch_grid[0] * c.patch_grid[1] if "conv" in (c.input_stem, c.output_head) else 1
+        unit = c.patch_grid[0] * c.patch_grid[1] if "conv" in (c.input_stem, c.output_head) or c.ffn_conv else 1
         if tokens % (size * unit):
-            whole = f" of whole frames ({unit} tokens each, for the conv stem or head)" if unit > 1 else ""
+            whole = f" of whole frames ({unit} tokens each, for the conv stem, head or feed-forward)" if unit > 1 else ""
             raise ElasticTokError(f"{tokens} tokens do not split over {size} sequence-parallel ranks{whole}")
 
     def forward_sequence_shard(self, video: Tensor, keep: Tensor | int | None = None, group=None
