@@ -33,7 +33,7 @@ from elastictok import ElasticTok
 from elastictok.media.blocks import iter_media_blocks
 from elastictok.media.transforms import to_model
 from elastictok.models.pretrained import sample_video
-from elastictok.tokenization.coder import BlockCoder
+from elastictok.models.elastictok.coder import ElasticTokCoder
 from elastictok.tokenization.options import SEARCHES as LIBRARY_SEARCHES
 from elastictok.tokenization.options import TokenizeOptions
 from elastictok.tokenization.targets import TokenCount, parse_target
@@ -60,11 +60,11 @@ def run(model, blocks, info, target, dtype: str, **kwargs):
 
 
 def prove_known_counts(model, blocks, counts: torch.Tensor, target, window, dtype: str
-                       ) -> tuple[float, BlockCoder]:
+                       ) -> tuple[float, ElasticTokCoder]:
     """The least an exact search can do when it already knows each block's count n: one encoder pass,
     and decoder passes at n - 1 (fails) and n (meets) to prove it, scored as a search scores.
     Returns the seconds and the coder (its pass counters)."""
-    coder = BlockCoder(model, 1, window)
+    coder = ElasticTokCoder(model, 1, window)
     row, lo = torch.zeros(1, dtype=torch.long), model.config.min_tokens
     started = time.perf_counter()
     with torch.no_grad(), autocast(model, dtype):
@@ -81,7 +81,7 @@ def prove_known_counts(model, blocks, counts: torch.Tensor, target, window, dtyp
 def decoder_seconds_per_row(model, blocks, rows: int, dtype: str, repeats: int = 5) -> float:
     """Best seconds per row of one decoder pass (transformer, output head, unpatchify) scoring ``rows``
     candidates of the clip's second block against the first block's cache, as the search does."""
-    coder, c = BlockCoder(model, 1, 1), model.config
+    coder, c = ElasticTokCoder(model, 1, 1), model.config
     with torch.no_grad(), autocast(model, dtype):
         first = coder.trial(model.patchify(blocks[0]), torch.tensor([c.tokens_per_block]), torch.zeros(1).long())
         coder.commit(first)

@@ -28,7 +28,7 @@ from elastictok import ElasticTok
 from elastictok.media.blocks import iter_media_blocks
 from elastictok.media.transforms import to_model
 from elastictok.models.pretrained import sample_video
-from elastictok.tokenization.coder import BlockCoder
+from elastictok.models.elastictok.coder import ElasticTokCoder
 from elastictok.tokenization.length_head import error_curves
 from elastictok.tokenization.search import bisection, exhaustive, kary
 
@@ -41,7 +41,7 @@ def record_curves(model, path: str, threshold: float, max_blocks: int | None) ->
     """(blocks, Mmax - Mmin + 1) MSE at every count, each block after full search's earlier choices."""
     c = model.config
     counts = torch.arange(c.min_tokens, c.tokens_per_block + 1)
-    coder = BlockCoder(model, 1, c.window)
+    coder = ElasticTokCoder(model, 1, c.window)
     _, blocks = iter_media_blocks(path, c.resolution, c.frames_per_block)
     curves = []
     for k, block in enumerate(blocks):

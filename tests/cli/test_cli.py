@@ -128,3 +128,18 @@ def test_convert_official(tmp_path):
     result = cli("convert-official", str(fixture / "params.streaming"), "--preset", "official-fsq-200m",
                  "-o", str(tmp_path / "wrong"), "--no-progress")
     assert result.returncode == 2 and "does not fit config" in result.stderr
+
+
+def test_decode_without_model_finds_the_bundled_model_the_tokens_name(photo_folder, tmp_path):
+    """A token file names its family and config: decode picks the bundled model that made it (here FlexTok's,
+    which the default model would refuse)."""
+    from elastictok.models.pretrained import bundled_models
+
+    if "flextok" not in bundled_models():
+        pytest.skip("the bundled FlexTok model is not in src/elastictok/weights/flextok")
+    photo = photo_folder / "photo0.jpg"
+    encoded = cli("encode", str(photo), "-o", str(tmp_path), "--model", "flextok", "--tokens", "4", "--no-progress")
+    assert encoded.returncode == 0, encoded.stderr
+    decoded = cli("decode", str(tmp_path / "photo0.etok"), "-o", str(tmp_path / "back.png"))
+    assert decoded.returncode == 0, decoded.stderr
+    assert read_image(tmp_path / "back.png").shape[-1] == 3

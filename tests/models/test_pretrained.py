@@ -76,6 +76,9 @@ def test_the_bundled_length_head_matches_the_model_and_tracks_the_search(default
     one_pass = default_model.tokenize(street, "mse:0.05", search="regression", length_head=head)[0]
     assert abs(one_pass.counts.float().mean() - searched.counts.float().mean()) < 8
     assert (one_pass.scores <= 0.05).float().mean() >= 0.75
+    # from Python as from the CLI, search="regression" alone finds the head beside the loaded weights
+    own = default_model.tokenize(street, "mse:0.05", search="regression")[0]
+    assert torch.equal(own.counts, one_pass.counts)
     # the CLI's --search regression finds the bundled model's own head
     result = subprocess.run([sys.executable, "-m", "elastictok.cli", "encode", str(sample_video()), "-o",
                              str(tmp_path / "out"), "--search", "regression", "--no-progress"],

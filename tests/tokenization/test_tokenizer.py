@@ -101,13 +101,13 @@ def test_a_mask_free_encoder_runs_once_per_block_and_gives_the_plain_forward_tok
 def test_a_mask_free_encoder_gives_the_length_head_its_features_from_the_same_pass(real_video):
     """The regression search's features (mean and spread of the all-kept encoder output) come from the
     one encoder pass every candidate count shares, and equal a plain encoder pass of their own."""
-    from elastictok.tokenization.coder import BlockCoder
+    from elastictok.models.elastictok.coder import ElasticTokCoder
 
     torch.manual_seed(0)
     model = ElasticTok(ElasticTokConfig.from_preset("micro", encoder_mask_conditioning=False)).eval()
     m = model.config.tokens_per_block
     patches = model.patchify(real_video[:, :model.config.frames_per_block])
-    coder = BlockCoder(model, 1, window=None)
+    coder = ElasticTokCoder(model, 1, window=None)
     with torch.no_grad():
         coder.trial(patches, torch.tensor([m // 2, m]), torch.zeros(2, dtype=torch.long))
         features = coder.features(patches)

@@ -22,8 +22,11 @@ def _train(args: argparse.Namespace) -> None:
     from ..training.config import TrainConfig
     from ..training.loop import train
 
-    cfg = TrainConfig.from_yaml(args.config, steps=args.steps, out_dir=args.out_dir, max_minutes=args.max_minutes,
-                                device=args.device, num_workers=args.num_workers)
+    if not args.config and not args.data:
+        raise ElasticTokError("train needs --data DIR (folders of images and videos) or --config FILE")
+    flags = dict(data=args.data, model=args.preset, steps=args.steps, out_dir=args.out_dir,
+                 max_minutes=args.max_minutes, device=args.device, num_workers=args.num_workers)
+    cfg = TrainConfig.from_yaml(args.config, **flags) if args.config else TrainConfig.from_fields({}, **flags)
     if args.no_progress:
         cfg.progress = False
     out = train(cfg, resume=args.resume)
@@ -69,18 +72,13 @@ def _options(args: argparse.Namespace, model, progress: bool = True):
     """The TokenizeOptions the target arguments describe."""
     from ..tokenization.options import TokenizeOptions
 
-    length_head = None
+    length_head = None  # --search regression without --length-head: the model's own
     if args.length_head and args.search != "regression":
         raise ElasticTokError("--length-head is read by --search regression only; add it, or drop --length-head")
-    if args.search == "regression":
-        from ..models.pretrained import resolve_model_path
-        from ..tokenization.length_head import HEAD_NAME, LengthHead
+    if args.length_head:
+        from ..tokenization.length_head import LengthHead
 
-        path = args.length_head or resolve_model_path(args.model) / HEAD_NAME
-        if not args.length_head and not path.is_file():
-            raise ElasticTokError(f"--search regression needs --length-head FILE (made by elastictok "
-                                  f"train-length-head); the model {args.model!r} has no {HEAD_NAME} of its own")
-        length_head = LengthHead.load(path, model)
+        length_head = LengthHead.load(args.length_head, model)
     return TokenizeOptions(search=args.search, window=args.window, fps=args.fps, fit=args.fit,
                            length_head=length_head, progress=progress and not args.no_progress)
 
@@ -103,6 +101,7 @@ def _encode(args: argparse.Namespace) -> None:
     import json
 
     from ..tokenization.files import encode_files
+    from ..utils.console import counted
     from ..utils.fileio import check_output_dir
 
     check_output_dir(args.output)
@@ -113,9 +112,10 @@ def _encode(args: argparse.Namespace) -> None:
         if args.json:
             print(json.dumps(summary), flush=True)
         else:
-            print(f"{summary['input']}: {summary['blocks']} blocks, {summary['mean_tokens_per_block']:.1f}/"
-                  f"{summary['max_tokens_per_block']} tokens per block, PSNR {summary['psnr']:.2f} dB -> "
-                  f"{summary['output']}")
+            blocks = counted(summary["blocks"], "block")
+            print(f"{summary['input']}: {blocks}, {summary['mean_tokens_per_block']:.1f}/"
+                  f"{summary['max_tokens_per_block']} tokens per block, PSNR {summary['psnr']:.2f} dB, "
+                  f"{summary['blocks_met']} of {blocks} met {summary['target']} -> {summary['output']}")
 
     with _autocast(args, model):
         encode_files(model, args.inputs, args.output, target, options, each=show, workers=args.workers,
@@ -148,16 +148,21 @@ def _train_length_head(args: argparse.Namespace) -> None:
 
 
 def _decode(args: argparse.Namespace) -> None:
+    from ..models.registry import bundled_model_for
     from ..tokenization.files import decode_file
     from ..tokenization.tokenfile import read_etok
     from ..utils.fileio import check_output_file
 
     check_output_file(args.output, args.tokens_file)
     encoded = read_etok(args.tokens_file)
-    model = _load_model(args)
+    model = _load_model(args, args.model or bundled_model_for(encoded.family, encoded.config_hash))
     with _autocast(args, model):
-        output = decode_file(model, encoded, args.output, args.window)
-    print(f"wrote {output}")
+        output = decode_file(model, encoded, args.output, args.window, args.size)
+    (h, w), (mh, mw) = encoded.info.size, model.config.resolution
+    if args.size == "model" and (h, w) != (mh, mw):
+        print(f"wrote {output} at the model's {mw}x{mh} (--size source gives back the source's {w}x{h})")
+    else:
+        print(f"wrote {output}")
 
 
 def _reconstruct(args: argparse.Namespace) -> None:
@@ -250,8 +255,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Adaptive-length tokenization of images and video (ElasticTok).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    parser.add_argument("--version", action="version", version=f"elastictok {_version()}")
     add_subcommands(parser, COMMANDS)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("elastictok")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:

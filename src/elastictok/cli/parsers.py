@@ -53,9 +53,10 @@ def _window(text: str) -> int | str:
     return value
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="default", help="a save_pretrained directory or a bundled model name "
-                                                      "(default: %(default)s)")
+def _add_model_args(p: argparse.ArgumentParser, model_default: str | None = "default") -> None:
+    which = "%(default)s" if model_default else "the bundled model the token file names"
+    p.add_argument("--model", default=model_default, help=f"a save_pretrained directory or a bundled model name "
+                                                         f"(default: {which})")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="compute precision (default: %(default)s)")
     p.add_argument("--window", type=_window, default="model", help="context blocks kept in the cache, or 'model' for "
@@ -108,7 +109,9 @@ def _add_decode(sub, commands: dict) -> None:
     p.add_argument("tokens_file", metavar="FILE.etok")
     p.add_argument("-o", "--output", required=True, type=_output_path,
                    metavar="OUT", help="OUT.mp4 for videos, OUT.png for images")
-    _add_model_args(p)
+    p.add_argument("--size", choices=["model", "source"], default="model",
+                   help="the model's frame size, or the source's (the crop or padding undone) (default: %(default)s)")
+    _add_model_args(p, model_default=None)
     p.set_defaults(func=commands["decode"])
 
 
@@ -215,13 +218,21 @@ def _add_train_length_head(sub, commands: dict) -> None:
 
 
 def _add_train(sub, commands: dict) -> None:
-    p = sub.add_parser("train", help="train a model from a YAML config",
-                       description="Train an ElasticTok model (or its fixed-length baseline) from a YAML config.")
-    p.add_argument("--config", required=True, help="training config, e.g. configs/tiny.yaml")
+    p = sub.add_parser("train", help="train a model on a folder of images and videos, or from a YAML config",
+                       description="Train an ElasticTok model (or its fixed-length baseline): on folders of images "
+                                   "and videos (--data DIR, --preset, --minutes, -o DIR), or from a YAML config "
+                                   "(--config FILE; the flags override its fields).")
+    p.add_argument("--config", help="training config, e.g. configs/tiny.yaml (default: the TrainConfig defaults)")
+    p.add_argument("--data", nargs="+", metavar="DIR", help="folders or files of images and videos, or shards made "
+                   "by `elastictok data shard`")
+    p.add_argument("--preset", help="the model to train: default, tiny, small, micro, official-fsq-200m ... "
+                   "(default: the config's, tiny)")
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoints/last.pt")
     p.add_argument("--steps", type=int, help="override the number of optimiser steps")
-    p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this much wall time")
-    p.add_argument("--out-dir", help="override the run directory")
+    p.add_argument("--minutes", "--max-minutes", dest="max_minutes", type=float, help="a time budget: the "
+                   "learning rate decays over it, and training stops (with a checkpoint) when it is spent")
+    p.add_argument("-o", "--out-dir", type=_output_path, metavar="DIR", help="the run directory (default: the "
+                   "config's, runs/tiny)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the config's, auto)")
     p.add_argument("--num-workers", type=int, help="DataLoader worker processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -26,7 +26,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
 from ..errors import ElasticTokError  # noqa: E402
 from ..media.io import is_video  # noqa: E402
@@ -35,6 +34,7 @@ from ..tokenization.options import TokenizeOptions  # noqa: E402
 from ..tokenization.targets import Threshold, TokenCount  # noqa: E402
 from ..tokenization.tokenfile import TokenizedVideo  # noqa: E402
 from ..tokenization.tokenizer import read_source, source_scores, tokenize_blocks  # noqa: E402
+from ..utils.console import progress_bar  # noqa: E402
 from ..utils.fileio import check_output_dir, missing_folders, remove_empty_folders  # noqa: E402
 from ..utils.runtime import interrupts_held  # noqa: E402
 from .plots import save_png, tokens_figure  # noqa: E402
@@ -104,8 +104,8 @@ def evaluate_models(model, baselines: list, inputs: list[str], thresholds: list[
     tok_models = [*baselines, model]  # the model's own fixed-length curve comes last
     fixed: list[list[list[BlockScores]]] = [[[] for _ in lengths] for _ in tok_models]  # [model][length][input]
     adaptive: dict[str, list[tuple[TokenizedVideo, BlockScores]]] = {_name(t): [] for t in thresholds}
-    bar = tqdm(total=len(inputs) * (len(lengths) * len(tok_models) + len(thresholds)), desc="eval",
-               disable=not progress)
+    bar = progress_bar(total=len(inputs) * (len(lengths) * len(tok_models) + len(thresholds)), desc="eval",
+                       show=progress)
     for path in inputs:
         info, blocks = read_source(model, path)
         blocks = list(blocks)
@@ -127,7 +127,8 @@ def evaluate_models(model, baselines: list, inputs: list[str], thresholds: list[
                     "blocks": sum(len(s.counts) for s in fixed[-1][0]), "thresholds": {},
                     "baseline_fixed": baseline_curve, "baselines": per_baseline,
                     "elastic_fixed": elastic_fixed_curve, "tokens_over_time": {}, "model_family": model.family,
-                    "baseline_families": {name: b.family for name, b in zip(names, baselines)}, "_encodings": {}}
+                    "model_label": model.display_name, "_encodings": {},
+                    "baseline_families": {name: b.family for name, b in zip(names, baselines)}}
     for name, pairs in adaptive.items():
         encodings, scores = [e for e, _ in pairs], [s for _, s in pairs]
         target = next(t for t in thresholds if _name(t) == name)
@@ -191,13 +192,9 @@ def _name(target: Threshold) -> str:
     return f"{target.metric}:{target.value:g}"
 
 
-FAMILY_LABELS = {"elastictok": "ElasticTok", "flextok": "FlexTok"}
-
-
 def _model_label(report: dict) -> str:
-    """The evaluated model's family as the tables and plots name it (reports before families: ElasticTok)."""
-    family = report.get("model_family", "elastictok")
-    return FAMILY_LABELS.get(family, family)
+    """The evaluated model's family as the tables and plots name it."""
+    return report["model_label"]
 
 
 def summary_table(report: dict) -> str:

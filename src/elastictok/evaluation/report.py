@@ -29,7 +29,6 @@ import av
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from ..errors import ElasticTokError
 from ..media.io import write_video
@@ -39,6 +38,7 @@ from ..tokenization.options import TokenizeOptions
 from ..tokenization.targets import Budget, Target, Threshold, TokenCount, parse_target
 from ..tokenization.tokenfile import TokenizedVideo
 from ..tokenization.tokenizer import decoded_with_sources, score_block
+from ..utils.console import progress_bar
 from ..utils.fileio import atomic_path, check_output_file
 from .measurement import evaluate_models, summary_table
 
@@ -229,11 +229,11 @@ def _eval_section(run: ReportRun, inputs: list[str], thresholds: list[Threshold]
     return evaluation, reused
 
 
-def _model_entries(names: tuple[str, ...], adaptive: bool) -> list[dict]:
-    models = [{"key": "elastic", "label": "ElasticTok", "detail": "adaptive: the fewest tokens per block that meet "
-               "the target" if adaptive else "ElasticTok"}]
+def _model_entries(label: str, names: tuple[str, ...], adaptive: bool) -> list[dict]:
+    models = [{"key": "elastic", "label": label, "detail": "adaptive: the fewest tokens per block that meet "
+               "the target" if adaptive else label}]
     models += [{"key": f"b{i}", "label": f"fixed-length {name}",
-                "detail": f"fixed-length baseline {name}, every block at ElasticTok's mean tokens per block"}
+                "detail": f"fixed-length baseline {name}, every block at {label}'s mean tokens per block"}
                for i, name in enumerate(names)]
     return models
 
@@ -282,11 +282,11 @@ def build_report(model, inputs: list[str], targets: list[Target], baselines: lis
     thresholds = [t for t in targets if isinstance(t, Threshold)]
     evaluation, reused = _eval_section(run, inputs, thresholds, fractions)
     scale = display_scale(c.resolution)
-    bar = tqdm(total=len(inputs) * len(targets) * (1 + len(baselines)), desc="report", disable=not progress)
+    bar = progress_bar(total=len(inputs) * len(targets) * (1 + len(baselines)), desc="report", show=progress)
     pages = [_input_entry(run, path, targets, reused, scale, bar) for path in inputs]
     bar.close()
     return {
-        "title": "ElasticTok report: " + ", ".join(Path(p).name for p in inputs),
+        "title": f"{model.display_name} report: " + ", ".join(Path(p).name for p in inputs),
         "generated": time.strftime("%Y-%m-%d %H:%M"),
         "seconds": round(time.perf_counter() - started, 1),
         "model": {"name": c.name, "tokens_per_block": c.tokens_per_block, "min_tokens": c.min_tokens,
@@ -295,7 +295,7 @@ def build_report(model, inputs: list[str], targets: list[Target], baselines: lis
         "targets": [{"key": target_name(t), "label": target_label(t, c.tokens_per_block),
                      "threshold": isinstance(t, Threshold)} for t in targets],
         "selected": target_name(selected or (thresholds or targets)[0]),
-        "models": _model_entries(run.names, bool(thresholds)),
+        "models": _model_entries(model.display_name, run.names, bool(thresholds)),
         "inputs": pages,
         "eval": None if evaluation is None else {"report": evaluation, "summary": _table(summary_table(evaluation)),
                                                  "baselines": names},

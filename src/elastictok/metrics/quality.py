@@ -28,6 +28,11 @@ def psnr_from_mse(mse: Tensor) -> Tensor:
     return 10.0 * torch.log10(4.0 / mse.clamp_min(1e-10))
 
 
+def mse_from_psnr(psnr_db: float) -> float:
+    """The MSE of a PSNR in dB, the inverse of ``psnr_from_mse``."""
+    return 4.0 / 10 ** (psnr_db / 10)
+
+
 def psnr(recon: Tensor, target: Tensor) -> Tensor:
     """(B,) PSNR of each sample over all its frames."""
     err = (recon.float().clamp(-1, 1) - target.float()).pow(2).flatten(1).mean(1)

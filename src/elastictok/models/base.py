@@ -1,40 +1,37 @@
-"""What a model family provides, written down once.
+"""What a model family provides, written down once: ``ModelFamily``.
 
-A family is an ``nn.Module`` that satisfies ``ModelFamily`` below (ElasticTok does). With it, a
-family can be
+Every layer above ``models/`` sees a model only through ``ModelFamily``:
 
-- tokenized: the block coder (``elastictok.tokenization.coder``) calls ``patchify``,
-  ``encode_patches``, ``decode_latents``, ``unpatchify``, ``encoder_features``,
-  ``latents_from_features``, ``tokens_to_latents``, ``drop_tokens`` and ``encoder_reads_keep``;
-  the tokenizer checks inputs with ``as_video`` and reads ``config``. A family whose tokens are
-  not a patch prefix brings its own block coder instead (``tokenization.tokenizer.CODERS``:
-  FlexTok's, in ``tokenization.flex_coder``);
-- trained: the loop (``elastictok.training.loop``) calls ``forward(video, keep)`` for a loss;
-- evaluated: through tokenization, plus ``forward`` for fixed-length held-out PSNR;
-- saved: ``save_pretrained`` / ``from_pretrained`` (mix in ``elastictok.models.files.PretrainedFiles``),
-  with ``config.json`` naming the family so that ``elastictok.models.registry.from_pretrained``
-  picks the class.
+- tokenized: the tokenization layer checks inputs with ``as_video``, cuts blocks with ``patchify``,
+  reads ``config`` (``FamilyConfig``) and ``codebook_size``, and hands the rest to the family's own
+  block coder (``coder_class``, a ``models.coder.BlockCoder``), which alone knows the family's internals;
+- trained: the loop calls ``forward(video, keep)`` for a loss, draws kept counts with the trainer's
+  mask or the family's ``keep_sampler``, and reads ``fsdp_units``, ``supports_sequence_parallel`` and
+  ``trains_several_lengths``;
+- evaluated: through tokenization, plus ``forward`` for fixed-length held-out PSNR; named ``display_name``;
+- saved: ``save_pretrained`` / ``from_pretrained`` (``models.files.PretrainedFiles``), with ``config.json``
+  naming the family so that ``elastictok.models.registry.from_pretrained`` picks the class.
 
-``model.tokenize`` and ``model.detokenize`` come from ``Tokenizable``: they hand the model to the
-tokenization layer, which registers its functions here when ``elastictok`` is imported, so this
-layer never imports the one above it.
+``model.tokenize`` and ``model.detokenize`` are sugar for ``elastictok.tokenization.tokenizer``'s
+functions, imported when first called: the one import from a higher layer, at run time only.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
 import os
+from abc import ABC, abstractmethod
 from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import ElasticTokError
-from ..layers.transformer import KVCache
-from ..utils.fields import field_problems
+from ..utils.fields import field_problems, whole_number_problem, with_suggestion
+from .coder import BlockCoder
+from .files import PretrainedFiles
 
 
 @runtime_checkable
@@ -79,9 +76,19 @@ def check_counts(keep: Tensor | int, batch: int, n_blocks: int, bounds: tuple[st
 def refuse_unknown_fields(cls: type, names: Any, message: str) -> None:
     """``message: a, b`` for whichever of ``names`` (any hashables, e.g. YAML keys) are not fields of the
     dataclass ``cls``."""
-    unknown = sorted(map(str, set(names) - {f.name for f in dataclasses.fields(cls)}))
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(map(str, set(names) - set(known)))
     if unknown:
-        raise ElasticTokError(f"{message}: {', '.join(unknown)}")
+        raise ElasticTokError(f"{message}: {', '.join(with_suggestion(name, known) for name in unknown)}")
+
+
+# The sizes a config may ask for, (smallest, largest), checked before any layer is built: a config.json is
+# user input, and an edited size would otherwise overflow torch's integers or ask for terabytes.
+SIZE_LIMITS: dict[str, tuple[int, int]] = {
+    "frames_per_block": (1, 1024), "width": (1, 2**16), "num_heads": (1, 2**16), "mlp_width": (1, 2**18),
+    "encoder_depth": (0, 1024), "decoder_depth": (0, 1024), "head_channels": (1, 2**16),
+    "stem_channels": (1, 2**16), "vae_latent_dim": (1, 2**16), "registers": (1, 2**16), "steps": (1, 10**6)}
+MAX_TOKENS_PER_BLOCK = 2**20  # Mmax (and FlexTok's patches per block): a block is attended to whole
 
 
 class ConfigFile:
@@ -96,6 +103,12 @@ class ConfigFile:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def size_problems(self) -> list[str]:
+        """One phrase per size field (those in ``SIZE_LIMITS``) that is not a whole number within its limits."""
+        names = {f.name for f in dataclasses.fields(self)} & set(SIZE_LIMITS)
+        checks = (whole_number_problem(name, getattr(self, name), *SIZE_LIMITS[name]) for name in sorted(names))
+        return [problem for problem in checks if problem]
 
     def check_field_types(self) -> None:
         """Every field holds the kind its annotation names (numbers finite; JSON's lists are taken as the
@@ -132,59 +145,65 @@ class ConfigFile:
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-@runtime_checkable
-class ModelFamily(Protocol):
-    """The interface every model family implements (see the module docstring for who calls what)."""
+class ModelFamily(PretrainedFiles, ABC):
+    """The interface every model family implements in full, and all the layers above ``models/`` see.
+
+    A family is an ``nn.Module`` subclass of this (``class FlexTok(ModelFamily, nn.Module)``). What
+    differs between families is declared here as class attributes, so no caller asks which family a
+    model is: its block coder, the module types FSDP shards one by one, whether ``forward`` runs
+    sequence-parallel or takes several kept lengths per sample, its keep sampler and its name.
+    """
 
     family: ClassVar[str]  # the name config.json records, e.g. "elastictok"
+    display_name: ClassVar[str]  # how tables, plots and reports name it, e.g. "ElasticTok"
+    config_class: ClassVar[type]  # its config dataclass (a FamilyConfig)
+    coder_class: ClassVar[type[BlockCoder]]  # tokenizes and decodes it block by block
+    fsdp_units: ClassVar[tuple[type[nn.Module], ...]]  # module types FSDP2 shards one by one
+    supports_sequence_parallel: ClassVar[bool] = False  # forward() can split a sequence over ranks
+    trains_several_lengths: ClassVar[bool] = False  # forward() takes keep (L, B, n_blocks): mask_lengths > 1
+    sequence_group: Any = None  # the process group forward() splits sequences over (None: whole sequences)
     config: FamilyConfig
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        missing = [name for name in ("family", "display_name", "config_class", "coder_class", "fsdp_units")
+                   if name not in dir(cls)]
+        if missing:
+            raise TypeError(f"model family {cls.__name__} does not declare {', '.join(missing)}")
+
     @property
-    def codebook_size(self) -> int: ...  # discrete codes per token; 0 for continuous latents
+    @abstractmethod
+    def codebook_size(self) -> int:
+        """Discrete codes per token; 0 for continuous latents."""
 
-    # -- input checks and token layout
-    def as_video(self, x: Tensor) -> tuple[Tensor, bool]: ...  # (B, T, 3, H, W) checked, and whether x was images
-    def patchify(self, video: Tensor) -> Tensor: ...  # (B, T, 3, H, W) -> (B, N, D)
-    def unpatchify(self, patches: Tensor) -> Tensor: ...  # (B, N, D) -> (B, T, 3, H, W)
+    @abstractmethod
+    def as_video(self, x: Tensor) -> tuple[Tensor, bool]:
+        """(B, T, 3, H, W) checked (one-line errors), and whether ``x`` was an image batch (B, 3, H, W)."""
 
-    # -- token-level core with a KV cache (the block coder)
-    def encode_patches(self, patches: Tensor, keep_mask: Tensor, past: KVCache | None = None,
-                       start: int | None = None) -> tuple[Any, KVCache]: ...  # latents: .z, .indices, .rows(index)
-    def encoder_features(self, patches: Tensor, keep_mask: Tensor, past: KVCache | None = None,
-                         start: int | None = None) -> tuple[Tensor, KVCache]: ...
-    def latents_from_features(self, h: Tensor, keep_mask: Tensor) -> Any: ...  # encode_patches = features + this
-    def decode_latents(self, z: Tensor, past: KVCache | None = None,
-                       start: int | None = None) -> tuple[Tensor, KVCache]: ...
-    def tokens_to_latents(self, tokens: Tensor) -> Tensor: ...  # stored tokens (n,) or (n, C) -> latents (n, C)
-    def drop_tokens(self, latents: Any, keep_mask: Tensor) -> Any: ...  # latents with tokens outside (B, N) zeroed
-    @property
-    def encoder_reads_keep(self) -> bool: ...  # False: one encoder pass (all kept) serves every count
+    @abstractmethod
+    def patchify(self, video: Tensor) -> Tensor:
+        """(B, T, 3, H, W) -> (B, N, D): what the block coder takes per block."""
 
-    # -- training: an output with .loss, .mse, .kl and .recon
-    def forward(self, video: Tensor, keep: Tensor | int | None = None) -> Any: ...
+    @abstractmethod
+    def unpatchify(self, patches: Tensor) -> Tensor:
+        """(B, N, D) -> (B, T, 3, H, W)."""
 
-    # -- files
-    def save_pretrained(self, save_directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None: ...
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any: ...
+    @abstractmethod
+    def tokens_to_latents(self, tokens: Tensor) -> Tensor:
+        """Stored tokens (n,) code indices or (n, C) latents -> latents (n, C)."""
 
+    @abstractmethod
+    def forward(self, video: Tensor, keep: Tensor | int | None = None) -> Any:
+        """Training: an output with ``.loss``, ``.mse``, ``.kl`` and ``.recon`` for ``keep`` tokens per block."""
 
-_TOKENIZATION: dict[str, Callable] = {}
+    def keep_sampler(self, mask: str) -> Callable[..., Tensor] | None:
+        """The family's own draw of kept counts for the trainer's mask mode ``mask``,
+        ``(batch, n_blocks, generator) -> (B, n_blocks)``; None where the trainer's mask serves."""
+        return None
 
-
-def provide_tokenization(tokenize: Callable, detokenize: Callable) -> None:
-    """Called by ``elastictok.tokenization.tokenizer`` at import: the functions behind ``model.tokenize``."""
-    _TOKENIZATION.update(tokenize=tokenize, detokenize=detokenize)
-
-
-def _tokenization(name: str) -> Callable:
-    if name not in _TOKENIZATION:  # not loaded yet (a deep import): load the layer above, which registers itself
-        importlib.import_module("elastictok.tokenization.tokenizer")
-    return _TOKENIZATION[name]
-
-
-class Tokenizable:
-    """``model.tokenize`` and ``model.detokenize`` for any family (mixed into its nn.Module)."""
+    def check_sequence_split(self, tokens: int, size: int) -> None:
+        """Refuse a sequence of ``tokens`` that ``forward`` cannot split over ``size`` ranks."""
+        raise ElasticTokError(f"sequence_parallel is not supported by {self.display_name}")
 
     def tokenize(self, inputs, target, options=None, **overrides):
         """The fewest tokens per block that meet ``target``; see ``elastictok.tokenization.tokenizer.tokenize``.
@@ -196,12 +215,15 @@ class Tokenizable:
         Batched in, batched out: a list or a batch tensor gives a list of ``TokenizedVideo``, a
         single path gives one.
         """
-        return _tokenization("tokenize")(self, inputs, target, options, **overrides)
+        from ..tokenization.tokenizer import tokenize  # the one upward import: user sugar (docs/architecture.md)
+        return tokenize(self, inputs, target, options, **overrides)
 
-    def detokenize(self, encoded, window: int | None | str = "model"):
+    def detokenize(self, encoded, window: int | None | str = "model", size: str = "model"):
         """Decode a ``TokenizedVideo`` or .etok path to (T, 3, H, W), or (3, H, W) for an image; a list
-        of them to a list, decoded together (see ``elastictok.tokenization.tokenizer.detokenize``)."""
-        return _tokenization("detokenize")(self, encoded, window)
+        of them to a list, decoded together (see ``elastictok.tokenization.tokenizer.detokenize``).
+        ``size="source"`` gives each back at its source's size instead of the model's."""
+        from ..tokenization.tokenizer import detokenize
+        return detokenize(self, encoded, window, size)
 
     def _apply(self, *args: Any, **kwargs: Any) -> Any:  # .to(), .half(), .cuda() ...: the weights may change
         self.__dict__.pop("_weights_digest", None)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import ElasticTokError
@@ -43,11 +44,26 @@ def read_config_json(directory: Path) -> tuple[dict[str, Any], str]:
     return data, family
 
 
+def check_stored_shapes(weights: Path, expected: dict[str, tuple[int, ...]]) -> None:
+    """The tensor names and shapes in a safetensors file's header (no tensor is read) against ``expected``."""
+    try:
+        with safe_open(str(weights), "pt") as stored_file:
+            stored = {name: tuple(stored_file.get_slice(name).get_shape()) for name in stored_file.keys()}
+    except Exception as exc:  # safetensors raises several types for damaged files
+        raise ElasticTokError(f"{weights}: not a readable safetensors file ({exc})") from None
+    missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+    wrong = sorted(name for name in set(expected) & set(stored) if expected[name] != stored[name])
+    if missing or extra or wrong:
+        raise ElasticTokError(f"{weights} does not match its config: missing {missing[:3]}, "
+                              f"unexpected {extra[:3]}, wrong shape {wrong[:3]}")
+
+
 class PretrainedFiles:
     """Mixed into a family's ``nn.Module``, which names its ``family`` and ``config_class``."""
 
     family: ClassVar[str]
     config_class: ClassVar[type]
+    pretrained_dir: Path | None = None  # the directory from_pretrained read: where the model's own files live
 
     def save_pretrained(self, save_directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
         """Write ``config.json`` and ``model.safetensors``; ``dtype`` (e.g. ``torch.float16``) stores the
@@ -68,30 +84,32 @@ class PretrainedFiles:
                         map_location: str | torch.device = "cpu") -> Model:
         """Load from a ``save_pretrained`` directory or a bundled model's name; never downloads."""
         directory = resolve_model_path(name_or_path)
-        model = cls(cls._read_config(directory))
+        config = cls.read_config(directory)
         weights = check_input_file(directory / WEIGHTS_NAME, "a safetensors file")
+        with torch.device("meta"):  # shapes only: nothing is allocated until the weights' header agrees
+            expected = cls(config).state_dict()
+        check_stored_shapes(weights, {name: tuple(value.shape) for name, value in expected.items()})
         try:
             with interrupts_held():
                 state = load_file(str(weights), device=str(map_location))
         except Exception as exc:  # safetensors raises several types for damaged files
             raise ElasticTokError(f"{weights}: not a readable safetensors file ({exc})") from None
-        expected = model.state_dict()
-        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape
-                       or expected[k].dtype.is_floating_point != state[k].dtype.is_floating_point
+        wrong = sorted(k for k in expected if expected[k].dtype.is_floating_point != state[k].dtype.is_floating_point
                        or state[k].dtype.is_complex)
-        if missing or extra or wrong:
-            raise ElasticTokError(f"{weights} does not match its config: missing {missing[:3]}, "
-                                  f"unexpected {extra[:3]}, wrong shape or kind {wrong[:3]}")
+        if wrong:
+            raise ElasticTokError(f"{weights} does not match its config: wrong kind of number in {wrong[:3]}")
+        model = cls(config)
         broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
         if broken:
             raise ElasticTokError(f"{weights}: {len(broken)} weight tensors are not finite (NaN or Inf), "
                                   f"e.g. {broken[0]}; the checkpoint is damaged or training diverged")
         model.load_state_dict(state)
+        model.pretrained_dir = directory
         return model.eval()
 
     @classmethod
-    def _read_config(cls, directory: Path) -> Any:
+    def read_config(cls, directory: Path) -> Any:
+        """The config saved in ``directory``'s ``config.json``, checked; one line if it is not this family's."""
         data, family = read_config_json(directory)
         if family != cls.family:
             raise ElasticTokError(f"{directory}: a {family!r} model, not a {cls.__name__} one")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -17,20 +19,23 @@ from ..utils.fileio import check_output_dir, check_output_file
 from .options import TokenizeOptions
 from .targets import Target
 from .tokenfile import TokenizedVideo, read_etok, write_etok
-from .tokenizer import achieved_mse, check_compatible, detokenize, iter_decode
+from .tokenizer import SIZES, achieved_mse, at_source_size, check_compatible, detokenize, iter_decode, tokenize
 from .workers import TokenizerPool
 
 
 def output_names(inputs: Sequence[str | Path]) -> list[str]:
     """``<stem>.etok`` per input; inputs whose stems collide keep their suffix (a.mp4.etok, a.png.etok),
-    and names that still collide get -2, -3 ..."""
-    stems = [Path(i).stem for i in inputs]
-    names = [stem if stems.count(stem) == 1 else Path(i).name for stem, i in zip(stems, inputs)]
-    seen: dict[str, int] = {}
+    and names that still collide get the first of -1, -2 ... that no other output has."""
+    stems = Counter(Path(i).stem for i in inputs)
+    names = [Path(i).stem if stems[Path(i).stem] == 1 else Path(i).name for i in inputs]
+    repeated = Counter(names)
+    taken = {name for name in names if repeated[name] == 1}
     unique = []
     for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        unique.append(name if names.count(name) == 1 else f"{name}-{seen[name]}")
+        if repeated[name] > 1:
+            name = next(f"{name}-{k}" for k in itertools.count(1) if f"{name}-{k}" not in taken)
+        taken.add(name)
+        unique.append(name)
     return [name + ".etok" for name in unique]
 
 
@@ -80,7 +85,7 @@ def tokenize_each(model, inputs: Sequence[str | Path], target: Target | str, opt
     if workers == 1:
         for source in inputs:
             try:
-                yield model.tokenize(source, target, options)
+                yield tokenize(model, source, target, options)
             except ElasticTokError as exc:
                 yield exc
         return
@@ -111,24 +116,31 @@ def write_encoded(model, encoded: TokenizedVideo, source, out_dir: str | Path,
         "tokens_per_block": counts, "max_tokens_per_block": encoded.max_tokens,
         "mean_tokens_per_block": sum(counts) / len(counts), "total_tokens": sum(counts),
         "mse": mse, "psnr": float(psnr_from_mse(torch.tensor(mse))),
-        "metric": encoded.metric, "scores": encoded.scores.tolist(), "passes": encoded.passes,
+        "metric": encoded.metric, "scores": encoded.scores.tolist(), "target": encoded.target,
+        "met": encoded.met.tolist(), "blocks_met": encoded.blocks_met, "passes": encoded.passes,
         "encoder_passes": encoded.encoder_passes, "seconds": round(encoded.seconds + seconds, 3),
     }
 
 
 def decode_file(model, tokens: str | Path | TokenizedVideo, output: str | Path,
-                window: int | None | str = "model") -> Path:
-    """Decode an .etok file to an image (.png/.jpg/.webp) or a video (.mp4), streaming video blocks."""
+                window: int | None | str = "model", size: str = "model") -> Path:
+    """Decode an .etok file to an image (.png/.jpg/.webp) or a video (.mp4), streaming video blocks;
+    ``size``: ``"model"`` (the model's frame size) or ``"source"`` (the source's, the fit undone)."""
+    if size not in SIZES:
+        raise ElasticTokError(f"size must be 'model' or 'source', got {size!r}")
     output = Path(output)
     check_output_file(output)
     encoded = tokens if isinstance(tokens, TokenizedVideo) else read_etok(tokens)
     check_compatible(model, encoded)
     if encoded.info.is_image:
-        write_image(output, from_model(detokenize(model, encoded, window)))
+        write_image(output, from_model(detokenize(model, encoded, window, size)))
         return output
     if output.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"):
         raise ElasticTokError(f"{output}: these tokens hold a video; write .mp4")
     with VideoWriter(output, encoded.info.fps or 24) as writer:
-        for frames in trim_padding((from_model(b) for b in iter_decode(model, encoded, window)), encoded.info.frames):
+        blocks = iter_decode(model, encoded, window)
+        if size == "source":
+            blocks = (at_source_size(b, encoded) for b in blocks)
+        for frames in trim_padding((from_model(b) for b in blocks), encoded.info.frames):
             writer.write(frames)
     return output

@@ -19,13 +19,15 @@ import math
 import os
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ..errors import ElasticTokError
-from ..metrics.quality import block_mse
+from ..metrics.quality import block_mse, mse_from_psnr
+from ..models.coder import BlockCoder
+from ..models.files import check_stored_shapes
 from ..utils.fileio import atomic_path, check_input_file
-from .coder import BlockCoder
 from .targets import Target, Threshold
 
 HEAD_NAME = "length_head.safetensors"  # a model directory's own head, used by --search regression
@@ -33,6 +35,7 @@ GRID_STRIDE = 8
 # Aim this much below the threshold in log MSE (0.1: 10%), so that prediction errors rarely miss it.
 DEFAULT_MARGIN = 0.1
 STATISTICS = 5  # block_statistics() columns
+MAX_MEMBERS, MAX_HIDDEN = 64, 2**16  # the largest head a file may describe
 
 
 def safe_log(x: Tensor) -> Tensor:
@@ -68,22 +71,12 @@ def head_inputs(coder: BlockCoder, block: Tensor, patches: Tensor, full_mse: Ten
                       safe_log(full_mse)[:, None].to(patches.device)), dim=1).float()
 
 
-def error_curves(coder: BlockCoder, block: Tensor, patches: Tensor, counts: Tensor) -> Tensor:
-    """(B, G) each stream's MSE at each of ``counts`` (G,), one batched pass per stream."""
-    curves = []
-    for row in range(block.shape[0]):
-        rows = torch.full((len(counts),), row, device=block.device)
-        trial = coder.trial(patches, counts.to(block.device), rows)
-        curves.append(block_mse(trial.recon, block[rows]))
-    return torch.stack(curves).cpu()
-
-
 def threshold_mse(target: Target) -> float:
     """The MSE an ``mse:`` or ``psnr:`` threshold asks for; the head predicts MSE only."""
     if isinstance(target, Threshold) and target.metric == "mse":
         return float(target.value)
     if isinstance(target, Threshold) and target.metric == "psnr":
-        return 4.0 / 10 ** (target.value / 10)  # PSNR for signals in [-1, 1] (elastictok.metrics.quality)
+        return mse_from_psnr(target.value)
     raise ElasticTokError(f"the length head predicts MSE: use an mse: or psnr: threshold, not {target}")
 
 
@@ -146,28 +139,58 @@ class LengthHead(nn.Module):
 
     @classmethod
     def load(cls, path: str | os.PathLike, model) -> "LengthHead":
-        """A saved head, checked against ``model``: the same config and the same weights it was trained on."""
-        from safetensors import safe_open
+        """A saved head, checked against ``model`` (the same config and the same weights it was trained on),
+        and its header's sizes against the tensors it holds before anything is allocated."""
         path = check_input_file(path, "a length head")
+        fields = _header_fields(path)
+        _check_fits(path, fields, model)
+        with torch.device("meta"):
+            expected = cls(**fields).state_dict()
+        check_stored_shapes(path, {name: tuple(value.shape) for name, value in expected.items()})
+        head = cls(**fields)
         try:
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-            head = cls(int(meta["width"]), [int(c) for c in meta["counts"].split(",")], meta["config_hash"],
-                       meta.get("weights_hash", ""), int(meta["hidden"]), int(meta["members"]), float(meta["margin"]))
             head.load_state_dict(load_file(str(path)))
         except Exception as exc:
             raise ElasticTokError(f"{path}: not a readable length head ({str(exc).splitlines()[0][:120]})") from None
-        if head.config_hash != model.config.fingerprint():
-            raise ElasticTokError(f"{path}: this length head was trained for another model")
-        if head.weights_hash and head.weights_hash != model.weights_digest():
-            raise ElasticTokError(f"{path}: this length head was trained for other weights of this model")
-        c = model.config
-        counts_fit = head.counts == sorted(set(head.counts)) and head.counts[-1] == c.tokens_per_block \
-            and head.counts[0] >= c.min_tokens
-        if not counts_fit or not 0 <= head.margin < 10:
-            raise ElasticTokError(f"{path}: a damaged length head (counts {head.counts[:3]}..{head.counts[-1:]}, "
-                                  f"margin {head.margin}; counts must rise from >= {c.min_tokens} to "
-                                  f"{c.tokens_per_block} and the margin lie in [0, 10))")
         if not all(torch.isfinite(p).all() for p in head.parameters()):
             raise ElasticTokError(f"{path}: a damaged length head (weights that are NaN or Inf)")
         return head.eval()
+
+
+def _header_fields(path) -> dict:
+    """``LengthHead``'s arguments as its file's header states them."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        return dict(width=int(meta["width"]), counts=[int(c) for c in meta["counts"].split(",")],
+                    config_hash=meta["config_hash"], weights_hash=meta.get("weights_hash", ""),
+                    hidden=int(meta["hidden"]), members=int(meta["members"]), margin=float(meta["margin"]))
+    except Exception as exc:
+        raise ElasticTokError(f"{path}: not a readable length head ({str(exc).splitlines()[0][:120]})") from None
+
+
+def _check_fits(path, fields: dict, model) -> None:
+    """A head's header against ``model``, and its sizes against ``MAX_MEMBERS`` and ``MAX_HIDDEN``."""
+    c = model.config
+    if fields["config_hash"] != c.fingerprint() or fields["width"] != c.width:
+        raise ElasticTokError(f"{path}: this length head was trained for another model")
+    if fields["weights_hash"] and fields["weights_hash"] != model.weights_digest():
+        raise ElasticTokError(f"{path}: this length head was trained for other weights of this model")
+    counts = fields["counts"]
+    counts_fit = counts == sorted(set(counts)) and counts[-1] == c.tokens_per_block and counts[0] >= c.min_tokens
+    if not counts_fit or not 0 <= fields["margin"] < 10:
+        raise ElasticTokError(f"{path}: a damaged length head (counts {counts[:3]}..{counts[-1:]}, "
+                              f"margin {fields['margin']}; counts must rise from >= {c.min_tokens} to "
+                              f"{c.tokens_per_block} and the margin lie in [0, 10))")
+    if not (1 <= fields["members"] <= MAX_MEMBERS and 1 <= fields["hidden"] <= MAX_HIDDEN):
+        raise ElasticTokError(f"{path}: a damaged length head ({fields['members']} members of width "
+                              f"{fields['hidden']}; at most {MAX_MEMBERS} of {MAX_HIDDEN})")
+
+
+def default_length_head(model) -> LengthHead:
+    """The model's own head, ``length_head.safetensors`` in the directory it was loaded from."""
+    path = None if model.pretrained_dir is None else model.pretrained_dir / HEAD_NAME
+    if path is None or not path.is_file():
+        raise ElasticTokError(f"search='regression' needs a trained length head: model {model.config.name!r} has "
+                              f"no {HEAD_NAME} of its own; pass length_head= (elastictok train-length-head makes one)")
+    return LengthHead.load(path, model)

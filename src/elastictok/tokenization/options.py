@@ -7,32 +7,52 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ElasticTokError
+from ..utils.fields import matches
 
 SEARCHES = ("binary", "full", "batched", "regression")
 
 
 @dataclass(frozen=True)
 class TokenizeOptions:
-    """Everything but the target. ``model.tokenize(x, target, search="full")`` builds one from keywords."""
+    """How to tokenize, everything but the target. ``model.tokenize(x, target, search="full")`` builds one
+    from keywords.
+
+    Fields:
+        search: how each block's count is found: ``"binary"`` (default; a bisection warm-started from the
+            previous block's count), ``"full"`` (every count, exact), ``"batched"`` (``candidates`` counts
+            per decoder pass) or ``"regression"`` (one pass: a trained length head predicts the count).
+        window: blocks of context kept in the cache: ``"model"`` (the model's ``config.window``, the
+            context it was trained on), a number, or None (every earlier block).
+        candidates: counts scored per decoder pass by the batched search.
+        fps: resample video files to this frame rate first (None: as recorded).
+        fit: how a file, PIL image or numpy array of another size is fitted to the model's frames:
+            ``"crop"`` (resize to cover, centre crop) or ``"pad"`` (resize to fit inside, pad with black).
+            Either is recorded in the tokens, and said in one line; ``detokenize(..., size="source")``
+            gives back the source's size.
+        length_head: a trained ``LengthHead`` for ``search="regression"`` (None: the model's own).
+        progress: a progress bar per input, drawn only when stderr is a terminal (never in logs).
+        warm_start: the binary search starts from the previous block's count.
+    """
 
     search: str = "binary"  # binary | full | batched | regression (see elastictok.tokenization.search)
     window: int | None | str = "model"  # context blocks cached; "model": config.window; None: all
     candidates: int = 4  # counts scored per pass by the batched search
     fps: float | None = None  # resample video files to this rate first
     fit: str = "crop"  # fit frames to the model's resolution: crop | pad
-    length_head: Any = None  # a trained LengthHead, for search="regression"
-    progress: bool = False  # a progress bar per input
+    length_head: Any = None  # a trained LengthHead for search="regression" (None: the model's own)
+    progress: bool = True  # a progress bar per input when stderr is a terminal
     warm_start: bool = True  # binary search starts from the previous block's count
 
     def __post_init__(self) -> None:
         if self.search not in SEARCHES:
             raise ElasticTokError(f"unknown search {self.search!r}; use {', '.join(SEARCHES)}")
-        if self.search == "regression" and self.length_head is None:
-            raise ElasticTokError("search='regression' needs a trained length head (elastictok train-length-head)")
         if self.fit not in ("crop", "pad"):
             raise ElasticTokError(f"fit must be 'crop' or 'pad', got {self.fit!r}")
-        if self.candidates < 1:
-            raise ElasticTokError("candidates must be at least 1")
+        if not (self.window is None or isinstance(self.window, str) and self.window == "model"
+                or matches(self.window, "int")):
+            raise ElasticTokError(f"window must be a whole number of blocks, 'model' or None, got {self.window!r}")
+        if not matches(self.candidates, "int") or self.candidates < 1:
+            raise ElasticTokError(f"candidates must be a whole number >= 1, got {self.candidates!r}")
 
     @classmethod
     def build(cls, options: "TokenizeOptions | None" = None, **overrides: Any) -> "TokenizeOptions":

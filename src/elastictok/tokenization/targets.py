@@ -12,13 +12,15 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
-from typing import Union
+from typing import ClassVar, Union
 
+import torch
 from torch import Tensor
 
 from ..errors import ElasticTokError
-from ..metrics.quality import METRICS, BlockMetric
+from ..metrics.quality import METRICS, BlockMetric, psnr_from_mse
 
 
 # name -> the thresholds that mean something for pixels in [-1, 1]: (lowest, excluded; highest, included)
@@ -36,6 +38,8 @@ class Threshold:
     metric: str | BlockMetric
     value: float
     higher_is_better: bool | None = None  # None for a named metric: taken from METRICS
+    fixed_tokens: ClassVar[None] = None  # every kind of target says: tokens every block keeps (None: searched)
+    whole_input: ClassVar[bool] = False  # ... and whether it is decided over the whole input
 
     def __post_init__(self) -> None:
         if isinstance(self.metric, str):
@@ -65,41 +69,107 @@ class Threshold:
     def __str__(self) -> str:
         return f"{self.name}:{self.value}"
 
+    @property
+    def key(self) -> str:
+        """How tables, reports and the page name it: ``mse:0.03``."""
+        return f"{self.name}:{self.value:g}"
+
+    def label(self, max_tokens: int) -> str:
+        """For people: ``MSE ≤ 0.03 (21.2 dB)``, ``PSNR ≥ 30 dB``."""
+        if self.metric == "mse":
+            return f"MSE ≤ {self.value:g} ({float(psnr_from_mse(torch.tensor(self.value))):.1f} dB)"
+        if self.metric == "psnr":
+            return f"PSNR ≥ {self.value:g} dB"
+        return f"{self.name.upper()} {'≥' if self.higher_is_better else '≤'} {self.value:g}"
+
+    @property
+    def scorer(self) -> "Threshold":
+        """How blocks are scored for this target."""
+        return self
+
+    def check_model(self, config) -> None:
+        """Refuse what ``config``'s model cannot do (every model can aim for a threshold)."""
+
     def score(self, recon: Tensor, original: Tensor) -> Tensor:
         """(B,) scores of blocks (B, fpb, 3, H, W)."""
         metric = METRICS[self.metric][0] if isinstance(self.metric, str) else self.metric
         return metric(recon, original).float()
 
     def meets(self, scores: Tensor) -> Tensor:
+        """(B,) whether each block's score meets the threshold."""
         return scores >= self.value if self.higher_is_better else scores <= self.value
 
 
+class _Count:
+    """What a token count and a budget share: blocks are scored by MSE, and every block counts as met."""
+
+    @property
+    def key(self) -> str:
+        return str(self)
+
+    @property
+    def scorer(self) -> Threshold:
+        return MSE_SCORE
+
+    def meets(self, scores: Tensor) -> Tensor:
+        return torch.ones_like(scores, dtype=torch.bool)
+
+
+def _whole_tokens(value) -> int:
+    """A positive whole number of tokens; fractions, text and booleans are refused, not rounded."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ElasticTokError(f"token counts and budgets must be whole numbers, got {value!r}")
+    if value < 1:
+        raise ElasticTokError("token counts and budgets must be positive")
+    return int(value)
+
+
 @dataclass(frozen=True)
-class TokenCount:
+class TokenCount(_Count):
     """Exactly ``tokens`` per block (outside the model's [Mmin, Mmax] the tokenizer refuses it)."""
 
     tokens: int
+    whole_input: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        if self.tokens < 1:
-            raise ElasticTokError("token counts and budgets must be positive")
+        object.__setattr__(self, "tokens", _whole_tokens(self.tokens))
 
     def __str__(self) -> str:
         return f"tokens:{self.tokens}"
 
+    @property
+    def fixed_tokens(self) -> int:
+        return self.tokens
+
+    def label(self, max_tokens: int) -> str:
+        return f"all {self.tokens} tokens" if self.tokens == max_tokens else f"{self.tokens} tokens"
+
+    def check_model(self, config) -> None:
+        """A count outside the model's [Mmin, Mmax] is an error, not a silent clamp."""
+        if not config.min_tokens <= self.tokens <= config.tokens_per_block:
+            raise ElasticTokError(f"tokens:{self.tokens} is outside this model's range [Mmin, Mmax] = "
+                                  f"[{config.min_tokens}, {config.tokens_per_block}]")
+
 
 @dataclass(frozen=True)
-class Budget:
+class Budget(_Count):
     """At most ``tokens`` over the whole input."""
 
     tokens: int
+    fixed_tokens: ClassVar[None] = None
+    whole_input: ClassVar[bool] = True  # tokenize() spends it over the whole input, not block by block
 
     def __post_init__(self) -> None:
-        if self.tokens < 1:
-            raise ElasticTokError("token counts and budgets must be positive")
+        object.__setattr__(self, "tokens", _whole_tokens(self.tokens))
 
     def __str__(self) -> str:
         return f"budget:{self.tokens}"
+
+    def label(self, max_tokens: int) -> str:
+        return f"budget {self.tokens}"
+
+    def check_model(self, config) -> None:
+        pass
 
 
 Target = Union[Threshold, TokenCount, Budget]
@@ -108,6 +178,8 @@ MSE_SCORE = Threshold("mse", 4.0)  # how blocks are scored when the target is no
 
 def parse_target(text: str) -> Target:
     """``mse:0.003``, ``psnr:30``, ``ssim:0.95``, ``tokens:64`` or ``budget:5000``."""
+    if not isinstance(text, str):
+        raise ElasticTokError(f"a target is text such as 'psnr:30' or 'tokens:64', got {type(text).__name__}")
     name, sep, value = text.partition(":")
     try:
         number = (int if name in ("tokens", "budget") else float)(value)

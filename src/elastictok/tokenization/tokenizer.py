@@ -13,37 +13,34 @@ together, and a single one gives one video.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
-from tqdm import tqdm
 
 from ..errors import ElasticTokError
-from ..media.blocks import MediaInfo, iter_media_blocks
-from ..media.transforms import to_model
+from ..media.blocks import MediaInfo, describe_fit, iter_media_blocks, pixel_blocks
+from ..media.transforms import to_model, unfit
 from ..metrics.quality import METRICS
-from ..models.base import provide_tokenization
+from ..models.coder import BlockCoder, Trial, stack_trials
 from ..utils.blocks import image_as_block, pad_to_blocks, trim_padding
+from ..utils.console import counted, progress_bar
 from ..utils.runtime import module_device
-from .coder import BlockCoder, Trial, decode_blocks, stack_trials
-from .flex_coder import FlexBlockCoder, decode_flex_blocks
-from .length_head import count_grid, error_curves, head_inputs
+from .length_head import default_length_head
 from .options import TokenizeOptions
 from .search import make_search
-from .targets import MSE_SCORE, Budget, Target, Threshold, TokenCount, as_target
+from .targets import Target, Threshold, as_target
 from .tokenfile import TokenizedVideo, check_is_tokenized, check_tokenized, read_etok
 
-# family -> (block coder, batched block decoder); a family not listed uses ElasticTok's.
-CODERS: dict[str, tuple[type, Callable]] = {"flextok": (FlexBlockCoder, decode_flex_blocks)}
-
-
-def _coder(model) -> tuple[type, Callable]:
-    return CODERS.get(getattr(model, "family", ""), (BlockCoder, decode_blocks))
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,44 +50,40 @@ class _Stream:
     scores: list[float] = field(default_factory=list)
     tokens: list[Tensor] = field(default_factory=list)
 
-    def result(self, model, metric: str, coder: BlockCoder, seconds: float, streams: int,
+    def result(self, model, target: Target, metric: str, coder: BlockCoder, seconds: float, streams: int,
                weights_hash: str) -> TokenizedVideo:
-        c = model.config
+        c, scores = model.config, torch.tensor(self.scores)
         return TokenizedVideo(counts=torch.tensor(self.counts), tokens=torch.cat(self.tokens),
-                              scores=torch.tensor(self.scores), metric=metric, info=self.info, model_name=c.name,
+                              scores=scores, metric=metric, info=self.info, model_name=c.name,
                               config_hash=c.fingerprint(), max_tokens=c.tokens_per_block, passes=coder.passes,
                               encoder_passes=coder.encoder_passes,
                               evaluations=coder.evaluations // streams, seconds=seconds, family=model.family,
-                              weights_hash=weights_hash)
-
-
-def check_token_count(model, target: Target) -> None:
-    """A fixed count outside the model's [Mmin, Mmax] is an error, not a silent clamp."""
-    c = model.config
-    if isinstance(target, TokenCount) and not c.min_tokens <= target.tokens <= c.tokens_per_block:
-        raise ElasticTokError(f"tokens:{target.tokens} is outside this model's range [Mmin, Mmax] = "
-                              f"[{c.min_tokens}, {c.tokens_per_block}]")
+                              weights_hash=weights_hash, codebook_size=model.codebook_size, target=target.key,
+                              met=target.meets(scores))
 
 
 class Tokenizer:
     """Adaptive tokenization of block streams with one model and one per-block target.
 
-    ``options`` (or keyword overrides of it) say how; ``on_block(k, recon, coder)`` is called after
-    each block, and ``curve_sink`` collects each block's length-head inputs and its MSE at every count
-    of the head's grid (to train one: ``elastictok.training.length_head``).
+    ``options`` (or keyword overrides of it) say how; ``before_block(coder, block, patches)`` is called
+    before each block is decided (the length head's trainer records error curves there), and
+    ``on_block(k, recon, coder)`` after it.
     """
 
     def __init__(self, model, target: Target | str, options: TokenizeOptions | None = None, *,
-                 on_block: Callable[[int, Tensor, BlockCoder], None] | None = None,
-                 curve_sink: list[tuple[Tensor, Tensor]] | None = None, **overrides):
+                 before_block: Callable[[BlockCoder, Tensor, Tensor], None] | None = None,
+                 on_block: Callable[[int, Tensor, BlockCoder], None] | None = None, **overrides):
         self.model, self.target = model, as_target(target)
-        if isinstance(self.target, Budget):
-            raise ElasticTokError("a budget needs the whole input: use tokenize(), not Tokenizer.run()")
-        check_token_count(model, self.target)
+        if self.target.whole_input:
+            raise ElasticTokError(f"{self.target} needs the whole input: use tokenize(), not Tokenizer.run()")
+        self.target.check_model(model.config)
         self.options = TokenizeOptions.build(options, **overrides)
         self.window = self.options.resolve_window(model)
-        self.on_block, self.curve_sink = on_block, curve_sink
-        self.scorer = self.target if isinstance(self.target, Threshold) else MSE_SCORE
+        self.before_block, self.on_block = before_block, on_block
+        self.scorer = self.target.scorer
+        self.length_head = self.options.length_head
+        if self.options.search == "regression" and self.length_head is None:
+            self.length_head = default_length_head(model)
 
     @torch.no_grad()
     def run(self, blocks: Iterable[Tensor], infos: Sequence[MediaInfo], total: int | None = None
@@ -98,9 +91,9 @@ class Tokenizer:
         """``blocks`` yields float blocks (B, fpb, 3, H, W) in [-1, 1], one stream per batch row."""
         started = time.perf_counter()
         streams = [_Stream(info) for info in infos]
-        coder = _coder(self.model)[0](self.model, len(streams), self.window)
+        coder = self.model.coder_class(self.model, len(streams), self.window)
         previous: Tensor | None = None
-        bar = tqdm(blocks, total=total, desc="tokenize", unit="block", disable=not self.options.progress)
+        bar = progress_bar(blocks, total=total, desc="tokenize", unit="block", show=self.options.progress)
         for block in bar:
             if block.shape[0] != len(streams):
                 raise ElasticTokError(f"got a block of {block.shape[0]} streams for {len(streams)} inputs")
@@ -110,7 +103,8 @@ class Tokenizer:
             for i, stream in enumerate(streams):
                 stream.counts.append(int(chosen[i]))
                 stream.scores.append(float(scores[i]))
-                stream.tokens.append(trial.kept_tokens(i, int(chosen[i])).cpu())
+                # a copy: a view would keep the trial's whole row of indices alive for the rest of the run
+                stream.tokens.append(trial.kept_tokens(i, int(chosen[i])).to("cpu", copy=True))
             if self.on_block is not None:
                 self.on_block(coder.blocks_done - 1, trial.recon, coder)
             bar.set_postfix(tokens=f"{chosen.float().mean():.0f}/{self.model.config.tokens_per_block}")
@@ -118,16 +112,15 @@ class Tokenizer:
             raise ElasticTokError("empty input: no frames to tokenize")
         seconds = time.perf_counter() - started
         weights_hash = self.model.weights_digest()
-        return [s.result(self.model, self.scorer.name, coder, seconds, len(streams), weights_hash) for s in streams]
+        return [s.result(self.model, self.target, self.scorer.name, coder, seconds, len(streams), weights_hash)
+                for s in streams]
 
     def _decide(self, coder: BlockCoder, block: Tensor, previous: Tensor | None) -> tuple[Tensor, Trial, Tensor]:
         """Choose each stream's count for this block; return counts, the committed trial and scores."""
         patches = self.model.patchify(block)
-        if self.curve_sink is not None:
-            c = self.model.config
-            curves = error_curves(coder, block, patches, count_grid(c.min_tokens, c.tokens_per_block))
-            self.curve_sink.append((head_inputs(coder, block, patches, curves[:, -1]).cpu(), curves))
-        if isinstance(self.target, TokenCount) or self.options.search == "regression":
+        if self.before_block is not None:
+            self.before_block(coder, block, patches)
+        if self.target.fixed_tokens is not None or self.options.search == "regression":
             counts = self._one_pass_counts(coder, block, patches)
             rows = torch.arange(block.shape[0], device=block.device)
             trial = coder.trial(patches, counts.to(block.device), rows)
@@ -138,9 +131,9 @@ class Tokenizer:
         """Counts without a search: the fixed count, or the length head's prediction, within [Mmin, Mmax]."""
         c = self.model.config
         lo, hi = c.min_tokens, c.tokens_per_block
-        if isinstance(self.target, TokenCount):
-            return torch.full((patches.shape[0],), self.target.tokens, dtype=torch.long)
-        return self.options.length_head.predict(coder, block, patches, self.target).clamp(lo, hi)
+        if self.target.fixed_tokens is not None:
+            return torch.full((patches.shape[0],), self.target.fixed_tokens, dtype=torch.long)
+        return self.length_head.predict(coder, block, patches, self.target).clamp(lo, hi)
 
     def _search(self, coder: BlockCoder, block: Tensor, patches: Tensor, previous: Tensor | None
                 ) -> tuple[Tensor, Trial, Tensor]:
@@ -205,9 +198,20 @@ def _tensor_blocks(video: Tensor, model) -> tuple[MediaInfo, Tensor]:
     return info, frames.to(next(model.parameters()).dtype)  # float64 or float16 pixels: the model's own type
 
 
-def _tokenize_tensor(model, batch: Tensor, target: Target, options: TokenizeOptions, sink) -> list[TokenizedVideo]:
+def _check_channels(shape: torch.Size, layouts: str) -> None:
+    """Three colour channels before height and width, or one line quoting the shape as the caller gave it."""
+    if len(shape) >= 3 and shape[-3] != 3:
+        hint = ": channels last? x.movedim(-1, -3) puts them first" if shape[-1] == 3 else ""
+        raise ElasticTokError(f"expected {layouts} with 3 colour channels, got {tuple(shape)}{hint}")
+
+
+def _tokenize_tensor(model, batch: Tensor, target: Target, options: TokenizeOptions, **hooks
+                     ) -> list[TokenizedVideo]:
+    if batch.is_meta:
+        raise ElasticTokError("a tensor on the meta device holds no pixels to tokenize")
     if batch.dim() not in (4, 5):
         raise ElasticTokError(f"expected (B, T, 3, H, W) or (B, 3, H, W), got {tuple(batch.shape)}")
+    _check_channels(batch.shape, "(B, T, 3, H, W) or (B, 3, H, W)")
     prepared = [_tensor_blocks(v, model) for v in batch]
     if not prepared:
         raise ElasticTokError("empty input: batch of size 0")
@@ -215,7 +219,7 @@ def _tokenize_tensor(model, batch: Tensor, target: Target, options: TokenizeOpti
     fpb = model.config.frames_per_block
     n_blocks = video.shape[1] // fpb
     blocks = (video[:, k * fpb:(k + 1) * fpb] for k in range(n_blocks))
-    return Tokenizer(model, target, options, curve_sink=sink).run(blocks, [info for info, _ in prepared], n_blocks)
+    return Tokenizer(model, target, options, **hooks).run(blocks, [info for info, _ in prepared], n_blocks)
 
 
 def read_source(model, source, options: TokenizeOptions | None = None) -> tuple[MediaInfo, Iterator[Tensor]]:
@@ -235,18 +239,46 @@ def tokenize_blocks(model, info: MediaInfo, blocks: Iterable[Tensor], target: Ta
     return tokenizer.run((to_model(b)[None] for b in blocks), [info], total=total)[0]
 
 
-def _tokenize_file(model, path, target: Target, options: TokenizeOptions, sink) -> TokenizedVideo:
+def _tokenize_file(model, path, target: Target, options: TokenizeOptions, **hooks) -> TokenizedVideo:
     c = model.config
     info, blocks = read_source(model, path, options)
     total = 1 if info.is_image else math.ceil((info.expected_frames or 0) / c.frames_per_block) or None
-    return tokenize_blocks(model, info, blocks, target, options, total=total, curve_sink=sink)
+    return tokenize_blocks(model, info, blocks, target, options, total=total, **hooks)
 
 
-def _tokenize_one(model, inputs, target: Target, options: TokenizeOptions, sink=None):
-    """A batch tensor (a list of results) or a path (one result), for a per-block target."""
+def _pixels(item) -> tuple[Tensor, str] | None:
+    """A PIL image or a uint8 numpy array as uint8 frames (T, H, W, 3) and a name; None for anything else."""
+    if isinstance(item, Image.Image):
+        return torch.from_numpy(np.array(item.convert("RGB")))[None], "<PIL image>"
+    if not isinstance(item, np.ndarray):
+        return None
+    if item.dtype != np.uint8 or item.ndim not in (3, 4) or item.shape[-1] != 3:
+        raise ElasticTokError(f"a numpy array is read as uint8 pixels (H, W, 3) or (T, H, W, 3), got {item.dtype} "
+                              f"{item.shape}; pass values in [-1, 1] as a torch tensor (3, H, W) or (T, 3, H, W)")
+    frames = torch.from_numpy(np.ascontiguousarray(item))
+    return (frames[None] if item.ndim == 3 else frames), "<array>"
+
+
+def _tokenize_pixels(model, frames: Tensor, source: str, target: Target, options: TokenizeOptions, **hooks
+                     ) -> TokenizedVideo:
+    """uint8 frames (T, H, W, 3) of a PIL image (T = 1) or numpy array, fitted to the model as a file is."""
+    c, is_image = model.config, source == "<PIL image>" or len(frames) == 1
+    info, blocks = pixel_blocks(frames, c.resolution, c.frames_per_block, options.fit, source, is_image)
+    return tokenize_blocks(model, info, blocks, target, options, **hooks)
+
+
+def _tokenize_one(model, inputs, target: Target, options: TokenizeOptions, **hooks) -> list[TokenizedVideo]:
+    """A batch tensor, a path, a PIL image or a numpy array, for a per-block target; ``hooks``: the
+    ``Tokenizer``'s callbacks."""
+    pixels = _pixels(inputs)
+    if pixels is not None:
+        return [_tokenize_pixels(model, *pixels, target, options, **hooks)]
     if isinstance(inputs, Tensor):
-        return _tokenize_tensor(model, inputs, target, options, sink)
-    return _tokenize_file(model, inputs, target, options, sink)
+        return _tokenize_tensor(model, inputs, target, options, **hooks)
+    if not isinstance(inputs, (str, os.PathLike)):
+        raise ElasticTokError(f"cannot tokenize a {type(inputs).__name__}: pass a tensor, a media file path, a PIL "
+                              "image, a numpy uint8 array, or a list of them")
+    return [_tokenize_file(model, inputs, target, options, **hooks)]
 
 
 def _as_batch_item(item):
@@ -255,19 +287,22 @@ def _as_batch_item(item):
         return item
     if item.dim() not in (3, 4):
         raise ElasticTokError(f"list items are single videos (T, 3, H, W) or images (3, H, W), got {tuple(item.shape)}")
+    _check_channels(item.shape, "single videos (T, 3, H, W) or images (3, H, W)")
     return item[None]
 
 
-def tokenize(model, inputs, target: Target | str, options: TokenizeOptions | None = None, *,
-             curve_sink: list[tuple[Tensor, Tensor]] | None = None,
+def tokenize(model, inputs, target: Target | str, options: TokenizeOptions | None = None,
              **overrides) -> TokenizedVideo | list[TokenizedVideo]:
     """Tokenize a batch tensor (B, T, 3, H, W) or (B, 3, H, W), a media file path, or a list of single
-    inputs: unbatched videos (T, 3, H, W), images (3, H, W) or paths, of any lengths.
+    inputs: unbatched videos (T, 3, H, W), images (3, H, W) or paths, of any lengths. Tensors hold
+    values in [-1, 1] at the model's size; a PIL image, or a numpy uint8 array (H, W, 3) or (T, H, W, 3)
+    of pixels (0 to 255, RGB), is fitted to the model's size as a file is (``options.fit``).
 
     ``target``: a ``Threshold``, ``TokenCount`` or ``Budget``, or text such as ``"psnr:30"``;
     ``options``: a ``TokenizeOptions``, or its fields as keywords. A batch tensor or a list gives a
     list with one result per input; a single path gives one result. Files are streamed block by
-    block; list items are tokenized one after another.
+    block; list items are tokenized one after another. An input resized to the model's size, and
+    blocks that missed the target, are each told in one log line (``TokenizedVideo.met`` records which).
     """
     target, options = as_target(target), TokenizeOptions.build(options, **overrides)
     single = not isinstance(inputs, (list, tuple, Tensor))
@@ -276,15 +311,44 @@ def tokenize(model, inputs, target: Target | str, options: TokenizeOptions | Non
     items = [_as_batch_item(i) for i in inputs] if isinstance(inputs, (list, tuple)) else [inputs]
     results: list[TokenizedVideo] = []
     for item in items:
-        if isinstance(target, Budget):
-            out = _tokenize_to_budget(model, item, target, options)
+        if target.whole_input:
+            done = _tokenize_to_budget(model, item, target, options)
         else:
-            out = _tokenize_one(model, item, target, options, curve_sink)
-        results.extend(out if isinstance(out, list) else [out])
+            done = _tokenize_one(model, item, target, options)
+        for result in done:
+            _tell(model, result, target)
+        results.extend(done)
     return results[0] if single else results
 
 
-def _tokenize_to_budget(model, inputs, target: Budget, options: TokenizeOptions):
+def _tell(model, result: TokenizedVideo, target: Target) -> None:
+    """One log line when the input was fitted to the model's size, and one when blocks missed the target."""
+    fitted = describe_fit(result.info, model.config.resolution)
+    if fitted is not None:
+        line, reshaped = fitted
+        (log.warning if reshaped else log.info)(line)
+    if result.met is None or bool(result.met.all()):
+        return
+    name = Path(result.info.source).name
+    if result.met.any():
+        missed = counted(int((~result.met).sum()), "block")
+        log.warning(f"{name}: {result.met_line()}; {missed} fell short of it")
+        return
+    best = int(result.scores.argmax() if target.higher_is_better else result.scores.argmin())
+    log.warning(f"{name}: no block met {target.key}, out of this model's reach: the best block reached "
+                f"{target.name} {float(result.scores[best]):.4g} with {int(result.counts[best])} tokens")
+
+
+def tokenize_watched(model, inputs: list, target: Target | str,
+                     before_block: Callable[[BlockCoder, Tensor, Tensor], None], **overrides) -> list[TokenizedVideo]:
+    """``tokenize`` of a list of single inputs for a per-block target, calling ``before_block(coder, block,
+    patches)`` before each block is decided: how ``elastictok.training.length_head`` records error curves."""
+    target, options = as_target(target), TokenizeOptions.build(None, **overrides)
+    return [r for item in inputs for r in _tokenize_one(model, _as_batch_item(item), target, options,
+                                                        before_block=before_block)]
+
+
+def _tokenize_to_budget(model, inputs, target: Target, options: TokenizeOptions) -> list[TokenizedVideo]:
     """Spend at most ``target.tokens`` on the whole input, where they buy the most quality.
 
     Bisects an MSE threshold (on a log scale) so every block reaches the same quality, using the
@@ -297,20 +361,20 @@ def _tokenize_to_budget(model, inputs, target: Budget, options: TokenizeOptions)
     best, seconds = None, 0.0
     for _ in range(10):
         mid = (low + high) / 2
-        result = _tokenize_one(model, inputs, Threshold("mse", math.exp(mid)), options)
-        results = result if isinstance(result, list) else [result]
+        results = _tokenize_one(model, inputs, Threshold("mse", math.exp(mid)), options)
         seconds += results[0].seconds
         total = sum(int(r.counts.sum()) for r in results)
         floor_total = sum(r.n_blocks for r in results) * c.min_tokens
         if total <= target.tokens:
-            best, high = result, mid  # fits: try a stricter threshold
+            best, high = results, mid  # fits: try a stricter threshold
         else:
             low = mid
     if best is None:
         raise ElasticTokError(f"a budget of {target.tokens} tokens is below the minimum "
                               f"{floor_total} (Mmin={c.min_tokens} per block)")
-    for r in best if isinstance(best, list) else [best]:
+    for r in best:
         r.seconds = seconds  # what the whole bisection took, not its last round
+        r.target, r.met = target.key, target.meets(r.scores)  # met: the budget, not the round's threshold
     return best
 
 
@@ -320,8 +384,8 @@ def check_compatible(model, encoded: TokenizedVideo, weights_hash: str | None = 
     check_is_tokenized(encoded)
     c = model.config
     if encoded.family != model.family:
-        raise ElasticTokError(f"these tokens were made by a {encoded.family} model; {c.name!r} is a {model.family} "
-                              "model: decode with the model that made them")
+        raise ElasticTokError(f"these tokens come from a model of the {encoded.family} family, and {c.name!r} is of "
+                              f"the {model.family} family: decode with the model that made them")
     if encoded.config_hash != c.fingerprint():
         raise ElasticTokError(f"these tokens were made by model {encoded.model_name!r} (config {encoded.config_hash}), "
                               f"not by this model {c.name!r} (config {c.fingerprint()}); decode with the same model")
@@ -351,6 +415,9 @@ def _check_fields(model, encoded: TokenizedVideo) -> None:
     tokens = encoded.tokens
     if not tokens.is_floating_point() and tokens.numel() and (tokens.min() < 0 or tokens.max() >= codebook):
         raise ElasticTokError(f"token indices must lie in [0, {codebook})")
+    if tokens.is_floating_point() and tuple(tokens.shape[1:]) != (c.latent_dim,):
+        raise ElasticTokError(f"the tokens are latents of shape {tuple(tokens.shape[1:])}, but this model's are "
+                              f"({c.latent_dim},)")
     frames, n, fpb = encoded.info.frames, encoded.n_blocks, c.frames_per_block
     if not encoded.info.is_image and frames and not (n - 1) * fpb < frames <= n * fpb:
         raise ElasticTokError(f"the tokens say {frames} frames, but {n} blocks of {fpb} frames hold "
@@ -361,23 +428,38 @@ def iter_decode(model, encoded: TokenizedVideo, window: int | None | str = "mode
     """Decode block by block with cached context; yields (fpb, 3, H, W) float blocks in [-1, 1]."""
     check_compatible(model, encoded)
     window = TokenizeOptions(window=window).resolve_window(model)
-    for blocks in _coder(model)[1](model, [encoded.block_tokens()], window):
+    for blocks in model.coder_class.decode(model, [encoded.block_tokens()], window):
         yield blocks[0]
 
 
-def _restore(video: Tensor, encoded: TokenizedVideo) -> Tensor:
-    """Decoded frames (T, 3, H, W) to what was tokenized: padding dropped, an image averaged over its block."""
-    if encoded.info.is_image:
-        return video.mean(0)
-    return torch.cat(list(trim_padding([video], encoded.info.frames)))
+SIZES = ("model", "source")  # what size detokenize gives back
 
 
-def detokenize(model, encoded, window: int | None | str = "model"):
+def at_source_size(frames: Tensor, encoded: TokenizedVideo) -> Tensor:
+    """Decoded frames (..., 3, h, w) at the size of the source they were tokenized from, the fit undone
+    (see ``media.transforms.unfit``; token files that do not record their fit were centre-cropped)."""
+    size = tuple(encoded.info.size)
+    if size == tuple(frames.shape[-2:]):
+        return frames
+    return unfit(frames, size, encoded.info.fit or "crop")
+
+
+def _restore(video: Tensor, encoded: TokenizedVideo, size: str) -> Tensor:
+    """Decoded frames (T, 3, H, W) to what was tokenized: padding dropped, an image averaged over its block,
+    at the source's size if asked."""
+    video = video.mean(0) if encoded.info.is_image else torch.cat(list(trim_padding([video], encoded.info.frames)))
+    return at_source_size(video, encoded) if size == "source" else video
+
+
+def detokenize(model, encoded, window: int | None | str = "model", size: str = "model"):
     """Videos (T, 3, H, W) with padding frames removed, or images (3, H, W).
 
     ``encoded``: a ``TokenizedVideo`` or .etok path (one tensor back), or a list of them (a list
-    back; inputs with the same number of blocks are decoded together as one batch).
+    back; inputs with the same number of blocks are decoded together as one batch). ``size``:
+    ``"model"`` (the model's frame size) or ``"source"`` (each input's own size, the fit undone).
     """
+    if size not in SIZES:
+        raise ElasticTokError(f"size must be 'model' or 'source', got {size!r}")
     single = not isinstance(encoded, (list, tuple))
     items = [read_etok(e) if isinstance(e, (str, os.PathLike)) else e for e in ([encoded] if single else encoded)]
     weights_hash = model.weights_digest()
@@ -387,10 +469,10 @@ def detokenize(model, encoded, window: int | None | str = "model"):
     videos: list[Tensor | None] = [None] * len(items)
     for n_blocks in sorted({item.n_blocks for item in items}):
         group = [i for i, item in enumerate(items) if item.n_blocks == n_blocks]
-        blocks = list(_coder(model)[1](model, [items[i].block_tokens() for i in group], window))
+        blocks = list(model.coder_class.decode(model, [items[i].block_tokens() for i in group], window))
         decoded = torch.cat(blocks, dim=1)  # (B, T, 3, H, W)
         for row, i in enumerate(group):
-            videos[i] = _restore(decoded[row], items[i])
+            videos[i] = _restore(decoded[row], items[i], size)
     return videos[0] if single else videos
 
 
@@ -428,5 +510,3 @@ def achieved_mse(model, encoded: TokenizedVideo, source, options: TokenizeOption
     errors = source_scores(model, encoded, source, options)["mse"]
     return sum(errors) / len(errors)
 
-
-provide_tokenization(tokenize, detokenize)

@@ -24,6 +24,7 @@ import torch
 from ..errors import ElasticTokError
 from ..utils.cores import threads_per_worker
 from ..utils.runtime import blocked_signals, interrupts_held, release_interrupts
+from .tokenizer import tokenize
 
 
 class WorkerDiedError(ElasticTokError):
@@ -50,7 +51,7 @@ def _tokenize_one(path: str):
     try:
         device = next(_worker["model"].parameters()).device.type
         with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=_worker["bf16"]):
-            return _worker["model"].tokenize(path, **_worker["kwargs"])
+            return tokenize(_worker["model"], path, **_worker["kwargs"])
     except ElasticTokError as exc:
         return exc
 
@@ -110,8 +111,8 @@ def _interrupt(process) -> None:
 class TokenizerPool:
     """``workers`` processes, each with ``threads_per_worker(workers)`` torch threads and its own model.
 
-    ``model``: a model directory or bundled name (each worker loads it) or an ``ElasticTok``
-    (sent to each worker once). ``kwargs`` are ``ElasticTok.tokenize`` keywords (target, search,
+    ``model``: a model directory or bundled name (each worker loads it) or a model of any family
+    (sent to each worker once). ``kwargs`` are ``tokenize`` keywords (target, search,
     window, fps, fit...); ``bf16`` runs them under bf16 autocast. With one worker the work runs in
     this process, on every core.
     """

@@ -16,7 +16,7 @@ import yaml
 
 from ..errors import ElasticTokError
 from ..models.base import refuse_unknown_fields
-from ..models.registry import CONFIGS, PRESETS, config_from_preset, family_of_preset
+from ..models.registry import CONFIGS, PRESETS, config_from_preset, family_of_preset, model_class_for
 from ..utils.fields import field_problems
 from ..utils.fileio import read_small_file
 from .masks import KEEP_DISTRIBUTIONS, KeepSampler
@@ -76,6 +76,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.betas, list):  # YAML has no tuples
             self.betas = tuple(self.betas)
+        for name in ("data", "eval_data"):  # one path, written without a list
+            if isinstance(getattr(self, name), str):
+                setattr(self, name, [getattr(self, name)])
         problems = field_problems(self)
         if not problems:
             problems = self._range_problems()
@@ -86,8 +89,10 @@ class TrainConfig:
     def _check_model_and_mask(self) -> None:
         """The preset exists, takes the overrides, and can be trained with the mask mode."""
         c = self.model_config()
-        if hasattr(c, "nested_dropout") and self.mask_lengths != 1:  # FlexTok
-            raise ElasticTokError("mask_lengths > 1 is an ElasticTok option; FlexTok keeps one length per sample")
+        family = model_class_for(c)
+        if self.mask_lengths != 1 and not family.trains_several_lengths:
+            raise ElasticTokError(f"mask_lengths > 1 is not supported by {family.display_name}: it keeps one length "
+                                  "per sample")
         KeepSampler(self.mask, c.min_tokens, c.tokens_per_block, self.mask_lengths, self.keep_distribution)
 
     def _range_problems(self) -> list[str]:
@@ -121,14 +126,20 @@ class TrainConfig:
         """The config in a YAML file (a pipe such as ``<(sed ...)`` too), with ``overrides`` (None values ignored)
         on top. An empty field means its default; ``1e-3``, which YAML 1.1 reads as text, is a number (in
         ``model_overrides`` too)."""
-        data = _read_yaml(Path(path))
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        refuse_unknown_fields(cls, data, f"{path}: unknown training config fields")
+        return cls.from_fields(_read_yaml(Path(path)), f"{path}: unknown training config fields", **overrides)
+
+    @classmethod
+    def from_fields(cls, fields: dict, unknown_message: str = "unknown training config fields",
+                    **overrides: Any) -> "TrainConfig":
+        """The config from a mapping of fields as YAML gives them (``elastictok train --data DIR`` without a
+        file passes {}), with ``overrides`` (None values ignored) on top."""
+        data = {**fields, **{k: v for k, v in overrides.items() if v is not None}}
+        refuse_unknown_fields(cls, data, unknown_message)
         kinds = {f.name: f.type for f in dataclasses.fields(cls)}
         data = _read_numbers({k: v for k, v in data.items() if v is not None or "None" in kinds[k]}, cls)
         model = data.get("model", cls.model)
         if isinstance(data.get("model_overrides"), dict) and isinstance(model, str) \
-                and any(model in presets for presets in PRESETS.values()):
+                and model in PRESETS:
             data["model_overrides"] = _read_numbers(data["model_overrides"], CONFIGS[family_of_preset(model)])
         return cls(**data)
 

@@ -53,17 +53,17 @@ def setup(device_name: str) -> tuple[World, torch.device]:
 
 
 def wrap(model: nn.Module, mode: str, bf16: bool, device: torch.device) -> nn.Module:
-    """``ddp``: replicate and average gradients; ``fsdp``: FSDP2 ``fully_shard`` per transformer block."""
+    """``ddp``: replicate and average gradients; ``fsdp``: FSDP2 ``fully_shard`` per module of the family's
+    ``fsdp_units`` (its transformer blocks), then the whole model."""
     if mode == "ddp":
         from torch.nn.parallel import DistributedDataParallel
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if mode == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        from ..layers.transformer import TransformerBlock
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32)
         for module in model.modules():
-            if isinstance(module, TransformerBlock):
+            if isinstance(module, model.fsdp_units):
                 fully_shard(module, mp_policy=policy)
         fully_shard(model, mp_policy=policy)
         return model

@@ -6,13 +6,15 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import ElasticTokError
-from ..tokenization.length_head import (DEFAULT_MARGIN, LengthHead, count_grid, first_crossing, safe_log,
-                                         threshold_mse)
+from ..metrics.quality import block_mse
+from ..models.coder import BlockCoder
+from ..tokenization.length_head import (DEFAULT_MARGIN, LengthHead, count_grid, first_crossing, head_inputs,
+                                         safe_log, threshold_mse)
 from ..tokenization.targets import Target
-from ..tokenization.tokenizer import tokenize
+from ..tokenization.tokenizer import tokenize_watched
 
 
 @dataclass
@@ -67,14 +69,29 @@ class HeadReport:
     search_mean_tokens: float | None = None  # the grid search's
 
 
+def error_curves(coder: BlockCoder, block: Tensor, patches: Tensor, counts: Tensor) -> Tensor:
+    """(B, G) each stream's MSE at each of ``counts`` (G,), one batched pass per stream."""
+    curves = []
+    for row in range(block.shape[0]):
+        rows = torch.full((len(counts),), row, device=block.device)
+        trial = coder.trial(patches, counts.to(block.device), rows)
+        curves.append(block_mse(trial.recon, block[rows]))
+    return torch.stack(curves).cpu()
+
+
 def collect_curves(model, inputs: list, target: Target, **kwargs) -> Curves:
     """Error curves of every block of every input; the context of each block is what a binary search
     for ``target`` committed before it (what tokenizing for that target would see)."""
-    sink: list[tuple[Tensor, Tensor]] = []
-    tokenize(model, list(inputs), target, search="binary", curve_sink=sink, **kwargs)
     c = model.config
-    return Curves(torch.cat([x for x, _ in sink]), torch.cat([y for _, y in sink]),
-                  count_grid(c.min_tokens, c.tokens_per_block))
+    grid = count_grid(c.min_tokens, c.tokens_per_block)
+    recorded: list[tuple[Tensor, Tensor]] = []
+
+    def record(coder: BlockCoder, block: Tensor, patches: Tensor) -> None:
+        curves = error_curves(coder, block, patches, grid)
+        recorded.append((head_inputs(coder, block, patches, curves[:, -1]).cpu(), curves))
+
+    tokenize_watched(model, list(inputs), target, record, search="binary", **kwargs)
+    return Curves(torch.cat([x for x, _ in recorded]), torch.cat([y for _, y in recorded]), grid)
 
 
 def fit_length_head(model, curves: Curves, steps: int = 2000, members: int = 5, seed: int = 0,
@@ -89,7 +106,7 @@ def fit_length_head(model, curves: Curves, steps: int = 2000, members: int = 5, 
     for i, member in enumerate(head.members):
         torch.manual_seed(seed + i)
         for layer in member:
-            if hasattr(layer, "reset_parameters"):
+            if isinstance(layer, (nn.Linear, nn.LayerNorm)):
                 layer.reset_parameters()
         optimizer = torch.optim.AdamW(member.parameters(), lr=3e-3, weight_decay=1e-3)
         for _ in range(steps):

@@ -24,12 +24,12 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 import yaml
-from tqdm import tqdm
 
 from ..errors import ElasticTokError
 from ..metrics.quality import psnr, psnr_from_mse
 from ..models.registry import model_class_for
 from ..utils.fileio import atomic_path
+from ..utils.console import progress_bar
 from ..utils.runtime import warn_if_slow_bf16
 from ..utils.seeds import stable_seed
 from .checkpoint import Checkpoint, FileCheckpoint, TrainState, checkpoint_for
@@ -125,10 +125,7 @@ def evaluate(model: torch.nn.Module, samples: list[torch.Tensor], fractions: lis
 
 @contextlib.contextmanager
 def _whole_sequences(model) -> Iterator[None]:
-    """Run a sequence-parallel model on whole samples on every rank for a while (no-op for a family without it)."""
-    if not hasattr(model, "sequence_group"):
-        yield
-        return
+    """Run a sequence-parallel model on whole samples on every rank for a while."""
     saved, model.sequence_group = model.sequence_group, None
     try:
         yield
@@ -214,8 +211,8 @@ def _build_state(cfg: TrainConfig, world: World, device: torch.device, init_from
         load_init_weights(model, init_from)
     net = wrap(model, cfg.distributed, cfg.bf16, device) if world.distributed else model
     if cfg.sequence_parallel:
-        if not hasattr(model, "sequence_group"):
-            raise ElasticTokError(f"sequence_parallel is not supported by the {model.family} family")
+        if not model.supports_sequence_parallel:
+            raise ElasticTokError(f"sequence_parallel is not supported by {model.display_name}")
         model.sequence_group = dist.group.WORLD
         for blocks in {1, cfg.n_blocks}:  # an image batch, a video clip: refused now, not at its first batch
             model.check_sequence_split(blocks * config.tokens_per_block, world.size)
@@ -230,9 +227,21 @@ def _build_state(cfg: TrainConfig, world: World, device: torch.device, init_from
                       clock=clock)
 
 
+def _check_data(paths: list[str]) -> None:
+    """Training data that is there, or one line saying what belongs in ``data``."""
+    if not paths:
+        raise ElasticTokError("no training data: give --data DIR (or data: in the config), folders of images and videos")
+    missing = [path for path in paths if not os.path.lexists(path)]
+    if missing:
+        raise ElasticTokError(f"data: {missing[0]}: no such file or folder; point --data (or data: in the config) at "
+                              "your images and videos (the configs in configs/ read the corpus that "
+                              "`python scripts/build_corpus.py data/corpus` builds)")
+
+
 def _training_data(cfg: TrainConfig, c: Any, world: World, start_step: int) -> TrainingData:
     """WebDataset shards (every rank streams its own slice) or a folder of media in memory (every rank
     makes the global batch and takes its rows); both resume at batch ``start_step * grad_accum``."""
+    _check_data(cfg.data)
     shards = list_shards(cfg.data)
     data_ranks = 1 if cfg.sequence_parallel else world.size
     if shards:
@@ -368,10 +377,11 @@ def _lpips(cfg: TrainConfig, device: torch.device):
 
 
 def _keep_sampler(cfg: TrainConfig, model: torch.nn.Module):
-    """Kept tokens per block for each step: the mask mode, or a family's own nested dropout for ``elastic``."""
+    """Kept tokens per block for each step: the family's own sampler for the mask mode, else the mask's."""
     c = model.config
-    if hasattr(model, "nested_dropout") and cfg.mask == "elastic":  # FlexTok: one kept prefix per sample and block
-        return model.nested_dropout
+    own = model.keep_sampler(cfg.mask)
+    if own is not None:
+        return own
     return KeepSampler(cfg.mask, c.min_tokens, c.tokens_per_block, cfg.mask_lengths, cfg.keep_distribution)
 
 
@@ -407,6 +417,15 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     return out_dir
 
 
+def _last_step(step: int, cfg: TrainConfig, seconds: float) -> int:
+    """The step the run will stop at: ``steps`` or ``stop_at``, or earlier where ``max_minutes`` runs out first
+    at the pace so far."""
+    last = min(cfg.steps, cfg.stop_at or cfg.steps)
+    if not cfg.max_minutes or not step or seconds <= 0:
+        return last
+    return max(step, min(last, round(step * 60 * cfg.max_minutes / seconds)))
+
+
 def _run(state: TrainState, data: TrainingData, sampler: KeepSampler, lpips, device, eval_samples: list,
          run_log: RunLog | None, out_dir: Path, checkpoint: Checkpoint) -> None:
     """Steps until ``cfg.steps``, ``stop_at`` or ``max_minutes``: log, evaluate and checkpoint as configured."""
@@ -414,8 +433,8 @@ def _run(state: TrainState, data: TrainingData, sampler: KeepSampler, lpips, dev
     state.net.train()
     state.clock.restore(state.clock.seconds)  # loading data and the held-out clips is not training time
     started, frames_seen = time.monotonic(), 0
-    bar = tqdm(total=cfg.steps, initial=state.step, desc="train", disable=not (cfg.progress and world.main),
-               dynamic_ncols=True)
+    bar = progress_bar(total=_last_step(state.step, cfg, state.clock.seconds), initial=state.step, desc="train",
+                       show=cfg.progress and world.main, dynamic_ncols=True)
     while state.step < cfg.steps:
         state.clock.tick(world)
         totals, frames = _train_step(state, data, sampler, lpips, device)
@@ -424,6 +443,7 @@ def _run(state: TrainState, data: TrainingData, sampler: KeepSampler, lpips, dev
         elapsed = time.monotonic() - started
         totals.update(lr=state.scheduler.get_last_lr()[0], frames_per_s=frames_seen / max(elapsed, 1e-9),
                       skipped_files=sum(data.skipped_by_worker.values()))
+        bar.total = _last_step(state.step, cfg, state.clock.seconds)  # the ETA a time budget gives
         bar.update(1)
         bar.set_postfix(loss=f"{totals['loss']:.4f}", psnr=f"{totals['psnr']:.2f}", fps=f"{totals['frames_per_s']:.0f}")
         step = state.step

@@ -18,10 +18,10 @@ from torch import Tensor, nn
 
 from ...errors import ElasticTokError
 from ...layers.bottlenecks import FSQ, GaussianBottleneck, GaussianPosterior
-from ...layers.transformer import KVCache, Transformer
+from ...layers.transformer import KVCache, Transformer, TransformerBlock
 from ...utils.blocks import image_as_block
-from ..base import Tokenizable, check_counts
-from ..files import PretrainedFiles
+from ..base import ModelFamily, check_counts
+from .coder import ElasticTokCoder
 from .config import ElasticTokConfig
 
 
@@ -118,11 +118,16 @@ class ConvHead(nn.Module):
         return frames_to_tokens(x, self.config, h.shape[0])
 
 
-class ElasticTok(Tokenizable, PretrainedFiles, nn.Module):
+class ElasticTok(ModelFamily, nn.Module):
     """The ElasticTok autoencoder; implements ``elastictok.models.base.ModelFamily``."""
 
     family: ClassVar[str] = "elastictok"
+    display_name: ClassVar[str] = "ElasticTok"
     config_class: ClassVar[type] = ElasticTokConfig
+    coder_class: ClassVar[type] = ElasticTokCoder
+    fsdp_units: ClassVar[tuple[type[nn.Module], ...]] = (TransformerBlock,)
+    supports_sequence_parallel: ClassVar[bool] = True
+    trains_several_lengths: ClassVar[bool] = True
 
     def __init__(self, config: ElasticTokConfig):
         super().__init__()

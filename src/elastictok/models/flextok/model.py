@@ -28,9 +28,9 @@ from ...errors import ElasticTokError
 from ...layers.bottlenecks import FSQ
 from ...layers.conditioning import TimestepEmbedder, modulate, rms_norm
 from ...layers.transformer import KVCache, RMSNorm, TransformerBlock, rope_angles, sincos_grid_embedding
-from ..base import Tokenizable, check_counts
-from ..files import PretrainedFiles
+from ..base import ModelFamily, check_counts
 from .blocks import INPUT_STAGE_CLASSES, AdaLNBlock, decoder_mask, encoder_mask
+from .coder import FlexTokCoder
 from .config import FAMILY, FlexTokConfig
 
 
@@ -76,11 +76,14 @@ class NestedDropout:
         return torch.where(torch.rand(shape, generator=generator) < 0.5, pow2, uniform)
 
 
-class FlexTok(Tokenizable, PretrainedFiles, nn.Module):
-    """Encoder, FSQ bottleneck and rectified-flow decoder; the public API mirrors ``ElasticTok``."""
+class FlexTok(ModelFamily, nn.Module):
+    """Encoder, FSQ bottleneck and rectified-flow decoder; implements ``elastictok.models.base.ModelFamily``."""
 
     family: ClassVar[str] = FAMILY
+    display_name: ClassVar[str] = "FlexTok"
     config_class: ClassVar[type] = FlexTokConfig
+    coder_class: ClassVar[type] = FlexTokCoder
+    fsdp_units: ClassVar[tuple[type[nn.Module], ...]] = (TransformerBlock, AdaLNBlock)
 
     def __init__(self, config: FlexTokConfig, input_stage: nn.Module | None = None):
         super().__init__()
@@ -149,6 +152,10 @@ class FlexTok(Tokenizable, PretrainedFiles, nn.Module):
     @property
     def codebook_size(self) -> int:
         return self.quantizer.codebook_size
+
+    def keep_sampler(self, mask: str) -> NestedDropout | None:
+        """The ``elastic`` mask is this family's nested dropout: one kept prefix per sample and block."""
+        return self.nested_dropout if mask == "elastic" else None
 
     def tokens_to_latents(self, tokens: Tensor) -> Tensor:
         """Stored code indices (n,) -> FSQ codes (n, C)."""
