@@ -90,3 +90,33 @@ def test_nothing_above_models_asks_which_family_a_model_is():
             elif isinstance(node, ast.Constant) and node.value in names:
                 probes.append(f"{module}: the name {node.value!r}")
     assert not probes, "\n".join(probes)
+
+
+def test_no_import_cycles():
+    """No module reaches itself through imports (a package __init__ importing its own modules is fine)."""
+    cycles = []
+
+    def reachable(start: str) -> set[str]:
+        seen, stack = set(), [start]
+        while stack:
+            for nxt in GRAPH[stack.pop()]:
+                if nxt not in seen and not start.startswith(nxt + "."):  # importing a parent package runs its __init__
+                    seen.add(nxt)
+                    stack.append(nxt)
+        return seen
+
+    for module in GRAPH:
+        if MODULES[module].name != "__init__.py" and module in reachable(module):
+            cycles.append(module)
+    assert not cycles, f"modules on an import cycle: {sorted(cycles)}"
+
+
+def test_no_long_functions():
+    long = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{module}.{node.name}: {lines} lines")
+    assert not long, "\n".join(long)
