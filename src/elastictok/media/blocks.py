@@ -10,8 +10,8 @@ from typing import Iterator
 import torch
 
 from ..errors import ElasticTokError
-from ..utils.blocks import image_as_block
-from .io import IMAGE_SUFFIXES, VideoReader, is_video, read_image
+from ..utils.blocks import image_as_block, pad_to_blocks
+from .io import IMAGE_SUFFIXES, VideoReader, is_animation, is_video, read_image
 from .limits import check_fps
 from .transforms import fit_to_resolution
 
@@ -25,6 +25,7 @@ class MediaInfo:
     size: tuple[int, int]  # original (H, W)
     frames: int = 0  # real frames read (images: 1); the last block may hold padding past this
     is_image: bool = False
+    fit: str | None = None  # how frames were fitted to the model's size: "crop" or "pad" (None: not resized)
     expected_frames: int | None = field(default=None, compare=False)  # the container's count, for progress bars
 
 
@@ -49,20 +50,20 @@ def iter_media_blocks(path: str | os.PathLike, resolution: tuple[int, int], fram
         if min(h, w) < min_size:
             raise ElasticTokError(f"{path}: {h}x{w} pixels is smaller than one {min_size}x{min_size} patch")
 
-    if not is_video(path):
+    if not is_video(path) and not is_animation(path):
         if path.suffix.lower() not in IMAGE_SUFFIXES and path.exists():
             raise ElasticTokError(f"{path}: not an image or video file (unknown suffix {path.suffix!r})")
         image = read_image(path)
         check_size(*image.shape[:2])
-        info = MediaInfo(str(path), None, tuple(image.shape[:2]), 1, True)
-        block = image_as_block(fit_to_resolution(image[None], resolution, fit), frames_per_block)
-        return info, iter([block.contiguous()])
+        info, blocks = pixel_blocks(image[None], resolution, frames_per_block, fit, str(path), is_image=True)
+        return info, iter(blocks)
     reader = VideoReader(path, fps=fps)
     check_size(reader.info.height, reader.info.width)
     expected = reader.info.frames
     if expected and fps:
         expected = round(expected * fps / reader.info.fps)
-    info = MediaInfo(str(path), reader.fps, (reader.info.height, reader.info.width), expected_frames=expected)
+    size = (reader.info.height, reader.info.width)
+    info = MediaInfo(str(path), reader.fps, size, fit=_fit_used(size, resolution, fit), expected_frames=expected)
 
     def blocks() -> Iterator[torch.Tensor]:
         pending: list[torch.Tensor] = []
@@ -77,3 +78,34 @@ def iter_media_blocks(path: str | os.PathLike, resolution: tuple[int, int], fram
             yield torch.stack(pending)
 
     return info, blocks()
+
+
+def pixel_blocks(frames: torch.Tensor, resolution: tuple[int, int], frames_per_block: int, fit: str = "crop",
+                 source: str = "<pixels>", is_image: bool = False) -> tuple[MediaInfo, list[torch.Tensor]]:
+    """Frames in memory, uint8 (T, H, W, 3), as ``iter_media_blocks`` gives a file: fitted to ``resolution``
+    and grouped into blocks (an image: one block of the image repeated; a last partial block repeats its
+    last frame)."""
+    size = tuple(frames.shape[1:3])
+    info = MediaInfo(source, None, size, 1 if is_image else len(frames), is_image, fit=_fit_used(size, resolution, fit))
+    fitted = fit_to_resolution(frames, resolution, fit)
+    if is_image:
+        return info, [image_as_block(fitted, frames_per_block).contiguous()]
+    return info, list(pad_to_blocks(fitted, frames_per_block).split(frames_per_block))
+
+
+def _fit_used(size: tuple[int, int], resolution: tuple[int, int], fit: str) -> str | None:
+    return None if tuple(size) == tuple(resolution) else fit
+
+
+def describe_fit(info: MediaInfo, resolution: tuple[int, int]) -> tuple[str, bool] | None:
+    """One line saying how ``info``'s source was fitted to ``resolution``, and whether its shape changed
+    (cropped or padded, not only resized); None when it was not resized."""
+    if info.fit is None:
+        return None
+    (h, w), (th, tw) = info.size, resolution
+    reshaped = h * tw != w * th
+    how = "resized and centre-cropped" if info.fit == "crop" else "resized and padded"
+    line = f"{Path(info.source).name}: {w}x{h} {how if reshaped else 'resized'} to the model's {tw}x{th}"
+    if reshaped and info.fit == "crop":
+        line += " (its edges are left out; fit='pad' or --fit pad keeps the whole frame)"
+    return line, reshaped

@@ -27,6 +27,7 @@ from .limits import MAX_PIXELS, MAX_SIDE, check_fps, is_valid_fps
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+ANIMATION_SUFFIXES = {".gif", ".png"}  # animated images that FFmpeg decodes as videos
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg"}
 
 
@@ -37,6 +38,22 @@ def is_media(path: Path) -> bool:
 
 def is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def is_animation(path: Path) -> bool:
+    """An animated GIF or PNG (more than one frame), which is read as a video; other animated images
+    (WebP) are refused in one line rather than read as their first frame."""
+    if path.suffix.lower() not in IMAGE_SUFFIXES - {".tif", ".tiff"}:  # a TIFF's pages are not a clip
+        return False
+    try:
+        with Image.open(path) as image:
+            animated = getattr(image, "is_animated", False)
+    except Exception:  # not readable: read_image says why
+        return False
+    if animated and path.suffix.lower() not in ANIMATION_SUFFIXES:
+        raise ElasticTokError(f"{path}: an animated {path.suffix[1:].upper()} is not read; convert it to a video "
+                              f"(.mp4) or a GIF first")
+    return animated
 
 
 def read_image(path: str | os.PathLike) -> torch.Tensor:
@@ -84,6 +101,19 @@ class VideoInfo:
     seconds: float | None = None  # the stream's duration, from the container; None when it does not say
 
 
+def quarter_turns(frame: av.VideoFrame | None) -> int:
+    """Counterclockwise quarter turns that show ``frame`` upright, from its display matrix (a phone stores a
+    portrait clip as landscape frames with a 90 degree rotation for the player); 0 for no frame."""
+    return round(getattr(frame, "rotation", 0) / 90) % 4 if frame is not None else 0
+
+
+def upright(frame: av.VideoFrame) -> torch.Tensor:
+    """A decoded frame as uint8 (H, W, 3), turned as its display matrix says."""
+    image = torch.from_numpy(frame.to_ndarray(format="rgb24"))
+    turns = quarter_turns(frame)
+    return torch.rot90(image, turns).contiguous() if turns else image
+
+
 class VideoReader:
     """Decodes a video file frame by frame with PyAV, optionally resampled to ``fps``.
 
@@ -105,6 +135,8 @@ class VideoReader:
                 duration = stream.duration * stream.time_base if stream.duration and stream.time_base else None
                 self.info = VideoInfo(float(rate), stream.codec_context.width, stream.codec_context.height,
                                       stream.frames or None, float(duration) if duration else None)
+                if quarter_turns(next(self._frames(container, stream), None)) % 2:  # shown portrait
+                    self.info.width, self.info.height = self.info.height, self.info.width
         except av.error.FFmpegError as exc:
             raise ElasticTokError(f"{self.path}: not a readable video ({exc.strerror or exc})") from None
         if self.info.width == 0 or self.info.height == 0:
@@ -142,7 +174,7 @@ class VideoReader:
                 for frame in self._frames(container, stream):
                     decoded += 1
                     last_time = frame.time if frame.time is not None else last_time
-                    image = torch.from_numpy(frame.to_ndarray(format="rgb24"))
+                    image = upright(frame)
                     # Source frame i covers [i, i+1) / source fps; emit it for every output tick inside.
                     until = decoded / self.info.fps
                     while produced == 0 or not self.target_fps or produced / self.target_fps < until - 1e-9:

@@ -73,6 +73,11 @@ def check_counts(keep: Tensor | int, batch: int, n_blocks: int, bounds: tuple[st
     return keep.to(device=device, dtype=torch.long)
 
 
+def tokens_at_share(config: FamilyConfig, share: float) -> int:
+    """The token count nearest ``share`` of Mmax, within [Mmin, Mmax]."""
+    return min(config.tokens_per_block, max(config.min_tokens, round(share * config.tokens_per_block)))
+
+
 def refuse_unknown_fields(cls: type, names: Any, message: str) -> None:
     """``message: a, b`` for whichever of ``names`` (any hashables, e.g. YAML keys) are not fields of the
     dataclass ``cls``."""

@@ -24,6 +24,7 @@ from .pretrained import resolve_model_path
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+TRAINING_NAME = "training.json"  # how much training the weights had: steps, minutes, device (see training_record)
 UNNAMED_FAMILY = "elastictok"  # what a config.json without "family" holds (saved before families existed)
 Model = TypeVar("Model", bound="PretrainedFiles")
 
@@ -65,9 +66,25 @@ class PretrainedFiles:
     config_class: ClassVar[type]
     pretrained_dir: Path | None = None  # the directory from_pretrained read: where the model's own files live
 
-    def save_pretrained(self, save_directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+    def training_record(self) -> dict[str, Any] | None:
+        """What ``training.json`` beside the weights says (``steps``, ``minutes`` summed over processes,
+        ``device``: "cpu" or "cuda", an optional ``note``); None for a model without one."""
+        path = None if self.pretrained_dir is None else self.pretrained_dir / TRAINING_NAME
+        if path is None or not path.is_file():
+            return None
+        try:
+            record = json.loads(read_small_file(path, "a training record").decode("utf-8"))
+        except ValueError as exc:
+            raise ElasticTokError(f"{path}: not a readable training record ({exc})") from None
+        if not isinstance(record, dict):
+            raise ElasticTokError(f"{path}: not a readable training record (a JSON object is expected)")
+        return record
+
+    def save_pretrained(self, save_directory: str | os.PathLike, dtype: torch.dtype | None = None,
+                        training: dict[str, Any] | None = None) -> None:
         """Write ``config.json`` and ``model.safetensors``; ``dtype`` (e.g. ``torch.float16``) stores the
-        weights smaller, and loading casts them back."""
+        weights smaller, and loading casts them back. ``training`` (steps, minutes, device) is written as
+        ``training.json``, so that comparisons can show how much training each model had."""
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {name: (value.detach().to(dtype) if dtype and value.is_floating_point() else value.detach())
@@ -78,6 +95,9 @@ class PretrainedFiles:
                 atomic_path(directory / CONFIG_NAME) as config_file:
             save_file(state, str(weights), metadata={"format": "pt", "elastictok_config": json.dumps(config)})
             config_file.write_text(json.dumps(config, indent=2) + "\n")
+        if training is not None:
+            with atomic_path(directory / TRAINING_NAME) as record:
+                record.write_text(json.dumps(training, indent=2) + "\n")
 
     @classmethod
     def from_pretrained(cls: type[Model], name_or_path: str | os.PathLike,

@@ -19,7 +19,8 @@ from ..utils.fileio import check_output_dir, check_output_file
 from .options import TokenizeOptions
 from .targets import Target
 from .tokenfile import TokenizedVideo, read_etok, write_etok
-from .tokenizer import SIZES, achieved_mse, at_source_size, check_compatible, detokenize, iter_decode, tokenize
+from .scoring import achieved_mse
+from .tokenizer import SIZES, at_source_size, check_compatible, detokenize, iter_decode, tokenize
 from .workers import TokenizerPool
 
 

@@ -77,10 +77,17 @@ class Threshold:
     def label(self, max_tokens: int) -> str:
         """For people: ``MSE ≤ 0.03 (21.2 dB)``, ``PSNR ≥ 30 dB``."""
         if self.metric == "mse":
-            return f"MSE ≤ {self.value:g} ({float(psnr_from_mse(torch.tensor(self.value))):.1f} dB)"
+            return f"MSE ≤ {self.value:g} ({self.psnr_db:.1f} dB)"
         if self.metric == "psnr":
             return f"PSNR ≥ {self.value:g} dB"
         return f"{self.name.upper()} {'≥' if self.higher_is_better else '≤'} {self.value:g}"
+
+    @property
+    def psnr_db(self) -> float | None:
+        """The PSNR an ``mse`` or ``psnr`` threshold stands for (None for other metrics)."""
+        if self.metric == "mse":
+            return float(psnr_from_mse(torch.tensor(self.value)))
+        return float(self.value) if self.metric == "psnr" else None
 
     @property
     def scorer(self) -> "Threshold":
@@ -102,6 +109,8 @@ class Threshold:
 
 class _Count:
     """What a token count and a budget share: blocks are scored by MSE, and every block counts as met."""
+
+    psnr_db: ClassVar[None] = None  # no quality asked for
 
     @property
     def key(self) -> str:

@@ -18,6 +18,9 @@ Header (safetensors string metadata):
   ``family`` (the model family, e.g. "flextok"; files without it were made by ElasticTok), and
   ``checksum`` (version 2): the SHA-256 of every other header field (canonical JSON) and the three
   tensors' bytes, so that any damaged byte is detected. Version 1 files (no checksum) still read.
+  Optional fields (files without them still read): ``fit`` ("crop" or "pad": how the source was fitted
+  to the model's frames; "" or absent: it was not resized), ``target`` (the target as text, e.g.
+  "mse:0.05") and ``met`` (a JSON list: whether each block met it).
 Every header field is also checked against the model that decodes the file (``check_compatible``).
 """
 
@@ -38,6 +41,7 @@ from ..errors import ElasticTokError
 from ..media.blocks import MediaInfo
 from ..media.limits import FPS_RANGE, MAX_SIDE, is_valid_fps
 from ..utils.fileio import atomic_path, check_input_file
+from ..utils.console import counted
 
 FORMAT, VERSION = "elastictok-tokens", "3"
 READABLE_VERSIONS = ("1", "2", "3")
@@ -63,13 +67,33 @@ class TokenizedVideo:
     family: str = "elastictok"  # the model family that made the tokens
     codebook_size: int | None = None  # as a token file's header states it (None: made in this process)
     weights_hash: str = ""  # the making model's weights_digest() ("" in files older than version 3)
+    target: str = ""  # the target as text: "mse:0.05", "tokens:64", "budget:5000" ("" in older files)
+    met: Tensor | None = None  # (n_blocks,) bool: whether each block met the target (None: not recorded)
 
     @property
     def n_blocks(self) -> int:
         return len(self.counts)
 
+    @property
+    def blocks_met(self) -> int | None:
+        """How many blocks met the target (None when not recorded, as in older token files)."""
+        return None if self.met is None else int(self.met.sum())
+
+    def met_line(self) -> str:
+        """``"17 of 20 blocks met mse:0.05"``."""
+        if self.met is None:
+            return f"{counted(self.n_blocks, 'block')}; whether they met {self.target or 'the target'} is not recorded"
+        return f"{self.blocks_met} of {counted(self.n_blocks, 'block')} met {self.target}"
+
     def block_tokens(self) -> list[Tensor]:
+        """Each block's token ids as its own sequence: block k's first ``counts[k]`` tokens in the model's
+        order (a list of ``n_blocks`` tensors; FSQ ids in ``[0, codebook_size)``, or VAE latents (n, C))."""
         return list(torch.split(self.tokens, self.counts.tolist()))
+
+    def __repr__(self) -> str:
+        mean = self.counts.float().mean().item() if self.n_blocks else 0.0
+        return (f"TokenizedVideo({Path(self.info.source).name}: {mean:.1f}/{self.max_tokens} tokens per block, "
+                f"{self.met_line()}; model {self.model_name!r})")
 
 
 def index_dtype(codebook_size: int) -> torch.dtype:
@@ -77,33 +101,72 @@ def index_dtype(codebook_size: int) -> torch.dtype:
     return torch.int32 if codebook_size <= 2**31 else torch.int64
 
 
-def write_etok(path: str | os.PathLike, encoded: TokenizedVideo, codebook_size: int) -> None:
-    """Write an .etok file atomically."""
+def write_etok(path: str | os.PathLike, encoded: TokenizedVideo, codebook_size: int | None = None) -> None:
+    """Write an .etok file atomically. ``codebook_size`` defaults to the one ``encoded`` records (the model's)."""
     blob = etok_bytes(encoded, codebook_size)
     with atomic_path(path) as tmp:
         tmp.write_bytes(blob)
 
 
-def etok_bytes(encoded: TokenizedVideo, codebook_size: int) -> bytes:
+def etok_bytes(encoded: TokenizedVideo, codebook_size: int | None = None) -> bytes:
     """The .etok encoding of ``encoded``, in memory (token shards hold these)."""
     header, tensors = _encoded(encoded, codebook_size)
-    return save(tensors, metadata=header)
+    return _sorted_header(save(tensors, metadata=header))
 
 
-def check_tokenized(encoded: TokenizedVideo, codebook_size: int) -> None:
+def _sorted_header(blob: bytes) -> bytes:
+    """safetensors bytes with the header's keys sorted: safetensors writes the metadata in hash order, which
+    differs from call to call, so identical tokens would not give identical files. Padded with spaces to a
+    multiple of 8 bytes, as safetensors pads it; the tensors' offsets count from the end of the header."""
+    length = int.from_bytes(blob[:8], "little")
+    header = json.dumps(json.loads(blob[8:8 + length]), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    header_bytes = header.encode() + b" " * (-len(header.encode()) % 8)
+    return len(header_bytes).to_bytes(8, "little") + header_bytes + blob[8 + length:]
+
+
+def _codebook_of(encoded: TokenizedVideo, codebook_size: int | None) -> int:
+    """The codebook size to write: the one given, else the one the tokens record (VAE latents: 0)."""
+    if codebook_size is not None:
+        return codebook_size
+    if encoded.codebook_size is not None:
+        return encoded.codebook_size
+    if encoded.tokens.is_floating_point():
+        return 0
+    raise ElasticTokError("these tokens do not record their codebook size: pass codebook_size (model.codebook_size)")
+
+
+def check_tokenized(encoded: TokenizedVideo, codebook_size: int | None = None) -> None:
     """Refuse, in one line, what the reader would refuse: so that what is written reads back, and what is
     decoded from memory holds together (counts that add up to the tokens, indices in the codebook ...)."""
     _encoded(encoded, codebook_size)
 
 
+# what each field of a TokenizedVideo must hold, checked before any is used (one may have been edited)
+FIELD_KINDS: dict[str, tuple[type, str]] = {
+    "counts": (Tensor, "a tensor"), "tokens": (Tensor, "a tensor"), "scores": (Tensor, "a tensor"),
+    "info": (MediaInfo, "a MediaInfo"), "max_tokens": (int, "a whole number"), "metric": (str, "text"),
+    "model_name": (str, "text"), "config_hash": (str, "text"), "family": (str, "text"), "weights_hash": (str, "text"),
+    "target": (str, "text")}
+
+
 def check_is_tokenized(encoded: object) -> None:
+    """A TokenizedVideo whose fields hold the kinds of value they should (integer counts among them)."""
     if not isinstance(encoded, TokenizedVideo):
         raise ElasticTokError(f"expected a TokenizedVideo or an .etok path, got {type(encoded).__name__}")
+    for name, (kind, words) in FIELD_KINDS.items():
+        value = getattr(encoded, name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ElasticTokError(f"these tokens do not hold together: {name} must be {words}, "
+                                  f"got {type(value).__name__}")
+    if encoded.counts.is_floating_point() or encoded.counts.is_complex() or encoded.counts.dtype == torch.bool:
+        raise ElasticTokError(f"these tokens do not hold together: counts must be whole numbers, "
+                              f"got {encoded.counts.dtype}")
 
 
-def _encoded(encoded: TokenizedVideo, codebook_size: int) -> tuple[dict[str, str], dict[str, Tensor]]:
+def _encoded(encoded: TokenizedVideo, codebook_size: int | None) -> tuple[dict[str, str], dict[str, Tensor]]:
     """The header and tensors of ``encoded`` as written, checked by the reader's own validator."""
     check_is_tokenized(encoded)
+    codebook_size = _codebook_of(encoded, codebook_size)
     if not isinstance(codebook_size, int) or isinstance(codebook_size, bool) or codebook_size < 0:
         raise ElasticTokError(f"codebook_size must be a whole number >= 0 (0: VAE latents), got {codebook_size!r}")
     if encoded.tokens.is_floating_point() == (codebook_size > 0):
@@ -113,8 +176,19 @@ def _encoded(encoded: TokenizedVideo, codebook_size: int) -> tuple[dict[str, str
         header, tensors = _header_and_tensors(encoded, codebook_size)
     except (AttributeError, TypeError, ValueError, IndexError) as exc:  # fields of the wrong kind
         raise ElasticTokError(f"these tokens do not hold together ({type(exc).__name__}: {exc})") from None
+    not_text = [key for key, value in header.items() if not _is_utf8(value)]
+    if not_text:
+        raise ElasticTokError(f"these tokens do not hold together: {not_text[0]} is not valid text (a lone surrogate)")
     _validate("these tokens", header, tensors)
     return header, tensors
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
 
 
 def _header_and_tensors(encoded: TokenizedVideo, codebook_size: int) -> tuple[dict[str, str], dict[str, Tensor]]:
@@ -127,7 +201,8 @@ def _header_and_tensors(encoded: TokenizedVideo, codebook_size: int) -> tuple[di
         "width": str(info.size[1]), "frames": str(info.frames), "is_image": str(int(info.is_image)),
         "source": _text(info.source), "counts": json.dumps(encoded.counts.tolist()),
         "scores": json.dumps([None if math.isnan(s) else s for s in encoded.scores.tolist()]),
-        "family": encoded.family, "weights_hash": encoded.weights_hash,
+        "family": encoded.family, "weights_hash": encoded.weights_hash, "fit": info.fit or "",
+        "target": encoded.target, "met": "" if encoded.met is None else json.dumps([bool(m) for m in encoded.met.tolist()]),
     }
     tensors = {"counts": encoded.counts.to(torch.int32).contiguous(), "scores": encoded.scores.float().contiguous(),
                "tokens": tokens.contiguous()}
@@ -149,7 +224,8 @@ def _checksum(header: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
     for name in ("counts", "scores", "tokens"):
         tensor = tensors[name]
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        flat = tensor.contiguous().reshape(-1)  # a 0-d tensor has no bytes view; its shape is in the digest
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
 
@@ -211,13 +287,14 @@ def _validate(path: Path, header: dict[str, str], tensors: dict[str, torch.Tenso
     _check_info(fail, fields, len(tensors["counts"]))
     codebook = fields["codebook"]
     info = MediaInfo(fields["source"], fields["fps"], (fields["height"], fields["width"]), fields["frames"],
-                     fields["is_image"])
+                     fields["is_image"], fit=fields["fit"] or None)
     tokens = tensors["tokens"]
+    met = None if fields["met"] is None else torch.tensor(fields["met"], dtype=torch.bool)
     return TokenizedVideo(counts=tensors["counts"].long(), tokens=tokens.long() if codebook > 0 else tokens,
                           scores=tensors["scores"], metric=fields["metric"], info=info,
                           model_name=fields["model_name"], config_hash=fields["config_hash"],
                           max_tokens=fields["max_tokens"], family=fields["family"], codebook_size=codebook,
-                          weights_hash=fields["weights_hash"])
+                          weights_hash=fields["weights_hash"], target=fields["target"], met=met)
 
 
 def _fields(header: dict[str, str]) -> dict:
@@ -231,6 +308,8 @@ def _fields(header: dict[str, str]) -> dict:
         "model_name": header["model_name"], "config_hash": header["config_hash"], "metric": header["metric"],
         "source": header["source"], "family": header.get("family", "elastictok"),
         "weights_hash": header["weights_hash"] if header["version"] not in ("1", "2") else "",
+        "fit": header.get("fit", ""), "target": header.get("target", ""),
+        "met": json.loads(header["met"]) if header.get("met") else None,
     }
 
 
@@ -274,3 +353,9 @@ def _check_info(fail, fields: dict, n_blocks: int) -> None:
         fail(f"an image is one block of one frame, got {n_blocks} blocks of {frames} frames")
     if frames < 1:
         fail(f"frames must be at least 1, got {frames}")
+    if fields["fit"] not in ("", "crop", "pad"):
+        fail(f"fit must be crop or pad, got {fields['fit']!r}")
+    met = fields["met"]
+    if met is not None and (not isinstance(met, list) or len(met) != n_blocks
+                            or not all(isinstance(m, bool) for m in met)):
+        fail(f"met must list true or false for each of the {n_blocks} blocks")

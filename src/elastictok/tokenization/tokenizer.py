@@ -29,7 +29,6 @@ from torch import Tensor
 from ..errors import ElasticTokError
 from ..media.blocks import MediaInfo, describe_fit, iter_media_blocks, pixel_blocks
 from ..media.transforms import to_model, unfit
-from ..metrics.quality import METRICS
 from ..models.coder import BlockCoder, Trial, stack_trials
 from ..utils.blocks import image_as_block, pad_to_blocks, trim_padding
 from ..utils.console import counted, progress_bar
@@ -474,39 +473,3 @@ def detokenize(model, encoded, window: int | None | str = "model", size: str = "
         for row, i in enumerate(group):
             videos[i] = _restore(decoded[row], items[i], size)
     return videos[0] if single else videos
-
-
-def decoded_with_sources(model, encoded: TokenizedVideo, source, options: TokenizeOptions | None = None
-                         ) -> Iterator[tuple[Tensor, Tensor]]:
-    """(reconstruction (fpb, 3, H, W) in [-1, 1], source block uint8 (fpb, H, W, 3)) per block.
-
-    ``source``: the media path (read afresh) or its blocks as ``read_source`` gives them."""
-    options = options or TokenizeOptions()
-    blocks = read_source(model, source, options)[1] if isinstance(source, (str, os.PathLike)) else source
-    return zip(iter_decode(model, encoded, options.window), blocks)
-
-
-def score_block(recon: Tensor, source_block: Tensor, metric: str = "mse") -> float:
-    """One decoded block (fpb, 3, H, W) in [-1, 1] scored against its uint8 source block (fpb, H, W, 3)."""
-    original = to_model(source_block)[None].to(recon.device)
-    return float(METRICS[metric][0](recon[None], original))
-
-
-def source_scores(model, encoded: TokenizedVideo, source, options: TokenizeOptions | None = None,
-                  metrics: Sequence[str] = ("mse",)) -> dict[str, list[float]]:
-    """Per-block scores of the decoded tokens against ``source`` (read again), for each named metric."""
-    values: dict[str, list[float]] = {name: [] for name in metrics}
-    with torch.no_grad():
-        for recon, block in decoded_with_sources(model, encoded, source, options):
-            for name in metrics:
-                values[name].append(score_block(recon, block, name))
-    return values
-
-
-def achieved_mse(model, encoded: TokenizedVideo, source, options: TokenizeOptions | None = None) -> float:
-    """Mean per-block MSE of the reconstruction: the stored scores when they are MSE, else decoded again."""
-    if encoded.metric == "mse":
-        return encoded.scores.mean().item()
-    errors = source_scores(model, encoded, source, options)["mse"]
-    return sum(errors) / len(errors)
-

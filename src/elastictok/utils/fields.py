@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import math
 from typing import Any
 
@@ -58,6 +59,19 @@ def field_problems(config: Any, skip_choices: bool = False) -> list[str]:
             and not matches(getattr(config, f.name), f.type)]
 
 
+def whole_number_problem(name: str, value: Any, smallest: int, largest: int) -> str:
+    """``"name must be a whole number in [smallest, largest], got value"``, or "" when it is one."""
+    if matches(value, "int") and smallest <= value <= largest:
+        return ""
+    return f"{name} must be a whole number in [{smallest}, {largest}], got {short_repr(value)}"
+
+
 def short_repr(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def with_suggestion(name: str, known: list[str]) -> str:
+    """``name``, and the closest of ``known`` if one is close: ``"step (did you mean steps?)"``."""
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"{name} (did you mean {close[0]}?)" if close else name

@@ -123,6 +123,8 @@ def check_input_file(path: str | os.PathLike, what: str) -> Path:
         raise ElasticTokError(f"{path}: no such file") from None
     except OSError as exc:
         raise ElasticTokError(f"{path}: cannot read ({exc.strerror})") from None
+    except ValueError:  # the system cannot take the name
+        raise ElasticTokError(f"{str(path)!r}: not a file name (it holds a NUL character)") from None
     if stat.S_ISDIR(mode):
         raise ElasticTokError(f"{path}: is a directory, not {what}")
     if not stat.S_ISREG(mode):

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from ...errors import ElasticTokError
-from ..base import ConfigFile
+from ...utils.fields import short_repr
+from ..base import MAX_TOKENS_PER_BLOCK, ConfigFile
 
 
 MAX_RESOLUTION = 8192  # pixels per side: larger frames would not fit in memory at any batch
+MAX_FSQ_LEVEL = 2**16  # levels of one FSQ channel (bounded in float32, exact to 2^24)
+MAX_CODEBOOK = 2**62  # codes per token: FSQ indices are int64
 
 
 @dataclass
@@ -103,24 +107,21 @@ class ElasticTokConfig(ConfigFile):
         return self.width // self.num_heads
 
     def _validate_sizes(self) -> None:
-        """Every size is a positive integer (so that nothing divides by zero); depths may be 0."""
-        problems = []
-        sizes = {"frames_per_block": self.frames_per_block, "width": self.width, "num_heads": self.num_heads,
-                 "mlp_width": self.mlp_width, "encoder_depth": self.encoder_depth,
-                 "decoder_depth": self.decoder_depth, "head_channels": self.head_channels,
-                 "stem_channels": self.stem_channels}
-        for name, value in sizes.items():
-            smallest = 0 if name.endswith("depth") else 1
-            if not isinstance(value, int) or isinstance(value, bool) or value < smallest:
-                problems.append(f"{name} must be an integer >= {smallest}, got {value!r}")
-        if len(self.patch_size) != 3 or min(self.patch_size, default=0) < 1:
-            problems.append(f"patch_size must be three positive integers (Tp, Hp, Wp), got {self.patch_size}")
+        """Every size is a whole number within ``SIZE_LIMITS`` (so that nothing divides by zero, and nothing
+        overflows or asks for terabytes when the layers are built); depths may be 0."""
+        problems = self.size_problems()
+        if len(self.patch_size) != 3 or not 1 <= min(self.patch_size, default=0) <= max(self.patch_size) \
+                <= MAX_RESOLUTION:
+            problems.append(f"patch_size must be three integers (Tp, Hp, Wp) in [1, {MAX_RESOLUTION}], "
+                            f"got {self.patch_size}")
         if len(self.resolution) != 2 or not 1 <= min(self.resolution) <= max(self.resolution) <= MAX_RESOLUTION:
             problems.append(f"resolution must be two integers (H, W) in [1, {MAX_RESOLUTION}], got {self.resolution}")
         if self.bottleneck == "fsq" and not self.fsq_levels:
             problems.append("fsq_levels must not be empty")
-        if self.bottleneck == "vae" and not (isinstance(self.vae_latent_dim, int) and self.vae_latent_dim >= 1):
-            problems.append(f"vae_latent_dim must be a positive integer, got {self.vae_latent_dim!r}")
+        elif self.bottleneck == "fsq" and (max(self.fsq_levels) > MAX_FSQ_LEVEL
+                                           or math.prod(self.fsq_levels) > MAX_CODEBOOK):
+            problems.append(f"fsq_levels must each be at most {MAX_FSQ_LEVEL} and give at most 2^62 codes, "
+                            f"got {short_repr(self.fsq_levels)}")
         if problems:
             raise ElasticTokError("invalid ElasticTokConfig: " + "; ".join(problems))
 
@@ -149,6 +150,8 @@ class ElasticTokConfig(ConfigFile):
             problems.append(f"window must be at least 1 block or None, got {self.window}")
         if self.tokens_per_block < 1:
             problems.append(f"a block of {self.frames_per_block}x{h}x{w} holds no whole {tp}x{hp}x{wp} patch")
+        elif self.tokens_per_block > MAX_TOKENS_PER_BLOCK:
+            problems.append(f"a block of {self.tokens_per_block} tokens is more than {MAX_TOKENS_PER_BLOCK}")
         elif not 1 <= self.min_tokens <= self.tokens_per_block:
             problems.append(f"min_tokens {self.min_tokens} must lie in [1, {self.tokens_per_block}]")
         if problems:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from ...errors import ElasticTokError
-from ..base import ConfigFile
+from ..base import MAX_TOKENS_PER_BLOCK, ConfigFile
+from ..elastictok.config import MAX_RESOLUTION
 
 FAMILY = "flextok"
 MAX_CODEBOOK = 2**18  # codes per token; larger codebooks make the tokens hard to model downstream
@@ -122,6 +123,7 @@ class FlexTokConfig(ConfigFile):
         return self.width // self.num_heads
 
     def validate(self) -> None:
+        self._validate_sizes()
         tp, hp, wp = self.patch_size
         h, w = self.resolution
         problems = []
@@ -161,6 +163,18 @@ class FlexTokConfig(ConfigFile):
             problems.append(f"steps must be >= 1 and guidance >= 0, got {self.steps} and {self.guidance}")
         if self.window is not None and self.window < 1:
             problems.append(f"window must be at least 1 block or None, got {self.window}")
+        if problems:
+            raise ElasticTokError("invalid FlexTokConfig: " + "; ".join(problems))
+
+    def _validate_sizes(self) -> None:
+        """Every size a whole number within ``SIZE_LIMITS`` and the frame and patch sizes within
+        ``MAX_RESOLUTION``, before anything divides by them or builds a layer of their size."""
+        problems = self.size_problems()
+        for name, value, count in (("patch_size", self.patch_size, 3), ("resolution", self.resolution, 2)):
+            if len(value) != count or not 1 <= min(value, default=0) <= max(value) <= MAX_RESOLUTION:
+                problems.append(f"{name} must be {count} integers in [1, {MAX_RESOLUTION}], got {value}")
+        if not problems and self.patches_per_block > MAX_TOKENS_PER_BLOCK:
+            problems.append(f"a block of {self.patches_per_block} patches is more than {MAX_TOKENS_PER_BLOCK}")
         if problems:
             raise ElasticTokError("invalid FlexTokConfig: " + "; ".join(problems))
 
