@@ -203,18 +203,17 @@ def _tokenize_corpus(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from ..evaluation.measurement import check_report_dir, evaluate_models, summary_table, write_report
+    from ..evaluation.measurement import EvalRun, check_report_dir, evaluate_models, summary_table, write_report
     from ..evaluation.report import parse_fractions
     from ..tokenization.targets import parse_target
 
-    thresholds = [parse_target(t) for t in args.thresholds.split(",")]
-    fractions = parse_fractions(args.fractions)
+    thresholds = [parse_target(t) for t in args.thresholds.split(",")] if args.thresholds else None
+    run = EvalRun(args.search, args.window, tuple(parse_fractions(args.fractions)), not args.no_progress)
     check_report_dir(args.out, args.inputs)  # before any work
     model = _load_model(args).eval()
     baselines = [_load_model(args, b).eval() for b in args.baseline]
     with _autocast(args, model):
-        report = evaluate_models(model, baselines, args.inputs, thresholds, fractions, search=args.search,
-                                 window=args.window, progress=not args.no_progress, baseline_names=args.baseline)
+        report = evaluate_models(model, baselines, args.inputs, thresholds, run, baseline_names=args.baseline)
     files = write_report(report, args.out)
     print(summary_table(report))
     print("wrote " + ", ".join(str(f) for f in files))

@@ -143,20 +143,21 @@ def _add_tokenize_corpus(sub, commands: dict) -> None:
 
 
 def _add_eval(sub, commands: dict) -> None:
-    p = sub.add_parser("eval", help="fewer tokens at equal quality? elastic model vs fixed-length baseline",
-                       description="Compare a model (adaptive) with fixed-length baselines of the same tokens per "
-                                   "block on the same inputs; either side may be ElasticTok or FlexTok (the family "
-                                   "comes from each model's config.json): the paper's Fig. 4, the token saving, "
-                                   "rate-distortion and tokens over time. Writes OUT/report.json and plots.")
+    p = sub.add_parser("eval", help="how good is a model at each bit rate? adaptive, fixed lengths, codecs",
+                       description="Measure a model on the inputs: adaptive at each threshold, at fixed lengths, "
+                                   "and beside H.264 and JPEG on the same frames at the same bits; with --baseline, "
+                                   "also fixed-length baselines of any family and token grid, compared at equal "
+                                   "bits (the paper's Fig. 4 and the saving). Writes DIR/report.json, summary.md "
+                                   "and plots.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="held-out images and videos")
-    p.add_argument("--baseline", required=True, nargs="+", metavar="B",
-                   help="fixed-length baseline model directories (several: the best at each length counts)")
-    p.add_argument("--thresholds", default="mse:0.001,mse:0.003,mse:0.007", help="comma-separated "
-                   "(default: %(default)s)")
+    p.add_argument("--baseline", nargs="+", default=[], metavar="B",
+                   help="fixed-length baseline model directories (several: the best at each bit rate counts)")
+    p.add_argument("--thresholds", metavar="T,T,...", help="comma-separated metric:value thresholds (default: "
+                   "PSNR at the 10/25/50/75/90%% quantiles of the model's own all-token block PSNR on the inputs)")
     p.add_argument("--fractions", default="0.0625,0.125,0.25,0.375,0.5,0.75,1",
-                   help="fixed token shares at which both models are measured (default: %(default)s)")
+                   help="fixed token shares at which every model is measured (default: %(default)s)")
     p.add_argument("--search", choices=["binary", "full", "batched"], default="binary")
-    p.add_argument("--out", default="eval", metavar="DIR", type=_output_path,
+    p.add_argument("-o", "--out", default="eval", metavar="DIR", type=_output_path,
                    help="output folder (default: %(default)s)")
     _add_model_args(p)
     p.set_defaults(func=commands["eval"])

@@ -1,11 +1,14 @@
-"""The paper's measurement: at equal quality, how many fewer tokens than a fixed-length tokenizer?
+"""The paper's measurement, made fair: at equal quality, how many fewer bits than a fixed-length tokenizer?
 
-For each threshold, the elastic model tokenizes every block adaptively; the fixed-length baseline
-(same architecture, trained with ``fixed:<fraction>`` masks) encodes every block with each of a
-grid of fixed lengths. Fig. 4 of the paper plots the share of blocks that meet the threshold
-against the share of tokens used; the token saving is the baseline's token share needed to reach
-the elastic model's share of blocks meeting the threshold (interpolated on its grid), divided by
-the elastic model's token share.
+For each threshold, the model tokenizes every block adaptively; every baseline (a fixed-length
+tokenizer of any family and token grid) and the model itself encode every block at each of a grid
+of fixed lengths, and H.264 and JPEG code the same frames at a sweep of settings. Everything is
+placed by bits per block (raw token bits; the token stream's entropy and LZMA size are reported
+beside them), so models with other token counts or codebooks compare at equal bits. Fig. 4 of the
+paper plots the share of blocks that meet the threshold against the bits spent; the saving is the
+bits the best baseline needs to reach the model's share of blocks meeting the threshold
+(interpolated on its curve), divided by the model's bits. Without thresholds, they come from the
+model's own all-token quality on the inputs (``default_thresholds``).
 """
 
 from __future__ import annotations
@@ -20,65 +23,77 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from ..errors import ElasticTokError
+from ..media.io import is_video
+from ..metrics.quality import METRICS
+from ..models.base import tokens_at_share
+from ..tokenization.options import TokenizeOptions
+from ..tokenization.scoring import decode_and_score
+from ..tokenization.targets import Threshold, TokenCount, parse_target
+from ..tokenization.tokenfile import TokenizedVideo
+from ..tokenization.tokenizer import read_source, tokenize_blocks
+from ..utils.console import progress_bar
+from ..utils.fileio import check_output_dir, missing_folders, remove_empty_folders
+from ..utils.runtime import interrupts_held
+from .anchors import CODECS, H264_CRFS, JPEG_QUALITIES, bits_per_token, codec_points, token_stream_bits
+from .figures import rate_distortion_figure, share_figure
+from .plots import save_png, tokens_figure
 
-from ..errors import ElasticTokError  # noqa: E402
-from ..media.io import is_video  # noqa: E402
-from ..metrics.quality import METRICS  # noqa: E402
-from ..tokenization.options import TokenizeOptions  # noqa: E402
-from ..tokenization.targets import Threshold, TokenCount  # noqa: E402
-from ..tokenization.tokenfile import TokenizedVideo  # noqa: E402
-from ..tokenization.tokenizer import read_source, source_scores, tokenize_blocks  # noqa: E402
-from ..utils.console import progress_bar  # noqa: E402
-from ..utils.fileio import check_output_dir, missing_folders, remove_empty_folders  # noqa: E402
-from ..utils.runtime import interrupts_held  # noqa: E402
-from .plots import save_png, tokens_figure  # noqa: E402
+DEFAULT_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)  # of the all-token block PSNR: the default thresholds
 
 
 @dataclass
 class BlockScores:
-    """Per-block quality of one tokenization of one input, and the tokens it used."""
+    """Per-block quality of one tokenization (or codec setting) of one input, and the bits it used."""
 
-    counts: np.ndarray
+    counts: np.ndarray  # tokens per block (empty for a codec)
+    bits: float  # raw bits of the whole input
     metrics: dict[str, np.ndarray] = field(default_factory=dict)  # mse, psnr, ssim per block
 
 
-@torch.no_grad()
+@dataclass(frozen=True)
+class EvalRun:
+    """How eval tokenizes: the search, the context, and the fixed lengths measured (as shares of each model's Mmax)."""
+
+    search: str = "binary"
+    window: int | None | str = "model"
+    fractions: tuple[float, ...] = (0.0625, 0.125, 0.25, 0.375, 0.5, 0.75, 1.0)
+    progress: bool = True
+
+
 def score_blocks(model, encoded: TokenizedVideo, source, window: int | None | str = "model") -> BlockScores:
     """Decode ``encoded`` and score each block against ``source`` (a path, or its blocks already read)
-    with every named metric."""
-    values = source_scores(model, encoded, source, TokenizeOptions(window=window), metrics=list(METRICS))
-    return BlockScores(encoded.counts.numpy(), {k: np.array(v) for k, v in values.items()})
+    with every named metric, through the one measuring path (``tokenization.scoring``)."""
+    measured = decode_and_score(model, encoded, source, TokenizeOptions(window=window))
+    return BlockScores(encoded.counts.numpy(), float(encoded.counts.sum()) * bits_per_token(model),
+                       {k: np.array(v) for k, v in measured.metrics.items()})
 
 
 def share_meeting(scores: list[BlockScores], target: Threshold) -> float:
     """Share of all blocks (over all inputs) whose score meets the target."""
-    metric = target.metric
-    values = np.concatenate([s.metrics[metric] for s in scores])
-    return float(target.meets(torch.from_numpy(values)).float().mean())
+    return blocks_meeting(scores, target) / sum(len(s.metrics[target.metric]) for s in scores)
 
 
-def token_share(scores: list[BlockScores], max_tokens: int) -> float:
-    counts = np.concatenate([s.counts for s in scores])
-    return float(counts.sum() / (len(counts) * max_tokens))
+def blocks_meeting(scores: list[BlockScores], target: Threshold) -> int:
+    values = np.concatenate([s.metrics[target.metric] for s in scores])
+    return int(target.meets(torch.from_numpy(values)).sum())
 
 
 def fraction_at_share(curve: list[tuple[float, float]], share: float) -> float | None:
-    """Smallest token share at which a (token share, share meeting) curve reaches ``share``, interpolated."""
-    curve = sorted(curve)
-    previous = None
-    for fraction, reached in curve:
-        if reached >= share - 1e-12:
-            if previous is None or reached == previous[1]:
-                return fraction
-            f0, s0 = previous
-            return f0 + (fraction - f0) * (share - s0) / (reached - s0)
-        previous = (fraction, reached)
+    """Smallest x (a token share, or bits) at which a (x, share meeting) curve reaches ``share``, interpolated
+    on its upper envelope (a point counts at every x right of it)."""
+    previous, best = None, -1.0
+    for x, reached in sorted(curve):
+        best = max(best, reached)
+        if best >= share - 1e-12:
+            if previous is None or best == previous[1]:
+                return x
+            x0, s0 = previous
+            return x0 + (x - x0) * (share - s0) / (best - s0)
+        previous = (x, best)
     return None
 
 
@@ -86,147 +101,232 @@ def mean_metric(scores: list[BlockScores], name: str) -> float:
     return float(np.concatenate([s.metrics[name] for s in scores]).mean())
 
 
-def evaluate_models(model, baselines: list, inputs: list[str], thresholds: list[Threshold], fractions: list[float],
-                    search: str = "binary", window: int | None | str = "model", progress: bool = True,
-                    baseline_names: list[str] | None = None) -> dict:
-    """Everything ``report.json`` holds; ``model`` and every baseline must share the token grid.
+def default_thresholds(scores: list[BlockScores], quantiles: tuple[float, ...] = DEFAULT_QUANTILES
+                       ) -> list[Threshold]:
+    """PSNR thresholds at ``quantiles`` of the model's own all-token block PSNR (rounded to 0.1 dB): a
+    threshold at quantile q is within reach of about 1 - q of the blocks, whatever the model."""
+    psnr = np.concatenate([s.metrics["psnr"] for s in scores])
+    values = sorted({round(float(np.quantile(psnr, q)), 1) for q in quantiles}, reverse=True)
+    return [Threshold("psnr", v) for v in values if v > 0]
 
-    Several baselines (say, one trained per fixed length) are each measured at every length; the
-    baseline curve keeps, per length and threshold, the best of them, so the comparison is against
-    the strongest fixed-length tokenizer at each length. Each input is read once and measured whole
-    before the next, so memory holds one input's frames.
+
+def evaluate_models(model, baselines: list, inputs: list[str], thresholds: list[Threshold] | None = None,
+                    run: EvalRun = EvalRun(), baseline_names: list[str] | None = None) -> dict:
+    """Everything ``report.json`` holds. ``thresholds`` None: ``default_thresholds`` of the model's own quality.
+
+    The model at each threshold and at fixed lengths, each baseline at fixed lengths (any family, any
+    tokens per block: they are compared at equal bits), and H.264 and JPEG on the same frames. The
+    baseline curve keeps, at each bit rate, the best of the baselines. Inputs are read once per pass.
     """
-    c = model.config
     _check_comparable(model, baselines, thresholds)
     names = baseline_names or [f"baseline{i}" for i in range(len(baselines))]
-    m = c.tokens_per_block
-    lengths = sorted({min(m, max(c.min_tokens, round(f * m))) for f in fractions})
-    tok_models = [*baselines, model]  # the model's own fixed-length curve comes last
-    fixed: list[list[list[BlockScores]]] = [[[] for _ in lengths] for _ in tok_models]  # [model][length][input]
-    adaptive: dict[str, list[tuple[TokenizedVideo, BlockScores]]] = {_name(t): [] for t in thresholds}
-    bar = progress_bar(total=len(inputs) * (len(lengths) * len(tok_models) + len(thresholds)), desc="eval",
-                       show=progress)
+    models = [*baselines, model]  # the model's own fixed-length curve comes last
+    lengths = [sorted({tokens_at_share(m.config, f) for f in run.fractions}) for m in models]
+    fixed: list[list[list[BlockScores]]] = [[[] for _ in ls] for ls in lengths]  # [model][length][input]
+    anchors: dict[str, list[list[BlockScores]]] = {}  # codec -> [setting][input]
+    bar = progress_bar(total=len(inputs) * (sum(map(len, lengths)) + 1 + len(thresholds or DEFAULT_QUANTILES)),
+                       desc="eval", show=run.progress)
     for path in inputs:
         info, blocks = read_source(model, path)
         blocks = list(blocks)
-        for per_length, tok_model in zip(fixed, tok_models):
-            for scores, n in zip(per_length, lengths):
-                encoded = tokenize_blocks(tok_model, info, blocks, TokenCount(n), window=window)
-                scores.append(score_blocks(tok_model, encoded, blocks, window))
+        for per_length, tok_model, counts in zip(fixed, models, lengths):
+            for scores, n in zip(per_length, counts):
+                encoded = tokenize_blocks(tok_model, info, blocks, TokenCount(n), window=run.window)
+                scores.append(score_blocks(tok_model, encoded, blocks, run.window))
                 bar.update(1)
-        for target in thresholds:
-            encoded = tokenize_blocks(model, info, blocks, target, search=search, window=window)
-            adaptive[_name(target)].append((encoded, score_blocks(model, encoded, blocks, window)))
-            bar.update(1)
+        for codec, points in codec_points(blocks, info.fps).items():
+            for i, point in enumerate(points):
+                metrics = {k: np.array(v) for k, v in point["metrics"].items()}
+                anchors.setdefault(codec, [[] for _ in points])[i].append(BlockScores(np.zeros(0), point["bits"],
+                                                                                      metrics))
+        bar.update(1)
+    if thresholds is None:  # the model's all-token quality sets them
+        thresholds = default_thresholds(fixed[-1][-1])
+    adaptive = _adaptive(model, inputs, thresholds, run, bar)
     bar.close()
-    curves = [[_length_point(scores, n, m, thresholds) for scores, n in zip(per_length, lengths)]
-              for per_length in fixed]
-    per_baseline, elastic_fixed_curve = dict(zip(names, curves[:-1])), curves[-1]
-    baseline_curve = [_best_of([curve[i] for curve in per_baseline.values()]) for i in range(len(lengths))]
-    report: dict = {"tokens_per_block": m, "min_tokens": c.min_tokens, "inputs": inputs,
-                    "blocks": sum(len(s.counts) for s in fixed[-1][0]), "thresholds": {},
-                    "baseline_fixed": baseline_curve, "baselines": per_baseline,
-                    "elastic_fixed": elastic_fixed_curve, "tokens_over_time": {}, "model_family": model.family,
-                    "model_label": model.display_name, "_encodings": {},
-                    "baseline_families": {name: b.family for name, b in zip(names, baselines)}}
-    for name, pairs in adaptive.items():
+    return _assemble(model, dict(zip(names, baselines)), inputs, thresholds, fixed, lengths, anchors, adaptive)
+
+
+def _adaptive(model, inputs: list[str], thresholds: list[Threshold], run: EvalRun, bar
+              ) -> dict[str, list[tuple[TokenizedVideo, BlockScores]]]:
+    """The model at each threshold on each input: its tokens and their scores."""
+    adaptive: dict[str, list[tuple[TokenizedVideo, BlockScores]]] = {t.key: [] for t in thresholds}
+    for path in inputs:
+        info, blocks = read_source(model, path)
+        blocks = list(blocks)
+        for target in thresholds:
+            encoded = tokenize_blocks(model, info, blocks, target, search=run.search, window=run.window)
+            adaptive[target.key].append((encoded, score_blocks(model, encoded, blocks, run.window)))
+            bar.update(1)
+    return adaptive
+
+
+def _assemble(model, baselines: dict, inputs: list[str], thresholds: list[Threshold], fixed: list, lengths: list,
+              anchors: dict, adaptive: dict) -> dict:
+    """``report.json``'s content from the measured scores."""
+    c = model.config
+    pixels = c.frames_per_block * c.resolution[0] * c.resolution[1]
+    n_blocks = sum(len(s.metrics["mse"]) for s in fixed[-1][0])
+    point = lambda scores, **extra: _point(scores, n_blocks, pixels, thresholds, **extra)  # noqa: E731
+    curves = [[point(scores, tokens_per_block=n, tokens_fraction=n / m.config.tokens_per_block)
+               for scores, n in zip(per_length, counts)]
+              for per_length, counts, m in zip(fixed, lengths, [*baselines.values(), model])]
+    per_baseline, elastic_fixed = dict(zip(baselines, curves[:-1])), curves[-1]
+    codec_curves = {codec: [point(scores, setting=setting) for scores, setting in zip(per_setting, sweep)]
+                    for (codec, per_setting), sweep in zip(anchors.items(), _sweeps(anchors))}
+    report: dict = {"tokens_per_block": c.tokens_per_block, "min_tokens": c.min_tokens, "inputs": inputs,
+                    "blocks": n_blocks, "pixels_per_block": pixels, "thresholds": {}, "tokens_over_time": {},
+                    "baseline_fixed": _envelope([p for curve in per_baseline.values() for p in curve]),
+                    "baselines": per_baseline, "elastic_fixed": elastic_fixed, "anchors": codec_curves,
+                    "model": _model_entry(model), "model_label": model.display_name,
+                    "baseline_models": {name: _model_entry(b) for name, b in baselines.items()},
+                    "_encodings": {}}
+    for target in thresholds:
+        pairs = adaptive[target.key]
         encodings, scores = [e for e, _ in pairs], [s for _, s in pairs]
-        target = next(t for t in thresholds if _name(t) == name)
-        report["thresholds"][name] = _threshold_row(scores, target, baseline_curve, elastic_fixed_curve, m)
-        report["tokens_over_time"][name] = {p: e.counts.tolist() for p, e in zip(inputs, encodings)}
-        report["_encodings"][name] = encodings
+        row = _threshold_row(scores, target, report, c.tokens_per_block)
+        row.update(_stream_bits(encodings, model, n_blocks))
+        report["thresholds"][target.key] = row
+        report["tokens_over_time"][target.key] = {p: e.counts.tolist() for p, e in zip(inputs, encodings)}
+        report["_encodings"][target.key] = encodings
     return report
 
 
-def _check_comparable(model, baselines: list, thresholds: list[Threshold]) -> None:
-    """Baselines tokenize the same blocks on the same token grid; thresholds are metric:value pairs."""
+def _sweeps(anchors: dict) -> list[tuple]:
+    return [H264_CRFS if codec == "H.264" else JPEG_QUALITIES for codec in anchors]
+
+
+def _model_entry(model) -> dict:
+    """What eval says about a model beside its numbers: its name, family, grid and training."""
     c = model.config
-    if not baselines:
-        raise ElasticTokError("eval needs at least one fixed-length baseline")
-    if any(b.config.tokens_per_block != c.tokens_per_block for b in baselines):
-        raise ElasticTokError(f"model and baselines must have the same tokens per block ({c.tokens_per_block} vs "
-                              f"{', '.join(str(b.config.tokens_per_block) for b in baselines)})")
+    return {"label": model.display_name, "family": model.family, "name": c.name,
+            "tokens_per_block": c.tokens_per_block, "bits_per_token": bits_per_token(model),
+            "training": model.training_record()}
+
+
+def _stream_bits(encodings: list[TokenizedVideo], model, n_blocks: int) -> dict:
+    """Bits per block of the token streams: raw, order-0 entropy and LZMA."""
+    bits = token_stream_bits(encodings, bits_per_token(model))
+    return {f"{kind}_bits_per_block": None if value is None else value / n_blocks for kind, value in bits.items()}
+
+
+def _check_comparable(model, baselines: list, thresholds: list[Threshold] | None) -> None:
+    """Baselines read the same blocks; thresholds are metric:value pairs."""
+    c = model.config
     if any((b.config.resolution, b.config.frames_per_block) != (c.resolution, c.frames_per_block) for b in baselines):
         raise ElasticTokError("model and baselines must read the same blocks (resolution and frames per block)")
-    for target in thresholds:
+    for target in thresholds or []:
         if not isinstance(target, Threshold) or not isinstance(target.metric, str):
             raise ElasticTokError("eval thresholds are metric:value pairs such as mse:0.003")
 
 
-def _length_point(scores: list[BlockScores], n: int, m: int, thresholds: list[Threshold]) -> dict:
-    """One fixed length's point of a curve: mean metrics and the share of blocks meeting each threshold."""
-    return {"tokens_per_block": n, "tokens_fraction": n / m, **{name: mean_metric(scores, name) for name in METRICS},
-            "share_meeting": {_name(t): share_meeting(scores, t) for t in thresholds}}
+def _point(scores: list[BlockScores], n_blocks: int, pixels: int, thresholds: list[Threshold], **extra) -> dict:
+    """One point of a rate-distortion curve: bits, mean metrics, and the blocks meeting each threshold."""
+    bits = sum(s.bits for s in scores) / n_blocks
+    return {**extra, "bits_per_block": bits, "bpp": bits / pixels,
+            **{name: mean_metric(scores, name) for name in METRICS},
+            "share_meeting": {t.key: share_meeting(scores, t) for t in thresholds},
+            "blocks_meeting": {t.key: blocks_meeting(scores, t) for t in thresholds}}
 
 
-def _threshold_row(scores: list[BlockScores], target: Threshold, baseline_curve: list[dict],
-                   elastic_fixed_curve: list[dict], m: int) -> dict:
-    """One threshold's line of the report: the elastic model's point and the fixed-length tokens it saves."""
-    elastic_fraction, elastic_share = token_share(scores, m), share_meeting(scores, target)
-    curve = [(point["tokens_fraction"], point["share_meeting"][_name(target)]) for point in baseline_curve]
-    same_model = [(point["tokens_fraction"], point["share_meeting"][_name(target)]) for point in elastic_fixed_curve]
-    # With no block meeting the threshold there is nothing to match: the saving is undefined.
-    needed = fraction_at_share(curve, elastic_share) if elastic_share > 0 else None
-    needed_same = fraction_at_share(same_model, elastic_share) if elastic_share > 0 else None
+def _envelope(points: list[dict]) -> list[dict]:
+    """The baselines' best: at each bit rate, the point of the best PSNR among those at that rate or fewer bits."""
+    best: list[dict] = []
+    for point in sorted(points, key=lambda p: p["bits_per_block"]):
+        if not best or point["psnr"] > best[-1]["psnr"]:
+            best.append(point)
+    return best
+
+
+def _threshold_row(scores: list[BlockScores], target: Threshold, report: dict, m: int) -> dict:
+    """One threshold's line: the model's point, the bits a fixed-length tokenizer needs for the same share of
+    blocks meeting it (baselines, and the model itself at fixed lengths), and the codecs at the same bits."""
+    point = _point(scores, report["blocks"], report["pixels_per_block"], [target])
+    share = point["share_meeting"][target.key]
+    baseline = [(p["bits_per_block"], p["share_meeting"][target.key])
+                for curve in report["baselines"].values() for p in curve]
+    same = [(p["bits_per_block"], p["share_meeting"][target.key]) for p in report["elastic_fixed"]]
+    needed = fraction_at_share(baseline, share) if share > 0 and baseline else None
+    needed_same = fraction_at_share(same, share) if share > 0 else None
+    bits = point["bits_per_block"]
     return {
-        "elastic_tokens_fraction": elastic_fraction,
-        "elastic_share_meeting": elastic_share,
-        "baseline_tokens_fraction_at_equal_share": needed,
-        "token_saving": None if needed is None else needed / elastic_fraction,
-        "baseline_max_share_meeting": max(s for _, s in curve),
-        "elastic_fixed_tokens_fraction_at_equal_share": needed_same,
-        "token_saving_vs_same_model_fixed": None if needed_same is None else needed_same / elastic_fraction,
-        "elastic_psnr": mean_metric(scores, "psnr"), "elastic_ssim": mean_metric(scores, "ssim"),
-        "elastic_mse": mean_metric(scores, "mse"),
+        "elastic_tokens_fraction": float(np.concatenate([s.counts for s in scores]).mean()) / m,
+        "elastic_share_meeting": share, "elastic_blocks_meeting": point["blocks_meeting"][target.key],
+        "elastic_bits_per_block": bits, "elastic_bpp": point["bpp"],
+        "baseline_bits_at_equal_share": needed, "token_saving": None if needed is None else needed / bits,
+        "baseline_max_share_meeting": max((s for _, s in baseline), default=None),
+        "elastic_fixed_bits_at_equal_share": needed_same,
+        "token_saving_vs_same_model_fixed": None if needed_same is None else needed_same / bits,
+        "elastic_psnr": point["psnr"], "elastic_ssim": point["ssim"], "elastic_mse": point["mse"],
+        "anchors_at_equal_bits": {codec: _at_bits(curve, bits) for codec, curve in report["anchors"].items()},
     }
 
 
-def _best_of(points: list[dict]) -> dict:
-    """One length's point for the strongest baseline: best share per threshold, metrics of the best PSNR."""
-    best = max(points, key=lambda p: p["psnr"])
-    shares = {name: max(p["share_meeting"][name] for p in points) for name in best["share_meeting"]}
-    return {**best, "share_meeting": shares}
+def _at_bits(curve: list[dict], bits: float) -> dict | None:
+    """A codec's PSNR and SSIM at ``bits`` per block, interpolated between its settings (None outside them)."""
+    points = sorted(curve, key=lambda p: p["bits_per_block"])
+    xs = [p["bits_per_block"] for p in points]
+    if not xs or not xs[0] <= bits <= xs[-1]:
+        return None
+    return {name: float(np.interp(bits, xs, [p[name] for p in points])) for name in ("psnr", "ssim")}
 
 
-def _name(target: Threshold) -> str:
-    return f"{target.metric}:{target.value:g}"
-
-
-def _model_label(report: dict) -> str:
-    """The evaluated model's family as the tables and plots name it."""
-    return report["model_label"]
+def _training_text(entry: dict) -> str:
+    """``4650 steps, 736 CPU-min`` from a model's training record; ``not recorded`` without one."""
+    record = entry.get("training")
+    if not record:
+        return "not recorded"
+    device = "GPU" if str(record.get("device", "cpu")).startswith("cuda") else "CPU"
+    return f"{record.get('steps', '?')} steps, {record.get('minutes', '?')} {device}-min"
 
 
 def summary_table(report: dict) -> str:
-    """The per-threshold results as a Markdown table (printed by the CLI, saved as summary.md)."""
-    model = _model_label(report)
+    """The results as Markdown (printed by the CLI, saved as summary.md): per threshold, then the models."""
+    model = report["model_label"]
 
     def pct(value: float | None) -> str:
         return "never" if value is None else f"{100 * value:.1f}%"
 
-    lines = [f"{report['blocks']} blocks, {report['tokens_per_block']} tokens per block",
+    def bits(value: float | None) -> str:
+        return "—" if value is None else f"{value:.0f}"
+
+    lines = [f"{report['blocks']} blocks, {report['tokens_per_block']} tokens per block, "
+             f"{report['pixels_per_block']} pixels per block",
              "",
-             f"| threshold | {model} tokens | blocks meeting | baseline tokens at equal share | token saving "
-             f"| saving vs {model} at fixed lengths | {model} PSNR / SSIM |",
-             "|---|---|---|---|---|---|---|"]
+             f"| threshold | blocks meeting | {model} tokens | bits per block: raw / entropy / lzma | bpp "
+             f"| baseline bits at equal share | saving | saving vs {model} at fixed lengths | {model} PSNR / SSIM "
+             "| H.264 at equal bits | JPEG at equal bits |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in report["thresholds"].items():
-        if row["elastic_share_meeting"] == 0:
-            needed = saving = same = "— (no block meets it)"
-        else:
-            needed = pct(row["baseline_tokens_fraction_at_equal_share"])
-            if row["token_saving"] is None:
-                needed += f" (baseline reaches at most {pct(row['baseline_max_share_meeting'])})"
-            saving = "—" if row["token_saving"] is None else f"{row['token_saving']:.2f}x"
-            same = row["token_saving_vs_same_model_fixed"]
-            same = "—" if same is None else f"{same:.2f}x"
-        metric, value = name.split(":")
-        label = f"{name} ({10 * np.log10(4 / float(value)):.1f} dB)" if metric == "mse" else name
-        lines.append(f"| {label} | {pct(row['elastic_tokens_fraction'])} | {pct(row['elastic_share_meeting'])} "
-                     f"| {needed} | {saving} | {same} | {row['elastic_psnr']:.2f} dB / {row['elastic_ssim']:.3f} |")
+        lines.append(_threshold_line(name, row, report, pct, bits))
+    lines += ["", f"| model | tokens per block | bits per token | training |", "|---|---|---|---|"]
+    for name, entry in [(report["model"]["name"], report["model"]), *report["baseline_models"].items()]:
+        lines.append(f"| {entry['label']} {name} | {entry['tokens_per_block']} | {entry['bits_per_token']:g} "
+                     f"| {_training_text(entry)} |")
     return "\n".join(lines) + "\n"
 
 
-REPORT_FILES = ("report.json", "summary.md", "fig4_share_vs_tokens.png", "rate_distortion.png")
+def _threshold_line(name: str, row: dict, report: dict, pct, bits) -> str:
+    met = f"{row['elastic_blocks_meeting']} of {report['blocks']} ({pct(row['elastic_share_meeting'])})"
+    if row["elastic_share_meeting"] == 0:
+        needed = saving = same = "— (no block meets it)"
+    else:
+        needed = bits(row["baseline_bits_at_equal_share"])
+        if row["token_saving"] is None and row["baseline_max_share_meeting"] is not None:
+            needed += f" (baselines reach at most {pct(row['baseline_max_share_meeting'])})"
+        saving = "—" if row["token_saving"] is None else f"{row['token_saving']:.2f}x"
+        same = row["token_saving_vs_same_model_fixed"]
+        same = "—" if same is None else f"{same:.2f}x"
+    label = parse_target(name).label(report["tokens_per_block"])
+    codecs = [row["anchors_at_equal_bits"].get(codec) for codec in CODECS]
+    codecs = ["outside its range" if c is None else f"{c['psnr']:.2f} dB / {c['ssim']:.3f}" for c in codecs]
+    return (f"| {label} | {met} | {pct(row['elastic_tokens_fraction'])} | {bits(row['raw_bits_per_block'])} / "
+            f"{bits(row['entropy_bits_per_block'])} / {bits(row['lzma_bits_per_block'])} | {row['elastic_bpp']:.3f} "
+            f"| {needed} | {saving} | {same} | {row['elastic_psnr']:.2f} dB / {row['elastic_ssim']:.3f} "
+            f"| {codecs[0]} | {codecs[1]} |")
+
+
+REPORT_FILES = ("report.json", "summary.md", "fig4_share_vs_bits.png", "rate_distortion.png")
 
 
 def report_files(inputs: list[str]) -> list[str]:
@@ -261,8 +361,8 @@ def write_report(report: dict, out: str | Path) -> list[Path]:
         with _staged(out) as stage:
             (stage / "report.json").write_text(json.dumps(report, indent=2) + "\n")
             (stage / "summary.md").write_text(summary_table(report))
-            save_png(_plot_fig4(report), stage / "fig4_share_vs_tokens.png")
-            save_png(_plot_rate_distortion(report), stage / "rate_distortion.png")
+            save_png(share_figure(report), stage / "fig4_share_vs_bits.png")
+            save_png(rate_distortion_figure(report), stage / "rate_distortion.png")
             for source, plot_name in _tokens_plot_names(videos).items():
                 per_threshold = {name: next(e for e in es if e.info.source == source) for name, es in encodings.items()}
                 save_png(tokens_figure(per_threshold, title=f"{Path(source).name}: tokens per block"),
@@ -311,42 +411,3 @@ def _tokens_plot_names(videos: list[str]) -> dict[str, str]:
             name = f"tokens_over_time_{label}_{n}.png"
         names[video] = name
     return names
-
-
-def _plot_fig4(report: dict) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=120)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    baseline = "fixed-length baseline" if len(report["baselines"]) == 1 else "fixed-length baselines (best)"
-    for colour, (name, row) in zip(colours, report["thresholds"].items()):
-        xs = [p["tokens_fraction"] for p in report["baseline_fixed"]]
-        ys = [p["share_meeting"][name] for p in report["baseline_fixed"]]
-        ax.plot(xs, ys, "o--", color=colour, alpha=0.7, label=f"{baseline}, {name}")
-        ax.plot([row["elastic_tokens_fraction"]], [row["elastic_share_meeting"]], "*", color=colour, markersize=14,
-                label=f"{_model_label(report)} adaptive, {name}")
-    ax.set_xlabel("share of tokens used")
-    ax.set_ylabel("share of blocks meeting the threshold")
-    ax.set_xlim(0, 1.02)
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    ax.set_title("blocks meeting the threshold vs tokens (paper Fig. 4)")
-    fig.tight_layout()
-    return fig
-
-
-def _plot_rate_distortion(report: dict) -> plt.Figure:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
-    for ax, metric in zip(axes, ("psnr", "ssim")):
-        for key, label, style in (("baseline_fixed", "fixed-length baseline", "o--"),
-                                  ("elastic_fixed", f"{_model_label(report)}, fixed length", "s-")):
-            ax.plot([p["tokens_per_block"] for p in report[key]], [p[metric] for p in report[key]], style, label=label)
-        xs = [row["elastic_tokens_fraction"] * report["tokens_per_block"] for row in report["thresholds"].values()]
-        ys = [row[f"elastic_{metric}"] for row in report["thresholds"].values()]
-        ax.plot(xs, ys, "*", markersize=12, label=f"{_model_label(report)} adaptive (one per threshold)")
-        ax.set_xlabel("tokens per block")
-        ax.set_ylabel(metric.upper())
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle("rate-distortion")
-    fig.tight_layout()
-    return fig

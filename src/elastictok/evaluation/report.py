@@ -32,20 +32,22 @@ from PIL import Image
 
 from ..errors import ElasticTokError
 from ..media.io import write_video
-from ..media.transforms import from_model
-from ..metrics.quality import METRICS, psnr_from_mse
+from ..media.transforms import display_scale, upscale
+from ..models.base import tokens_at_share
 from ..tokenization.options import TokenizeOptions
-from ..tokenization.targets import Budget, Target, Threshold, TokenCount, parse_target
+from ..tokenization.scoring import Measured, decode_and_score
+from ..tokenization.targets import Target, Threshold, TokenCount, parse_target
 from ..tokenization.tokenfile import TokenizedVideo
-from ..tokenization.tokenizer import decoded_with_sources, score_block
+from ..tokenization.tokenizer import tokenize
 from ..utils.console import progress_bar
 from ..utils.fileio import atomic_path, check_output_file
-from .measurement import evaluate_models, summary_table
+from .anchors import bits_per_token
+from .figures import rate_distortion_figure, share_figure, svg_text
+from .measurement import EvalRun, evaluate_models, summary_table
 
 ASSETS = Path(__file__).parent / "report_assets"
 DEFAULT_TARGETS = "mse:0.02,mse:0.03,mse:0.05,tokens:all"
 DEFAULT_FRACTIONS = "0.0625,0.125,0.25,0.375,0.5,0.75,1"
-DISPLAY_SIDE = 256  # smaller frames are shown upscaled by a whole factor (nearest) to about this size
 
 
 # ---- arguments ------------------------------------------------------------------------------------------
@@ -58,7 +60,7 @@ def parse_targets(text: str, max_tokens: int) -> list[Target]:
     for target in targets:
         if isinstance(target, TokenCount) and target.tokens > max_tokens:
             raise ElasticTokError(f"tokens:{target.tokens} is more than this model's {max_tokens} tokens per block")
-    names = [target_name(t) for t in targets]
+    names = [t.key for t in targets]
     if len(set(names)) != len(names):
         raise ElasticTokError(f"--thresholds names a target twice: {text!r}")
     return targets
@@ -74,33 +76,10 @@ def parse_fractions(text: str) -> list[float]:
     return fractions
 
 
-def target_name(target: Target) -> str:
-    """The key ``elastictok eval`` uses for thresholds (``mse:0.03``), and ``tokens:N``/``budget:N``."""
-    if isinstance(target, Threshold):
-        return f"{target.name}:{target.value:g}"
-    return str(target)
-
-
-def target_label(target: Target, max_tokens: int | None = None) -> str:
-    if isinstance(target, TokenCount):
-        return f"all {target.tokens} tokens" if target.tokens == max_tokens else f"{target.tokens} tokens"
-    if isinstance(target, Budget):
-        return f"budget {target.tokens}"
-    if target.metric == "mse":
-        return f"MSE ≤ {target.value:g} ({float(psnr_from_mse(torch.tensor(target.value))):.1f} dB)"
-    if target.metric == "psnr":
-        return f"PSNR ≥ {target.value:g} dB"
-    return f"{target.name.upper()} {'≥' if target.higher_is_better else '≤'} {target.value:g}"
-
-
 # ---- media ------------------------------------------------------------------------------------------------
-def display_scale(resolution: tuple[int, int]) -> int:
-    return max(1, -(-DISPLAY_SIDE // min(resolution)))
-
-
 def _upscale(frames: torch.Tensor, scale: int) -> np.ndarray:
     """uint8 (T, H, W, 3) -> nearest-neighbour upscaled, padded to even sizes (yuv420p)."""
-    big = frames.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+    big = upscale(frames, scale)
     h, w = big.shape[1:3]
     if h % 2 or w % 2:
         big = torch.nn.functional.pad(big.permute(0, 3, 1, 2).float(), (0, w % 2, 0, h % 2),
@@ -136,30 +115,12 @@ def image_data_uri(frame: torch.Tensor, scale: int) -> str:
 
 
 # ---- measuring ----------------------------------------------------------------------------------------------
-@dataclass
-class Decoded:
-    """A tokenization decoded against its source: frames for display and every metric per block."""
-
-    original: torch.Tensor  # uint8 (T, H, W, 3), the frames the model saw (fitted, padding removed)
-    recon: torch.Tensor  # uint8 (T, H, W, 3)
-    metrics: dict[str, list[float]]
+def _measured(model, encoded: TokenizedVideo, source: str, window: int | None | str) -> Measured:
+    """Scores and frames of a tokenization, from the one measuring path eval uses (``tokenization.scoring``)."""
+    return decode_and_score(model, encoded, source, TokenizeOptions(window=window), frames=True)
 
 
-@torch.no_grad()
-def decode_and_score(model, encoded: TokenizedVideo, source: str, window: int | None | str = "model") -> Decoded:
-    """Per-block scores exactly as ``measurement.score_blocks`` computes them, plus the frames."""
-    values: dict[str, list[float]] = {name: [] for name in METRICS}
-    originals, recons = [], []
-    for recon, block in decoded_with_sources(model, encoded, source, TokenizeOptions(window=window)):
-        for name in METRICS:
-            values[name].append(score_block(recon, block, name))
-        originals.append(block)
-        recons.append(from_model(recon.mean(0, keepdim=True) if encoded.info.is_image else recon))
-    frames = 1 if encoded.info.is_image else encoded.info.frames
-    return Decoded(torch.cat(originals)[:frames], torch.cat(recons)[:frames], values)
-
-
-def _setting(decoded: Decoded, encoded: TokenizedVideo, target: Target | None, media: str) -> dict:
+def _setting(decoded: Measured, encoded: TokenizedVideo, target: Target | None, media: str) -> dict:
     counts = encoded.counts.tolist()
     setting = {"media": media, "counts": counts, "tokens": int(sum(counts)), "mean_tokens": sum(counts) / len(counts),
                "token_share": sum(counts) / (len(counts) * encoded.max_tokens),
@@ -173,7 +134,7 @@ def _setting(decoded: Decoded, encoded: TokenizedVideo, target: Target | None, m
     return setting
 
 
-def _media_uri(decoded: Decoded, info, scale: int, frames: torch.Tensor | None = None) -> str:
+def _media_uri(decoded: Measured, info, scale: int, frames: torch.Tensor | None = None) -> str:
     """The reconstruction (or ``frames``) of an input as a PNG or video data URI."""
     frames = decoded.recon if frames is None else frames
     return image_data_uri(frames[0], scale) if info.is_image else video_data_uri(frames, info.fps, scale)
@@ -197,12 +158,11 @@ def _check_report_args(model, inputs: list[str], targets: list[Target], baseline
     c = model.config
     if len(names) != len(baselines):
         raise ElasticTokError("one name per baseline")
-    grid = (c.tokens_per_block, tuple(c.resolution), c.frames_per_block)
     for name, baseline in zip(names, baselines):
         b = baseline.config
-        if (b.tokens_per_block, tuple(b.resolution), b.frames_per_block) != grid:
-            raise ElasticTokError(f"baseline {name} has another token grid than the model (tokens per block, "
-                                  "resolution, frames per block must match)")
+        if (tuple(b.resolution), b.frames_per_block) != (tuple(c.resolution), c.frames_per_block):
+            raise ElasticTokError(f"baseline {name} reads other blocks than the model (resolution and frames per "
+                                  "block must match)")
     for path in inputs:
         if not Path(path).is_file():
             raise ElasticTokError(f"{path}: no such file")
@@ -210,20 +170,21 @@ def _check_report_args(model, inputs: list[str], targets: list[Target], baseline
         raise ElasticTokError("no targets to report")
     if any(isinstance(t, Threshold) and not isinstance(t.metric, str) for t in targets):
         raise ElasticTokError("report thresholds are metric:value pairs such as mse:0.03")
-    if selected is not None and target_name(selected) not in {target_name(t) for t in targets}:
-        raise ElasticTokError(f"the page cannot open on {target_name(selected)}: it is not one of the targets")
+    if selected is not None and selected.key not in {t.key for t in targets}:
+        raise ElasticTokError(f"the page cannot open on {selected.key}: it is not one of the targets")
 
 
 def _eval_section(run: ReportRun, inputs: list[str], thresholds: list[Threshold],
                   fractions: list[float] | None) -> tuple[dict | None, dict]:
-    """``elastictok eval``'s measurement and, keyed by (target, input), the tokenizations it made."""
-    if not run.baselines or not thresholds:
+    """``elastictok eval``'s measurement (with the codec anchors) and, keyed by (target, input), the
+    tokenizations it made."""
+    if not thresholds:
         return None, {}
-    evaluation = evaluate_models(run.model, list(run.baselines), inputs, thresholds,
-                                 fractions or parse_fractions(DEFAULT_FRACTIONS), search=run.search,
-                                 window=run.window, progress=run.progress, baseline_names=list(run.names))
-    # The elastic model's tokenizations at each threshold are the ones eval measured: reuse them.
-    reused = {(target_name(target), path): encoded
+    eval_run = EvalRun(run.search, run.window, tuple(fractions or parse_fractions(DEFAULT_FRACTIONS)), run.progress)
+    evaluation = evaluate_models(run.model, list(run.baselines), inputs, thresholds, eval_run,
+                                 baseline_names=list(run.names))
+    # The model's tokenizations at each threshold are the ones eval measured: reuse them.
+    reused = {(target.key, path): encoded
               for target, encodings in zip(thresholds, evaluation.pop("_encodings").values())
               for path, encoded in zip(inputs, encodings)}
     return evaluation, reused
@@ -233,19 +194,18 @@ def _model_entries(label: str, names: tuple[str, ...], adaptive: bool) -> list[d
     models = [{"key": "elastic", "label": label, "detail": "adaptive: the fewest tokens per block that meet "
                "the target" if adaptive else label}]
     models += [{"key": f"b{i}", "label": f"fixed-length {name}",
-                "detail": f"fixed-length baseline {name}, every block at {label}'s mean tokens per block"}
+                "detail": f"fixed-length baseline {name}, every block at {label}'s mean bits per block"}
                for i, name in enumerate(names)]
     return models
 
 
 def _input_entry(run: ReportRun, path: str, targets: list[Target], reused: dict, scale: int, bar) -> dict:
     """One input's part of the page: its original, and every (target, model) setting."""
-    c = run.model.config
     entry: dict = {"name": Path(path).name, "source": str(path), "settings": {}}
     for target in targets:
-        key = target_name(target)
-        encoded = reused.get((key, path)) or run.model.tokenize(path, target, search=run.search, window=run.window)
-        decoded = decode_and_score(run.model, encoded, path, run.window)
+        key = target.key
+        encoded = reused.get((key, path)) or tokenize(run.model, path, target, search=run.search, window=run.window)
+        decoded = _measured(run.model, encoded, path, run.window)
         info = encoded.info
         if "original" not in entry:
             entry.update(is_image=info.is_image, fps=info.fps, frames=1 if info.is_image else info.frames,
@@ -253,10 +213,11 @@ def _input_entry(run: ReportRun, path: str, targets: list[Target], reused: dict,
                          original=_media_uri(decoded, info, scale, decoded.original))
         entry["settings"][f"{key}|elastic"] = _setting(decoded, encoded, target, _media_uri(decoded, info, scale))
         bar.update(1)
-        fixed = min(c.tokens_per_block, max(c.min_tokens, round(float(encoded.counts.float().mean()))))
-        for i, baseline in enumerate(run.baselines):
-            b_encoded = baseline.tokenize(path, TokenCount(fixed), window=run.window)
-            b_decoded = decode_and_score(baseline, b_encoded, path, run.window)
+        bits = float(encoded.counts.float().mean()) * bits_per_token(run.model)
+        for i, baseline in enumerate(run.baselines):  # at the model's mean bits per block
+            share = bits / bits_per_token(baseline) / baseline.config.tokens_per_block
+            b_encoded = tokenize(baseline, path, TokenCount(tokens_at_share(baseline.config, share)), window=run.window)
+            b_decoded = _measured(baseline, b_encoded, path, run.window)
             entry["settings"][f"{key}|b{i}"] = _setting(b_decoded, b_encoded, target,
                                                         _media_uri(b_decoded, info, scale))
             bar.update(1)
@@ -270,8 +231,8 @@ def build_report(model, inputs: list[str], targets: list[Target], baselines: lis
     """Everything the page shows, as JSON-ready data (media as data URIs).
 
     The page opens on ``selected`` (default: the first threshold, else the first target).
-    With baselines, each is shown per target at the elastic model's mean tokens per block
-    (rounded), and the eval measurement of the threshold targets is included.
+    With baselines, each is shown per target at the model's mean bits per block (rounded to its
+    tokens). With thresholds, the eval measurement of them (codecs included) is part of the page.
     """
     c = model.config
     baselines = list(baselines or [])
@@ -291,22 +252,34 @@ def build_report(model, inputs: list[str], targets: list[Target], baselines: lis
         "seconds": round(time.perf_counter() - started, 1),
         "model": {"name": c.name, "tokens_per_block": c.tokens_per_block, "min_tokens": c.min_tokens,
                   "frames_per_block": c.frames_per_block, "resolution": list(c.resolution),
-                  "bottleneck": c.bottleneck, "scale": scale},
-        "targets": [{"key": target_name(t), "label": target_label(t, c.tokens_per_block),
-                     "threshold": isinstance(t, Threshold)} for t in targets],
-        "selected": target_name(selected or (thresholds or targets)[0]),
+                  "family": model.display_name, "scale": scale},
+        "targets": [{"key": t.key, "label": t.label(c.tokens_per_block), "threshold": isinstance(t, Threshold),
+                     "psnr_db": t.psnr_db} for t in targets],
+        "selected": (selected or (thresholds or targets)[0]).key,
         "models": _model_entries(model.display_name, run.names, bool(thresholds)),
         "inputs": pages,
-        "eval": None if evaluation is None else {"report": evaluation, "summary": _table(summary_table(evaluation)),
-                                                 "baselines": names},
+        "eval": None if evaluation is None else _eval_entry(evaluation, names),
     }
 
 
-def _table(markdown: str) -> dict:
-    """``summary_table``'s Markdown as caption, header and rows, so the page shows the same text."""
-    lines = markdown.strip().splitlines()
-    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines if line.startswith("|")]
-    return {"caption": lines[0], "header": rows[0], "rows": [r for r in rows[1:] if not set("".join(r)) <= set("-")]}
+def _eval_entry(evaluation: dict, names: list[str]) -> dict:
+    """The page's eval section: the measurement, its tables as text, and its figures as SVG (the PNGs of eval)."""
+    figures = [svg_text(share_figure(evaluation)), svg_text(rate_distortion_figure(evaluation))]
+    return {"report": evaluation, "summary": _tables(summary_table(evaluation)), "baselines": names,
+            "figures": figures}
+
+
+def _tables(markdown: str) -> dict:
+    """``summary_table``'s Markdown as a caption and tables (header, rows), so the page shows the same text."""
+    caption, *chunks = markdown.strip().split("\n\n")
+    tables = []
+    for chunk in chunks:
+        rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in chunk.splitlines()
+                if line.startswith("|")]
+        rows = [r for r in rows if not set("".join(r)) <= set("-")]
+        if rows:
+            tables.append({"header": rows[0], "rows": rows[1:]})
+    return {"caption": caption.strip(), "tables": tables}
 
 
 def render_html(report: dict) -> str:
@@ -346,7 +319,7 @@ def make_report(model, inputs: list[str], output: str | Path, targets: str | lis
         targets = parse_targets(targets, model.config.tokens_per_block)
     if isinstance(selected, str):
         selected = parse_target(selected)
-    if selected is not None and target_name(selected) not in {target_name(t) for t in targets}:
+    if selected is not None and selected.key not in {t.key for t in targets}:
         selected = None
     report = build_report(model, inputs, targets, baselines, baseline_names=baseline_names, fractions=fractions,
                           search=search, window=window, progress=progress, selected=selected)

@@ -39,6 +39,34 @@ def fit_to_resolution(frames: torch.Tensor, resolution: tuple[int, int], mode: s
     return out
 
 
+def unfit(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """The inverse of ``fit_to_resolution``: float frames (T, 3, h, w) in [-1, 1] back to the source's
+    ``size`` (H, W). ``pad``: the padding is dropped and the picture resized back, whole. ``crop``: the
+    picture is resized back into its place in the source frame; the edges the crop left out are black."""
+    (h, w), (th, tw) = size, x.shape[-2:]
+    scale = max(th / h, tw / w) if mode == "crop" else min(th / h, tw / w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    if mode == "pad":
+        top, left = (th - nh) // 2, (tw - nw) // 2
+        return _resize(x[..., top:top + nh, left:left + nw], (h, w))
+    nh, nw = max(nh, th), max(nw, tw)
+    top, left = round((nh - th) // 2 / scale), round((nw - tw) // 2 / scale)
+    region = (min(h - top, round(th / scale)), min(w - left, round(tw / scale)))
+    out = torch.full((*x.shape[:-2], h, w), -1.0, dtype=x.dtype, device=x.device)
+    out[..., top:top + region[0], left:left + region[1]] = _resize(x, region)
+    return out
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Float frames (..., 3, h, w) to ``size``, antialiased when shrinking."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    shrinking = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    flat = x.reshape(-1, *x.shape[-3:]).float()  # (N, 3, h, w)
+    out = F.interpolate(flat, size=size, mode="bilinear", antialias=shrinking, align_corners=False)
+    return out.reshape(*x.shape[:-2], *size).to(x.dtype)
+
+
 def to_model(frames: torch.Tensor) -> torch.Tensor:
     """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [-1, 1]."""
     return frames.movedim(-1, -3).float() / 127.5 - 1.0
@@ -47,3 +75,16 @@ def to_model(frames: torch.Tensor) -> torch.Tensor:
 def from_model(x: torch.Tensor) -> torch.Tensor:
     """float (..., 3, H, W) in [-1, 1] -> uint8 (..., H, W, 3), rounded."""
     return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(-3, -1).cpu()
+
+
+DISPLAY_SIDE = 256  # frames smaller than this are shown enlarged by a whole factor to about this size
+
+
+def display_scale(resolution: tuple[int, int]) -> int:
+    """The whole factor that shows frames of ``resolution`` at about ``DISPLAY_SIDE`` pixels."""
+    return max(1, -(-DISPLAY_SIDE // min(resolution)))
+
+
+def upscale(frames: torch.Tensor, scale: int) -> torch.Tensor:
+    """uint8 (T, H, W, 3) enlarged ``scale`` times by repeating pixels (nearest neighbour)."""
+    return frames.repeat_interleave(scale, 1).repeat_interleave(scale, 2)

@@ -116,9 +116,11 @@ class TrainConfig:
             problems.append(f"seed must lie in [0, 2^63), got {self.seed}")
         if self.device != "auto":
             try:
-                torch.device(self.device)
+                trainable = torch.device(self.device).type in ("cpu", "cuda", "mps")
             except (RuntimeError, ValueError):
-                problems.append(f"device must be auto, cpu, cuda, cuda:N ..., got {self.device!r}")
+                trainable = False
+            if not trainable:  # meta, xla ...: torch names them, training here cannot run on them
+                problems.append(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
         return problems
 
     @classmethod

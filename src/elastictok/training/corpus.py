@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from ..media.io import list_media
 from ..errors import ElasticTokError
+from ..utils.console import progress_bar
 from ..utils.fileio import atomic_path, read_small_file
 from ..tokenization.files import tokenize_each
 from ..tokenization.options import TokenizeOptions
@@ -37,7 +37,7 @@ from ..tokenization.workers import WorkerDiedError
 from ..tokenization.targets import Target
 from ..utils.runtime import distributed_ready, rank_and_world_size
 from ..tokenization.tokenfile import etok_bytes
-from .shards import OutputFolder
+from .shards import OutputFolder, UniqueKeys
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +109,13 @@ def tokenize_corpus(model, sources: list, destination: str | Path, target: Targe
 
 
 def _open_destination(destination: Path, distributed: bool, rank: int) -> OutputFolder:
-    """DST, made if needed and held by this run: refused in one line while another run writes it. Under
-    torchrun rank 0 holds it for all ranks, and every rank refuses together (none is left waiting)."""
+    """DST, made if needed and held by this run (without the half-written files of a run that was killed):
+    refused in one line while another run writes it. Under torchrun rank 0 holds it for all ranks, and every
+    rank refuses together (none is left waiting)."""
     folder = OutputFolder(destination)
     try:
         folder.open(lock=not distributed or rank == 0)
+        folder.remove_temporaries(".tokens-*.tar.*.tmp", ".tokens-*.json.*.tmp")  # a killed run's, before any rank writes
         refusal = None
     except ElasticTokError as exc:
         if not distributed:
@@ -136,7 +138,7 @@ def _tokenize_shards(model, files: list[Path], sources: list, destination: Path,
     n_shards = -(-len(files) // shard_size)
     shards = {s: files[s * shard_size:(s + 1) * shard_size] for s in range(n_shards) if s % world == rank}
     local = CorpusSummary()
-    bar = tqdm(total=sum(map(len, shards.values())), unit="file", desc=f"rank {rank}", disable=not progress,
+    bar = progress_bar(total=sum(map(len, shards.values())), unit="file", desc=f"rank {rank}", show=progress,
                position=rank)
     options = TokenizeOptions.build(options, progress=False)
     run = {"model": model.weights_digest(), "target": str(target), "search": options.search,
@@ -218,6 +220,7 @@ class _NothingToWrite(Exception):
 def _fill_shard(model, destination: Path, shard: int, members: list[Path], results, root: Path | None, bar,
                 record: dict) -> None:
     """Write ``tokens-NNNNNN.tar`` from the next ``len(members)`` of ``results``, counting into ``record``."""
+    unique = UniqueKeys()  # clip.mp4 and clip.jpg, a.b.mp4 and a_b.mp4: one tar member name each
     with atomic_path(destination / f"tokens-{shard:06d}.tar") as tmp, tarfile.open(tmp, "w") as tar:
         for index, (path, encoded) in enumerate(zip(members, results)):
             bar.update(1)
@@ -228,7 +231,7 @@ def _fill_shard(model, destination: Path, shard: int, members: list[Path], resul
                 record["failed"].append(str(path))
                 continue
             key = str(path.relative_to(root).with_suffix("")) if root else f"{shard:06d}-{index:05d}-{path.stem}"
-            key = key.replace("/", "__").replace(".", "_")
+            key = unique(key.replace("/", "__").replace(".", "_"))
             counts = encoded.counts.tolist()
             _add_bytes(tar, f"{key}.etok", etok_bytes(encoded, model.codebook_size))
             _add_bytes(tar, f"{key}.json", json.dumps({"source": str(path), "tokens_per_block": counts}).encode())

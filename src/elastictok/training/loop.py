@@ -27,6 +27,7 @@ import yaml
 
 from ..errors import ElasticTokError
 from ..metrics.quality import psnr, psnr_from_mse
+from ..models.base import tokens_at_share
 from ..models.registry import model_class_for
 from ..utils.fileio import atomic_path
 from ..utils.console import progress_bar
@@ -37,7 +38,7 @@ from .config import TrainConfig
 from .datasets import MediaCollection, TrainBatches, eval_clips
 from .distributed import World, full_state_dict, setup, wrap
 from .masks import KeepSampler
-from .shards import ShardBatches, list_shards
+from .shards import ShardBatches, list_shards, raise_worker_errors
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ def _whole_sequences(model) -> Iterator[None]:
 def _psnr_at_fractions(model, samples, fractions, device, bf16, batch_size, c) -> dict[float, float]:
     results = {}
     for fraction in fractions:
-        keep = min(c.tokens_per_block, max(c.min_tokens, round(fraction * c.tokens_per_block)))
+        keep = tokens_at_share(c, fraction)
         scores = []
         for i in range(0, len(samples), batch_size):
             batch = torch.stack(samples[i:i + batch_size]).to(device)
@@ -148,9 +149,15 @@ def _psnr_at_fractions(model, samples, fractions, device, bf16, batch_size, c) -
 
 
 class RunLog:
-    """CSV and TensorBoard logs of one run; resuming drops rows past the checkpoint."""
+    """CSV, held-out (``eval.jsonl``) and TensorBoard logs of one run; resuming drops rows past the checkpoint
+    (a run killed after it logged them repeats those steps)."""
 
     def __init__(self, out_dir: Path, start_step: int):
+        self.eval_path = out_dir / "eval.jsonl"
+        if self.eval_path.exists():
+            kept = _eval_lines_until(self.eval_path, start_step)
+            with atomic_path(self.eval_path) as tmp:
+                tmp.write_text("".join(kept))
         self.csv_path = out_dir / "log.csv"
         rows = []
         if start_step and self.csv_path.exists():
@@ -169,8 +176,25 @@ class RunLog:
         for key, value in values.items():
             self.tb.add_scalar(f"train/{key}", value, step)
 
+    def write_eval(self, step: int, scores: dict[float, float]) -> None:
+        with self.eval_path.open("a") as f:
+            f.write(json.dumps({"step": step, "psnr": {str(k): v for k, v in scores.items()}}) + "\n")
+
     def close(self) -> None:
         self.tb.close()
+
+
+def _eval_lines_until(path: Path, step: int) -> list[str]:
+    """The lines of ``eval.jsonl`` for steps up to ``step``; a line that a kill cut short is dropped."""
+    kept = []
+    for line in path.read_text(errors="replace").splitlines() if step else []:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and type(record.get("step")) is int and record["step"] <= step:
+            kept.append(line + "\n")
+    return kept
 
 
 # ---- the run, step by step --------------------------------------------------------------------------------------
@@ -249,7 +273,7 @@ def _training_data(cfg: TrainConfig, c: Any, world: World, start_step: int) -> T
                                cfg.image_fraction, cfg.seed, start_batch=start_step * cfg.grad_accum,
                                rank=world.rank if data_ranks > 1 else 0, world_size=data_ranks)
         loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=cfg.num_workers)
-        return TrainingData(iter(loader), True, data_ranks, {})
+        return TrainingData(raise_worker_errors(iter(loader)), True, data_ranks, {})
     media = MediaCollection.load(cfg.data, short_side=2 * min(c.resolution), fps=cfg.fps)
     batches = TrainBatches(media, c.resolution, c.frames_per_block, cfg.n_blocks, cfg.batch_size,
                            cfg.image_fraction, cfg.seed, length=cfg.steps * cfg.grad_accum)
@@ -335,8 +359,7 @@ def _any_rank(flag: bool, world: World) -> bool:
     return bool(packed.item())
 
 
-def _maybe_evaluate(state: TrainState, samples: list, device, run_log: RunLog | None, bar, out_dir: Path,
-                    last: bool) -> None:
+def _maybe_evaluate(state: TrainState, samples: list, device, run_log: RunLog | None, bar, last: bool) -> None:
     """Held-out PSNR at each keep fraction, every ``eval_every`` steps and at the end."""
     cfg, step = state.cfg, state.step
     if not samples or not (step % cfg.eval_every == 0 or step == cfg.steps or last):
@@ -348,8 +371,7 @@ def _maybe_evaluate(state: TrainState, samples: list, device, run_log: RunLog | 
             run_log.tb.add_scalar(f"eval/psnr_keep_{fraction:.4g}", value, step)
         line = "  ".join(f"keep {f:.4g}: {v:.2f} dB" for f, v in scores.items())
         bar.write(f"step {step} held-out PSNR  {line}")
-        with (out_dir / "eval.jsonl").open("a") as f:
-            f.write(json.dumps({"step": step, "psnr": {str(k): v for k, v in scores.items()}}) + "\n")
+        run_log.write_eval(step, scores)
 
 
 def _resume(state: TrainState, checkpoint: Checkpoint, out_dir: Path) -> None:
@@ -360,13 +382,17 @@ def _resume(state: TrainState, checkpoint: Checkpoint, out_dir: Path) -> None:
 
 
 def _save_final(state: TrainState, out_dir: Path, run_log: RunLog | None) -> None:
-    """The trained (EMA, if any) weights as ``out_dir/model``, written by rank 0."""
+    """The trained (EMA, if any) weights as ``out_dir/model``, written by rank 0, with what training cost
+    (steps, and minutes of the training clock summed over processes)."""
     final = full_state_dict(state.ema.module if state.ema is not None else state.net)
     if run_log:
         run_log.close()
         trained = type(state.model)(state.model.config)
         trained.load_state_dict(final)
-        trained.save_pretrained(out_dir / "model")
+        device = next(state.model.parameters()).device.type
+        record = {"steps": state.step, "minutes": round(state.clock.seconds * state.world.size / 60, 2),
+                  "device": device, "processes": state.world.size}
+        trained.save_pretrained(out_dir / "model", training=record)
 
 
 def _lpips(cfg: TrainConfig, device: torch.device):
@@ -452,7 +478,7 @@ def _run(state: TrainState, data: TrainingData, sampler: KeepSampler, lpips, dev
         spent = state.clock.tick(world)
         out_of_time = _any_rank(cfg.max_minutes is not None and spent > 60 * cfg.max_minutes
                                 or cfg.stop_at is not None and step >= cfg.stop_at, world)
-        _maybe_evaluate(state, eval_samples, device, run_log, bar, out_dir, out_of_time)
+        _maybe_evaluate(state, eval_samples, device, run_log, bar, out_of_time)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
             checkpoint.save(state)
         if out_of_time:

@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import os
+import re
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -25,12 +26,12 @@ import av
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from ..media.io import VideoReader, VideoWriter, is_video, list_media, read_image
 from ..media.transforms import resize_short_side, to_model
 from ..utils.blocks import image_as_block
-from ..utils.fileio import publish, remove_empty_folders
+from ..utils.console import progress_bar
+from ..utils.fileio import atomic_path, publish, read_small_file, remove_empty_folders
 from ..utils.runtime import rank_and_world_size
 from ..utils.seeds import stable_seed
 from .datasets import random_crop
@@ -44,6 +45,8 @@ except ImportError:  # no flock (Windows): runs into one DST are not checked aga
 log = logging.getLogger(__name__)
 JPEG_MAX_SIDE = 65500
 LOCK_NAME = ".elastictok.lock"
+JOURNAL_NAME = ".shard-run.json"  # the shards a build_shards run has written, while it runs
+SHARD_NAME = re.compile(r"shard-\d{6,}\.tar")
 
 
 # ---- output folders ------------------------------------------------------------------------------------------
@@ -81,6 +84,16 @@ class OutputFolder:
         if remove_empty:
             remove_empty_folders(self.made)
         self.made = []
+
+    def remove_temporaries(self, *patterns: str) -> None:
+        """Remove the files matching ``patterns`` (glob, in DST) that a killed run left half-written; only while
+        this run holds the lock, so that they cannot be a live run's."""
+        if self.fd is None:
+            return
+        for pattern in patterns:
+            for path in self.path.glob(pattern):
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
     def _make(self) -> None:
         missing, folder = [], self.path
@@ -153,11 +166,16 @@ def _read_pid(fd: int) -> int | None:
 
 
 # ---- writing ------------------------------------------------------------------------------------------------
-def _encode_clip(frames: torch.Tensor, fps: float) -> bytes:
+def _encode_clip(frames: torch.Tensor, fps: float, source: Path) -> bytes:
+    """H.264 bytes of uint8 (T, H, W, 3) frames; a size the encoder refuses (20000x16) is ``source``'s fault."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "clip.mp4"
-        with VideoWriter(path, fps, crf=20) as writer:
-            writer.write(frames)
+        try:
+            with VideoWriter(path, fps, crf=20) as writer:
+                writer.write(frames)
+        except av.error.FFmpegError as exc:
+            raise ElasticTokError(f"{source}: a {frames.shape[2]}x{frames.shape[1]} clip cannot be encoded as "
+                                  f"H.264 ({exc.strerror or exc})") from None
         return path.read_bytes()
 
 
@@ -178,7 +196,7 @@ def _write_clips(writer, path: Path, stem: str, unique: Callable[[str], str], cl
         nonlocal index, pending
         clip = torch.stack(pending)
         meta = {"source": str(path), "frames": len(clip), "fps": reader.fps, "start": start}
-        writer.write({"__key__": unique(f"{stem}-{index:05d}"), "mp4": _encode_clip(clip, reader.fps),
+        writer.write({"__key__": unique(f"{stem}-{index:05d}"), "mp4": _encode_clip(clip, reader.fps, path),
                       "json": json.dumps(meta).encode()})
         index += 1
         pending = []
@@ -213,7 +231,7 @@ def _write_image(writer, path: Path, stem: str, unique: Callable[[str], str], sh
     writer.write({"__key__": unique(stem), "jpg": payload, "json": json.dumps({"source": str(path)}).encode()})
 
 
-class _UniqueKeys:
+class UniqueKeys:
     """Called with a sample's key: the key, or ``key-N`` if a sample of this run has it already (a/b.png and
     c/b.jpg; x-00000.png and x.mp4's first clip)."""
 
@@ -245,7 +263,9 @@ class _CannotWrite(Exception):
 
 class _ShardWriter:
     """Samples into ``DST/shard-NNNNNN.tar`` from ``start``, at most ``size`` per shard. Each shard is written
-    under a temporary name of its own and renamed when whole; ``discard`` removes an unfinished one."""
+    under a temporary name of its own and renamed when whole; ``discard`` removes an unfinished one. Every
+    shard is named in ``DST/.shard-run.json`` (the run's journal) before it appears, so that the next run
+    removes the shards of a run that was killed (``undo_killed_run``); ``close`` removes the journal."""
 
     def __init__(self, destination: Path, start: int, size: int):
         self.destination, self.number, self.size = destination, start, size
@@ -281,6 +301,8 @@ class _ShardWriter:
         try:
             self.tar.close()
             self.stream.close()
+            with atomic_path(self.destination / JOURNAL_NAME) as tmp:  # and a SIGKILL: the next run removes it
+                tmp.write_text(json.dumps({"shards": [p.name for p in self.written]}))
             publish(self.tmp, self.shard)
         except OSError as exc:
             self.written.pop()
@@ -288,6 +310,16 @@ class _ShardWriter:
             raise _CannotWrite(self.shard, exc) from None
         self.tar = self.stream = self.tmp = None
         self.number += 1
+
+    def close(self, keep: bool) -> None:
+        """End the run: ``keep`` its shards, or drop the unfinished one and remove those it finished."""
+        if not keep:
+            self.discard()
+            for shard in self.written:
+                with contextlib.suppress(OSError):
+                    shard.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            (self.destination / JOURNAL_NAME).unlink(missing_ok=True)
 
     def discard(self) -> None:
         """Drop the unfinished shard (never raises: a full disk fails its closing writes again)."""
@@ -323,39 +355,68 @@ def build_shards(sources: list[str | os.PathLike], destination: str | os.PathLik
     summary = ShardSummary()
     writer = None
     try:  # numbered after the shards there, now that no other run can add any
+        undo_killed_run(folder)
         existing = [p.stem.removeprefix("shard-") for p in destination.glob("shard-*.tar")]
         numbers = [int(n) for n in existing if n.isdigit()]
         writer = _ShardWriter(destination, max(numbers, default=-1) + 1, shard_size)
-        unique = _UniqueKeys()
-        for path in tqdm(files, desc="shards", unit="file", disable=not progress):
-            stem = path.stem.replace(".", "_")
-            try:
-                if is_video(path):
-                    summary.clips += _write_clips(writer, path, stem, unique, clip_frames, short_side, fps)
-                else:
-                    _write_image(writer, path, stem, unique, short_side)
-                    summary.images += 1
-            except ElasticTokError as exc:
-                log.warning("skipping %s", exc)
-                summary.skipped += 1
+        _write_samples(writer, files, summary, clip_frames, short_side, fps, progress)
         writer.finish()
     except BaseException as exc:  # interrupted or failed: this run's shards go too, or a rerun would repeat them
         if writer is not None:
-            writer.discard()
-            _remove(writer.written)
+            writer.close(keep=False)
         folder.close()
         if isinstance(exc, _CannotWrite):
             raise ElasticTokError(str(exc)) from None
         raise
+    writer.close(keep=True)
     summary.shards = len(writer.written)  # none if every input was unreadable: no empty shard, no empty folder
     folder.close()
     return summary
 
 
-def _remove(shards: list[Path]) -> None:
-    for shard in shards:
-        with contextlib.suppress(OSError):
-            shard.unlink(missing_ok=True)
+def _write_samples(writer: _ShardWriter, files: list[Path], summary: ShardSummary, clip_frames: int,
+                   short_side: int, fps: float | None, progress: bool) -> None:
+    """Every file's samples into ``writer``, counted in ``summary``; an unreadable file is skipped with a line."""
+    unique = UniqueKeys()
+    for path in progress_bar(files, desc="shards", unit="file", show=progress):
+        stem = path.stem.replace(".", "_")
+        try:
+            if is_video(path):
+                summary.clips += _write_clips(writer, path, stem, unique, clip_frames, short_side, fps)
+            else:
+                _write_image(writer, path, stem, unique, short_side)
+                summary.images += 1
+        except ElasticTokError as exc:
+            log.warning("skipping %s", exc)
+            summary.skipped += 1
+
+
+def undo_killed_run(folder: OutputFolder) -> None:
+    """Remove what a ``build_shards`` run into ``folder`` left when it was killed (SIGKILL, a power cut): the
+    shards its journal names (a rerun writes them again; kept, they would be there twice) and its
+    half-written temporaries. Only while holding the folder, so that they cannot be a live run's."""
+    if folder.fd is None:
+        return
+    journal = folder.path / JOURNAL_NAME
+    if journal.exists():
+        for shard in _journal_shards(journal):
+            (folder.path / shard).unlink(missing_ok=True)
+        log.info("removed the shards of a run into %s that was killed before it ended", folder.path)
+    folder.remove_temporaries(".shard-*.tar.*.tmp", f".{JOURNAL_NAME}.*.tmp")
+    journal.unlink(missing_ok=True)
+
+
+def _journal_shards(journal: Path) -> list[str]:
+    """The shard names a run's journal holds, refused in one line unless every one is a shard's name."""
+    try:
+        names = json.loads(read_small_file(journal, "a shard run's journal").decode("utf-8"))
+    except ValueError:
+        names = None
+    names = names.get("shards") if isinstance(names, dict) else None
+    if not (isinstance(names, list) and all(isinstance(n, str) and SHARD_NAME.fullmatch(n) for n in names)):
+        raise ElasticTokError(f"{journal}: damaged; it names the shards of a run that was killed, which a rerun "
+                              "writes again: delete those and it")
+    return names
 
 
 # ---- reading -------------------------------------------------------------------------------------------------
@@ -424,22 +485,38 @@ class ShardBatches(torch.utils.data.IterableDataset):
         self.world_size = group_size if world_size is None else world_size
         self.skipped = 0
 
-    def _stream(self, slot: int, slots: int) -> Iterator[tuple[str, bytes]]:
-        """Samples of this slot's shards, epoch after epoch, through a seeded shuffle buffer."""
-        epoch = 0
+    def _stream(self, slot: int, slots: int, read: dict[str, int] | None = None) -> Iterator[tuple[str, bytes]]:
+        """Samples of this slot's shards, epoch after epoch, through a seeded shuffle buffer; ``read`` counts
+        the samples of each kind read from the shards and the epochs completed."""
+        read = {"video": 0, "image": 0, "epochs": 0} if read is None else read
         buffer: list[tuple[str, bytes]] = []
         rng = np.random.default_rng(stable_seed(self.seed, "buffer", slot))
         while True:
-            order = np.random.default_rng(stable_seed(self.seed, "epoch", epoch)).permutation(len(self.shards))
+            order = np.random.default_rng(stable_seed(self.seed, "epoch", read["epochs"])).permutation(len(self.shards))
             mine = [self.shards[i] for i in order[slot::slots]] or [self.shards[order[slot % len(self.shards)]]]
+            before = read["video"] + read["image"]
             for shard in mine:
                 for _, kind, payload in iter_shard(shard):
+                    read[kind] += 1
                     buffer.append((kind, payload))
                     if len(buffer) >= self.buffer_size:
                         yield buffer.pop(rng.integers(len(buffer)))
-            epoch += 1
+            read["epochs"] += 1
+            if read["video"] + read["image"] == before:  # a pass without a sample: the next finds none either
+                raise ElasticTokError(f"no image or video samples in {len(mine)} shards ({mine[0]} ...)")
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, int] | ElasticTokError]:
+        """Batches; in a DataLoader worker process, an ElasticTokError is handed on as the last item rather than
+        raised (the DataLoader would wrap it in the worker's traceback): ``raise_worker_errors`` raises it."""
+        if torch.utils.data.get_worker_info() is None:
+            yield from self._batches()
+            return
+        try:
+            yield from self._batches()
+        except ElasticTokError as exc:
+            yield exc
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, int]]:
         info = torch.utils.data.get_worker_info()
         workers = info.num_workers if info else 1
         # Global batch g comes from logical worker g % workers. The DataLoader asks its workers in turn
@@ -447,9 +524,9 @@ class ShardBatches(torch.utils.data.IterableDataset):
         worker = ((info.id if info else 0) + self.start_batch) % workers
         slot, slots = self.rank * workers + worker, self.world_size * workers
         local_done = max(0, (self.start_batch - worker + workers - 1) // workers)
-        stream = self._stream(slot, slots)
+        read: dict[str, int] = {"video": 0, "image": 0, "epochs": 0}
+        stream = self._stream(slot, slots, read)
         pools: dict[str, list[bytes]] = {"video": [], "image": []}
-        seen = {"video": 0, "image": 0}
         j = 0
         while True:
             rng = np.random.default_rng(stable_seed(self.seed, "batch", self.rank, worker, j))
@@ -457,11 +534,10 @@ class ShardBatches(torch.utils.data.IterableDataset):
             kind = "image" if want_images else "video"
             count = self.batch_size * self.n_blocks if want_images else self.batch_size
             while len(pools[kind]) < count:
+                if read["epochs"] and not read[kind]:  # a whole pass over the shards held none
+                    raise ElasticTokError(f"shards hold no {kind} samples; set image_fraction accordingly")
                 sample_kind, payload = next(stream)
                 pools[sample_kind].append(payload)
-                seen[sample_kind] += 1
-                if seen["image"] + seen["video"] > 200 * max(1, count) and not pools[kind]:
-                    raise ElasticTokError(f"shards hold no usable {kind} samples; set image_fraction accordingly")
             payloads, pools[kind] = pools[kind][:count], pools[kind][count:]
             if j >= local_done:
                 batch = self._make_batch(kind, payloads, rng)
@@ -492,3 +568,12 @@ class ShardBatches(torch.utils.data.IterableDataset):
         while len(clips) < len(payloads):  # keep the batch shape when a sample was bad
             clips.append(clips[len(clips) % max(1, len(clips))])
         return to_model(torch.stack(clips))
+
+
+def raise_worker_errors(batches: Iterator) -> Iterator:
+    """The batches of a DataLoader over ``ShardBatches``; an error a worker process handed on as an item is
+    raised here, as the one line it would be without workers."""
+    for item in batches:
+        if isinstance(item, ElasticTokError):
+            raise item
+        yield item

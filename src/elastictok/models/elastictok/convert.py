@@ -15,10 +15,10 @@ from typing import Any, Iterator
 import msgpack
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .config import ElasticTokConfig
 from ...errors import ElasticTokError
+from ...utils.console import progress_bar
 from ...utils.fileio import check_input_file, read_small_file
 from .model import ElasticTok
 
@@ -77,7 +77,7 @@ def read_official_params(path: str | os.PathLike, progress: bool = True) -> Iter
     except OSError as exc:
         raise ElasticTokError(f"{path}: cannot open ({exc.strerror})") from None
     size = path.stat().st_size
-    with handle, tqdm(total=size, unit="B", unit_scale=True, desc="reading", disable=not progress) as bar:
+    with handle, progress_bar(total=size, unit="B", unit_scale=True, desc="reading", show=progress) as bar:
         unpacker = msgpack.Unpacker(handle, raw=False, max_buffer_size=2**31 - 1)
         position = 0
         try:
