@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python scripts/demo.py --out outputs/demo
+	$(BIN)/python -u scripts/demo.py --out outputs/demo
 
 # The report's browser tests drive Debian's chromium through chromium-driver (both from apt, the same
 # version by construction). Installed when missing and we are root; otherwise those tests skip, saying why.

@@ -9,9 +9,12 @@ plots to --out, and report.html: one self-contained page to look at it all in a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import matplotlib
 
@@ -27,6 +30,38 @@ from elastictok.tokenization.targets import Threshold, TokenCount, parse_target 
 from elastictok.tokenization.tokenfile import TokenizedVideo  # noqa: E402
 from elastictok.evaluation.plots import write_side_by_side  # noqa: E402
 from elastictok.evaluation.report import DEFAULT_TARGETS, build_report, parse_targets, write_report_html  # noqa: E402
+from elastictok.utils.cores import available_cores, idle_cores  # noqa: E402
+
+HEARTBEAT_SECONDS = 8  # a stage that runs longer says so this often where no progress bar is drawn (a log, a pipe)
+
+
+@contextlib.contextmanager
+def stage(title: str) -> Iterator[None]:
+    """Print ``title`` as a stage starts and its time when it ends; between, on a terminal the library's
+    progress bars show, elsewhere a line every few seconds says it is still running."""
+    print(f"\n{title} ...", flush=True)
+    started, done = time.perf_counter(), threading.Event()
+
+    def heartbeat() -> None:
+        while not done.wait(HEARTBEAT_SECONDS):
+            print(f"  ... {time.perf_counter() - started:.0f} s", flush=True)
+
+    if not sys.stderr.isatty():
+        threading.Thread(target=heartbeat, daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
+    print(f"  ({time.perf_counter() - started:.1f} s)", flush=True)
+
+
+def use_idle_cores() -> None:
+    """One torch thread per core that other work leaves free: threads that fight another job for its cores
+    make the demo several times slower."""
+    threads, busy = idle_cores()
+    torch.set_num_threads(threads)
+    torch.set_num_interop_threads(1)
+    print(f"torch threads: {threads} of {available_cores()} cores (load average {busy:.1f} from other work)")
 
 
 def threshold_psnr(target: Threshold) -> float:
@@ -54,6 +89,21 @@ def plot_blocks(adaptive: TokenizedVideo, full: TokenizedVideo, target: Threshol
     plt.close(fig)
 
 
+def print_blocks(args: argparse.Namespace, adaptive: TokenizedVideo, full: TokenizedVideo, target: Threshold,
+                 c) -> None:
+    """The per-block table: tokens kept, PSNR kept and with all tokens, whether the block met the target."""
+    print(f"{args.video}: {adaptive.info.frames} frames, {adaptive.n_blocks} blocks of {c.frames_per_block} frames "
+          f"at {c.resolution[1]}x{c.resolution[0]}; model {args.model!r}, target {args.threshold} "
+          f"(PSNR {threshold_psnr(target):.1f} dB)\n")
+    print(f"{'block':>5} | {'tokens':>6} | {'PSNR kept (dB)':>14} | {'PSNR all tokens (dB)':>20} | met")
+    for k in range(adaptive.n_blocks):
+        print(f"{k:>5} | {int(adaptive.counts[k]):>6} | {float(psnr_from_mse(adaptive.scores[k])):>14.2f} | "
+              f"{float(psnr_from_mse(full.scores[k])):>20.2f} | {'yes' if adaptive.met[k] else 'no'}")
+    used, total = int(adaptive.counts.sum()), adaptive.n_blocks * c.tokens_per_block
+    print(f"\nused {used} of {total} tokens ({100 * used / total:.0f}%): {total / used:.2f}x fewer than all tokens; "
+          f"{adaptive.met_line()}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="bundled model name or directory (default: %(default)s)")
@@ -69,34 +119,29 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
-    model = ElasticTok.from_pretrained(args.model)
+    use_idle_cores()
+    with stage(f"[1/4] loading model {args.model!r}"):
+        model = ElasticTok.from_pretrained(args.model)
     c = model.config
-    adaptive = model.tokenize(args.video, target)
-    full = model.tokenize(args.video, TokenCount(c.tokens_per_block))
-    print(f"{args.video}: {adaptive.info.frames} frames, {adaptive.n_blocks} blocks of {c.frames_per_block} frames "
-          f"at {c.resolution[1]}x{c.resolution[0]}; model {args.model!r}, target {args.threshold} "
-          f"(PSNR {threshold_psnr(target):.1f} dB)\n")
-    print(f"{'block':>5} | {'tokens':>6} | {'PSNR kept (dB)':>14} | {'PSNR all tokens (dB)':>20} | meets")
-    meets = target.meets(adaptive.scores)
-    for k in range(adaptive.n_blocks):
-        print(f"{k:>5} | {int(adaptive.counts[k]):>6} | {float(psnr_from_mse(adaptive.scores[k])):>14.2f} | "
-              f"{float(psnr_from_mse(full.scores[k])):>20.2f} | {'yes' if meets[k] else 'no'}")
-    used, total = int(adaptive.counts.sum()), adaptive.n_blocks * c.tokens_per_block
-    print(f"\nused {used} of {total} tokens ({100 * used / total:.0f}%): {total / used:.2f}x fewer than all tokens; "
-          f"{int(meets.sum())} of {adaptive.n_blocks} blocks meet {args.threshold}")
+    with stage(f"[2/4] tokenizing {Path(args.video).name} at {args.threshold}, then at all tokens to compare"):
+        adaptive = model.tokenize(args.video, target)
+        full = model.tokenize(args.video, TokenCount(c.tokens_per_block))
+    print_blocks(args, adaptive, full, target, c)
 
-    summary = write_side_by_side(model, adaptive, args.video, args.out / "side_by_side.mp4")
-    plot_blocks(adaptive, full, target, args.out / "blocks.png")
-    print(f"\n{summary}\nwrote {args.out / 'blocks.png'} (tokens and PSNR per block)")
+    with stage("[3/4] side-by-side video and plots"):
+        summary = write_side_by_side(model, adaptive, args.video, args.out / "side_by_side.mp4")
+        plot_blocks(adaptive, full, target, args.out / "blocks.png")
+    print(f"{summary}\nwrote {args.out / 'blocks.png'} (tokens and PSNR per block)")
 
     targets = parse_targets(DEFAULT_TARGETS, c.tokens_per_block)
     if target not in targets:
         targets.insert(0, target)
     baselines = [from_pretrained(b).eval() for b in args.baseline]
-    report = build_report(model, [args.video], targets, baselines, [Path(b).name for b in args.baseline],
-                          selected=target)
-    page = write_report_html(report, args.out / "report.html")
-    print(f"wrote the report in {time.perf_counter() - started:.0f} s; open it in a browser:\n{page.resolve()}")
+    with stage(f"[4/4] the report: {len(targets)} targets ({', '.join(t.key for t in targets)})"):
+        report = build_report(model, [args.video], targets, baselines, [Path(b).name for b in args.baseline],
+                              selected=target, progress=True)
+        page = write_report_html(report, args.out / "report.html")
+    print(f"\ndone in {time.perf_counter() - started:.0f} s; open the report in a browser:\n{page.resolve()}")
     return 0
 
 

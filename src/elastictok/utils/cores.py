@@ -20,3 +20,15 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
     if workers < 1:
         raise ElasticTokError(f"workers must be at least 1, got {workers}")
     return max(1, (cores or available_cores()) // workers)
+
+
+def idle_cores() -> tuple[int, float]:
+    """(cores free of other work, at least 1; the work already running): the available cores less the load
+    average of the last minute, so that torch's threads do not fight whatever else runs (on a 2-core machine
+    busy with one job, one thread is several times faster than two)."""
+    cores = available_cores()
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not available on this system
+        busy = 0.0
+    return max(1, min(cores, round(cores - busy))), busy
