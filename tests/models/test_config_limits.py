@@ -40,7 +40,7 @@ def test_a_size_beyond_its_limit_is_refused_in_one_line(saved_micro, fields):
 
 
 @pytest.mark.parametrize("fields", [{"width": 2**40}, {"registers": 10**9}, {"resolution": [2**20, 64]},
-                                    {"steps": 2**70}, {"num_heads": 0}])
+                                    {"steps": 2**70}, {"num_heads": 0}, {"guidance": 10**30}])
 def test_flextok_sizes_have_the_same_limits(fields):
     with pytest.raises(ElasticTokError, match="invalid FlexTokConfig"):
         FlexTokConfig.from_preset("flextok-micro", **fields)

@@ -92,7 +92,7 @@ def refuse_unknown_fields(cls: type, names: Any, message: str) -> None:
 SIZE_LIMITS: dict[str, tuple[int, int]] = {
     "frames_per_block": (1, 1024), "width": (1, 2**16), "num_heads": (1, 2**16), "mlp_width": (1, 2**18),
     "encoder_depth": (0, 1024), "decoder_depth": (0, 1024), "head_channels": (1, 2**16),
-    "stem_channels": (1, 2**16), "vae_latent_dim": (1, 2**16), "registers": (1, 2**16), "steps": (1, 10**6)}
+    "stem_channels": (1, 2**16), "vae_latent_dim": (1, 2**16), "registers": (1, 2**16), "steps": (1, 1000)}
 MAX_TOKENS_PER_BLOCK = 2**20  # Mmax (and FlexTok's patches per block): a block is attended to whole
 
 

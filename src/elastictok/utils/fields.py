@@ -5,11 +5,10 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
-import math
 from typing import Any
 
-KIND_WORDS = {"int": "a whole number", "float": "a finite number", "str": "text", "bool": "true or false",
-              "None": "empty", "list[str]": "a list of paths", "list[float]": "a list of numbers",
+KIND_WORDS = {"int": "a whole number", "float": "a number between -2^63 and 2^63", "str": "text",
+              "bool": "true or false", "None": "empty", "list[str]": "a list of paths", "list[float]": "a list of numbers",
               "tuple[float, float]": "two numbers", "dict[str, Any]": "a mapping of fields",
               "tuple[int, int]": "two whole numbers", "tuple[int, int, int]": "three whole numbers",
               "tuple[int, ...]": "whole numbers"}
@@ -28,8 +27,8 @@ def matches(value: Any, kind: str) -> bool:
         return isinstance(value, bool)
     if kind == "int":
         return isinstance(value, int) and not isinstance(value, bool)
-    if kind == "float":
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind == "float":  # larger numbers overflow torch's scalars (and math.isfinite, for an int)
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and -2**63 < value < 2**63
     if kind == "str":
         return isinstance(value, str)
     if kind.startswith("list["):
@@ -45,7 +44,8 @@ def matches(value: Any, kind: str) -> bool:
 
 
 def describe(kind: str) -> str:
-    """An annotation in words, for messages: "float | None" -> "a finite number or empty"."""
+    """An annotation in words, for messages: "float | None" -> "a number between -2^63 and 2^63 or
+    empty"."""
     if kind.startswith("Literal["):
         return "one of " + ", ".join(map(str, ast.literal_eval(f"({kind[8:-1]},)")))
     return " or ".join(KIND_WORDS.get(option.strip(), option.strip()) for option in kind.split("|"))
