@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from elastictok import ElasticTokError
 from elastictok.training.config import TrainConfig
@@ -22,7 +23,7 @@ def test_defaults_and_presets_of_both_families_are_accepted():
     ({"data": 5}, "data"), ({"eval_keep_fractions": [0.5, 1.5]}, "eval_keep_fractions"),
     ({"betas": (0.9, 1.0)}, "betas"), ({"min_lr_ratio": -0.1}, "min_lr_ratio"), ({"stop_at": 0}, "stop_at"),
     ({"model": "no-such-preset"}, "no-such-preset"), ({"model_overrides": {"width": "wide"}}, "width"),
-    ({"bf16": "yes"}, "bf16"), ({"seed": None}, "seed"),
+    ({"bf16": "yes"}, "bf16"), ({"seed": None}, "seed"), ({"device": "meta"}, "device"), ({"device": "xla"}, "device"),
 ])
 def test_bad_fields_are_refused_in_one_line(fields, word):
     with pytest.raises(ElasticTokError, match=word) as info:
@@ -71,3 +72,12 @@ def test_a_config_can_come_from_a_pipe():
         assert TrainConfig.from_yaml(f"/dev/fd/{read}").steps == 7
     finally:
         os.close(read)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_this_machine_lacks_is_refused_before_the_run_folder_is_made(tmp_path):
+    from elastictok.training.loop import train
+
+    with pytest.raises(ElasticTokError, match="no CUDA device") as info:
+        train(TrainConfig(model="micro", data=[str(tmp_path)], out_dir=str(tmp_path / "run"), device="cuda"))
+    assert "\n" not in str(info.value) and not (tmp_path / "run").exists()

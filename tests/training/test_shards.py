@@ -179,3 +179,44 @@ def test_an_interrupted_run_leaves_no_shard(photo_folder, tmp_path, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         build_shards([photo_folder], tmp_path / "out", shard_size=1, progress=False)
     assert not (tmp_path / "out").exists()  # the first image's finished shard went too: a rerun starts clean
+
+
+def test_mixed_shards_serve_either_kind_far_into_a_run(shard_dir):
+    """Half images, half clips: batch 3000 reads whichever kind it needs (counting the samples seen over the
+    whole run once refused a batch that began on the other kind, after 200 times the batch)."""
+    shards = list_shards([shard_dir])
+    for fraction in (0.33, 0.2):
+        [video] = batches(shards, 1, batch_size=1, n_blocks=1, image_fraction=fraction, start_batch=3000)
+        assert video.shape[0] == 1
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_error_in_a_loader_worker_is_its_one_line(photo_folder, tmp_path, workers):
+    """Shards without a video clip at image_fraction 0.5: the same one line with DataLoader workers as without
+    (a worker's error once arrived wrapped in its whole traceback)."""
+    from elastictok.training.shards import raise_worker_errors
+
+    build_shards([photo_folder / "photo0.jpg", photo_folder / "photo1.jpg"], tmp_path, progress=False)
+    dataset = ShardBatches(list_shards([tmp_path]), (32, 32), 2, 1, 1, 0.5, seed=0, buffer_size=1)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers)
+    with pytest.raises(ElasticTokError) as info:
+        for _ in raise_worker_errors(iter(loader)):
+            pass
+    assert str(info.value) == "shards hold no video samples; set image_fraction accordingly"
+
+
+def test_a_video_the_encoder_refuses_is_skipped_and_the_others_kept(photo_folder, tmp_path):
+    """A 20000x16 video (H.264 cannot hold it) is one skipped input; DST keeps the other inputs' samples."""
+    import av
+
+    wide = tmp_path / "wide.mkv"
+    with av.open(str(wide), "w") as container:
+        stream = container.add_stream("ffv1", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 20000, 16, "yuv420p"
+        for _ in range(4):
+            frame = av.VideoFrame.from_ndarray(torch.full((16, 20000, 3), 90, dtype=torch.uint8).numpy(), "rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    summary = build_shards([wide, photo_folder / "photo0.jpg"], tmp_path / "out", clip_frames=4, progress=False)
+    assert (summary.images, summary.clips, summary.skipped) == (1, 0, 1)
+    assert [kind for s in list_shards([tmp_path / "out"]) for _, kind, _ in iter_shard(s)] == ["image"]

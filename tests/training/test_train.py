@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -131,6 +132,21 @@ def test_resume_after_sigkill(photo_folder, tmp_path):
                                    eval_data=[], bf16=True))
     a, b = _final_weights(reference), _final_weights(tmp_path / "killed")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_resumed_run_logs_each_held_out_step_once(photo_folder, tmp_path):
+    """Killed after it logged step 3's held-out PSNR but before step 3's checkpoint, a run repeats step 3 on
+    --resume: eval.jsonl holds each step once, as log.csv does."""
+    out = tmp_path / "run"
+    fields = dict(steps=4, eval_every=1, checkpoint_every=2, log_every=1)
+    train(micro_config(photo_folder, out, stop_at=2, **fields))
+    at_step_2 = (out / "checkpoints" / "last.pt").read_bytes()
+    train(micro_config(photo_folder, out, stop_at=3, **fields), resume=True)
+    (out / "checkpoints" / "last.pt").write_bytes(at_step_2)  # what a kill before step 3's checkpoint leaves
+    train(micro_config(photo_folder, out, **fields), resume=True)
+    logged = [json.loads(line)["step"] for line in (out / "eval.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3, 4]
+    assert [row.split(",")[0] for row in (out / "log.csv").read_text().splitlines()[1:]] == ["1", "2", "3", "4"]
 
 
 def test_progressive_training_starts_from_another_run(photo_folder, tmp_path):

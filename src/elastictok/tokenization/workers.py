@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import sys
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Iterable, Iterator
 
 import torch
+from tqdm import tqdm
 
 from ..errors import ElasticTokError
 from ..utils.cores import threads_per_worker
@@ -89,10 +92,26 @@ def _ready(_: int) -> int:
     return torch.get_num_threads()
 
 
+def _exit_with_parent() -> None:
+    """End this worker as soon as its parent process is gone (SIGKILLed, say), rather than idle for good."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _start_worker_process(blocked_by_parent: set | None, *args) -> None:
     """The pool's initializer: ``_start_worker``, then handle SIGINT. Workers start with interrupts held,
     so that Ctrl-C during their start (importing torch, loading the model) prints no traceback from each;
-    one that came meanwhile arrives here."""
+    one that came meanwhile arrives here. A worker ends with its parent, and holds no semaphore a kill
+    would leak (tqdm's lock across processes is a named one: multiprocessing would name it at exit)."""
+    _exit_with_parent()
+    tqdm.set_lock(threading.RLock())
     _start_worker(*args)
     sys.unraisablehook = _quiet_interrupt_in_finalizer
     signal.signal(signal.SIGINT, _on_ctrl_c)

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import ElasticTokError
-from ..utils.runtime import rank_and_world_size
+from ..utils.runtime import rank_and_world_size, resolve_device
 
 
 @dataclass
@@ -35,7 +35,10 @@ class World:
 
 
 def setup(device_name: str) -> tuple[World, torch.device]:
-    """Join the process group torchrun describes in the environment (if any); pick this rank's device."""
+    """Join the process group torchrun describes in the environment (if any); pick this rank's device (one
+    that this machine lacks, such as cuda without a GPU, is refused in one line first)."""
+    if device_name != "auto":
+        resolve_device(device_name)
     if "WORLD_SIZE" not in os.environ or dist.is_initialized():
         world = World(*rank_and_world_size())
     else:
