@@ -43,7 +43,8 @@ def is_video(path: Path) -> bool:
 def is_animation(path: Path) -> bool:
     """An animated GIF or PNG (more than one frame), which is read as a video; other animated images
     (WebP) are refused in one line rather than read as their first frame."""
-    if path.suffix.lower() not in IMAGE_SUFFIXES - {".tif", ".tiff"}:  # a TIFF's pages are not a clip
+    # a TIFF's pages are not a clip; a pipe could block the read (read_image refuses it)
+    if path.suffix.lower() not in IMAGE_SUFFIXES - {".tif", ".tiff"} or not path.is_file():
         return False
     try:
         with Image.open(path) as image:
