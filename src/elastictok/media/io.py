@@ -136,14 +136,14 @@ class VideoReader:
                 duration = stream.duration * stream.time_base if stream.duration and stream.time_base else None
                 self.info = VideoInfo(float(rate), stream.codec_context.width, stream.codec_context.height,
                                       stream.frames or None, float(duration) if duration else None)
+                if self.info.width == 0 or self.info.height == 0:
+                    raise ElasticTokError(f"{self.path}: video stream has no frame size")
+                if max(self.info.width, self.info.height) > MAX_SIDE:
+                    raise ElasticTokError(f"{self.path}: {self.info.width}x{self.info.height} frames are too large")
                 if quarter_turns(next(self._frames(container, stream), None)) % 2:  # shown portrait
                     self.info.width, self.info.height = self.info.height, self.info.width
         except av.error.FFmpegError as exc:
             raise ElasticTokError(f"{self.path}: not a readable video ({exc.strerror or exc})") from None
-        if self.info.width == 0 or self.info.height == 0:
-            raise ElasticTokError(f"{self.path}: video stream has no frame size")
-        if max(self.info.width, self.info.height) > MAX_SIDE:
-            raise ElasticTokError(f"{self.path}: {self.info.width}x{self.info.height} frames are too large")
         if not is_valid_fps(self.info.fps):
             self.info.fps = 24.0  # a container with a nonsensical rate: assume the common one
 
