@@ -2,7 +2,7 @@
 the checksum recomputed, config.json, training YAML, length heads, target strings, library misuse) with N random
 cases each instead of the suite's short fixed-seed run. Prints the cases each reader was given and every failure.
 
-    python benchmarks/fuzz_readers.py --examples 1000      # about 10 minutes on one core
+    python benchmarks/fuzz_readers.py --examples 1000      # about 90 s on one core (4000: about 5 minutes)
 """
 
 from __future__ import annotations
