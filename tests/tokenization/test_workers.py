@@ -80,3 +80,60 @@ def test_an_interrupted_pool_stops_its_workers_at_once(tmp_path, how):
     assert 1 <= len(written) < len(inputs) and all(p.suffix == ".etok" for p in written)  # no temporaries
     for path in written:
         assert elastictok.read_etok(path).counts.numel() == 20  # each written file whole
+
+
+def _encode_busy_with_workers(tmp_path) -> tuple[subprocess.Popen, list[int]]:
+    """``encode --workers 2`` of 200 clips with the micro preset, once its first file is written (both workers
+    busy): the process and its workers' ids."""
+    from crash_kill import session
+
+    torch.manual_seed(0)
+    ElasticTok(ElasticTokConfig.from_preset("micro")).save_pretrained(tmp_path / "micro")
+    clip = Path(elastictok.__file__).parent / "assets" / "street.mp4"
+    inputs = [shutil.copy(clip, tmp_path / f"clip{i}.mp4") for i in range(200)]
+    run = subprocess.Popen([sys.executable, "-m", "elastictok.cli", "encode", *map(str, inputs), "-o",
+                            str(tmp_path / "out"), "--model", str(tmp_path / "micro"), "--tokens", "32",
+                            "--workers", "2", "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not list((tmp_path / "out").glob("*.etok")) and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert run.poll() is None, "the encode ended before it could be killed"
+    workers = [pid for pid in session(run.pid) if pid != run.pid
+               and b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(workers) == 2
+    return run, workers
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the process table of /proc")
+def test_workers_end_with_their_killed_parent(tmp_path):
+    """SIGKILL of the parent alone (the OOM killer, kill -9): its workers once lived on, idle, for good."""
+    from crash_kill import session
+
+    run, _ = _encode_busy_with_workers(tmp_path)
+    try:
+        run.kill()
+        run.wait()
+        deadline = time.monotonic() + 10
+        while session(run.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not session(run.pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the process table of /proc")
+def test_a_killed_worker_is_one_error_line(tmp_path):
+    """A worker SIGKILLed (out of memory): one error line naming the inputs not tokenized, nothing after it
+    (multiprocessing once added its leaked-semaphore warnings)."""
+    run, workers = _encode_busy_with_workers(tmp_path)
+    try:
+        os.kill(workers[0], signal.SIGKILL)
+        _, stderr = run.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 2
+    assert len(stderr.splitlines()) == 1, stderr[-2000:]
+    assert stderr.startswith("error: ") and "a worker process died" in stderr

@@ -36,8 +36,9 @@ from ..tokenization.targets import Threshold, TokenCount, parse_target
 from ..tokenization.tokenfile import TokenizedVideo
 from ..tokenization.tokenizer import read_source, tokenize_blocks
 from ..utils.console import progress_bar
-from ..utils.fileio import check_output_dir, missing_folders, remove_empty_folders
+from ..utils.fileio import check_output_dir
 from ..utils.runtime import interrupts_held
+from ..training.shards import OutputFolder
 from .anchors import CODECS, H264_CRFS, JPEG_QUALITIES, bits_per_token, codec_points, token_stream_bits
 from .figures import rate_distortion_figure, share_figure
 from .plots import save_png, tokens_figure
@@ -376,11 +377,12 @@ def write_report(report: dict, out: str | Path) -> list[Path]:
 def _staged(out: Path) -> Iterator[Path]:
     """A hidden temporary folder inside ``out`` (made if missing) to write files into; they are moved into
     ``out`` once all are written. In every case the temporary folder is removed; on failure, also the
-    files already moved and the folders made here."""
-    made = missing_folders(out)
+    files already moved and the folders made here. ``out`` is held meanwhile (a second report staged into it
+    at the same moment is refused, not mixed in), and a killed run's temporary folder is removed."""
+    folder = OutputFolder(out).open()
     stage, moved, done = None, [], False
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        folder.remove_temporaries(".report.*.tmp")
         stage = Path(tempfile.mkdtemp(prefix=".report.", suffix=".tmp", dir=out))
         yield stage
         with interrupts_held():  # a Ctrl-C among the renames would leave half the old report, half the new
@@ -394,7 +396,7 @@ def _staged(out: Path) -> Iterator[Path]:
         if not done:
             for path in moved:
                 path.unlink(missing_ok=True)
-            remove_empty_folders(made)
+        folder.close()  # and the folders made for it, if left empty
 
 
 def _tokens_plot_names(videos: list[str]) -> dict[str, str]:

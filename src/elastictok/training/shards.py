@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -86,14 +87,16 @@ class OutputFolder:
         self.made = []
 
     def remove_temporaries(self, *patterns: str) -> None:
-        """Remove the files matching ``patterns`` (glob, in DST) that a killed run left half-written; only while
-        this run holds the lock, so that they cannot be a live run's."""
+        """Remove the files and folders matching ``patterns`` (glob, in DST) that a killed run left half-written;
+        only while this run holds the lock, so that they cannot be a live run's."""
         if self.fd is None:
             return
         for pattern in patterns:
             for path in self.path.glob(pattern):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
                 with contextlib.suppress(OSError):
-                    path.unlink()
+                    path.unlink(missing_ok=True)
 
     def _make(self) -> None:
         missing, folder = [], self.path
