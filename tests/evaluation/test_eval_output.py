@@ -14,11 +14,11 @@ import pytest
 
 from elastictok.cli.main import main
 from elastictok.errors import ElasticTokError
-from elastictok.evaluation.measurement import evaluate_models, write_report
+from elastictok.evaluation.measurement import EvalRun, evaluate_models, write_report
 from elastictok.evaluation.report import make_report
 from elastictok.tokenization.targets import parse_target
 
-FILES = {"report.json", "summary.md", "fig4_share_vs_tokens.png", "rate_distortion.png"}
+FILES = {"report.json", "summary.md", "fig4_share_vs_bits.png", "rate_distortion.png"}
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ def test_a_file_where_the_folder_should_be_is_refused_before_the_work(photo_fold
 
 def test_write_report_leaves_nothing_when_a_file_cannot_be_written(micro, photo_folder, tmp_path):
     report = evaluate_models(micro, [micro], [str(photo_folder / "photo0.jpg")], [parse_target("mse:0.1")],
-                             [0.5, 1.0], progress=False)
+                             EvalRun(fractions=(0.5, 1.0), progress=False))
     out = tmp_path / "ev"
     (out / "summary.md").mkdir(parents=True)
     with pytest.raises(ElasticTokError, match="summary.md: is a directory"):
@@ -131,7 +131,7 @@ def test_ctrl_c_among_the_final_renames_leaves_the_new_report_whole(micro, photo
     from elastictok.evaluation import measurement
 
     report = evaluate_models(micro, [micro], [str(photo_folder / "photo0.jpg")], [parse_target("mse:0.1")],
-                             [0.5, 1.0], progress=False)
+                             EvalRun(fractions=(0.5, 1.0), progress=False))
     out = tmp_path / "ev"
     write_report(dict(report), out)
     old = {name: (out / name).read_bytes() for name in FILES}

@@ -84,5 +84,5 @@ def test_eval_compares_the_families_either_way(micro, photo_folder, tmp_path):
         assert result.returncode == 0, result.stderr
         assert f"| {label} tokens |" in result.stdout
         report = json.loads((tmp_path / f"eval-{model}" / "report.json").read_text())
-        assert report["model_family"] == ("flextok" if model == "flex" else "elastictok")
-        assert [p["tokens_per_block"] for p in report["baseline_fixed"]] == [16, 32]
+        assert report["model"]["family"] == ("flextok" if model == "flex" else "elastictok")
+        assert [p["tokens_per_block"] for p in report["baselines"][str(tmp_path / baseline)]] == [16, 32]

@@ -79,8 +79,16 @@ def _options(args: argparse.Namespace, model, progress: bool = True):
         from ..tokenization.length_head import LengthHead
 
         length_head = LengthHead.load(args.length_head, model)
-    return TokenizeOptions(search=args.search, window=args.window, fps=args.fps, fit=args.fit,
-                           length_head=length_head, progress=progress and not args.no_progress)
+    options = TokenizeOptions(search=args.search, window=args.window, fps=args.fps, fit=args.fit,
+                              length_head=length_head, progress=progress and not args.no_progress,
+                              **_sampler_settings(args))
+    options.resolve_sampler(model)  # a family without a sampler refuses --steps at once, not once per input
+    return options
+
+
+def _sampler_settings(args: argparse.Namespace) -> dict:
+    """--steps, --guidance, --seed as given (None: not given)."""
+    return {"steps": args.steps, "guidance": args.guidance, "seed": args.seed}
 
 
 def _autocast(args: argparse.Namespace, model):
@@ -157,7 +165,7 @@ def _decode(args: argparse.Namespace) -> None:
     encoded = read_etok(args.tokens_file)
     model = _load_model(args, args.model or bundled_model_for(encoded.family, encoded.config_hash))
     with _autocast(args, model):
-        output = decode_file(model, encoded, args.output, args.window, args.size)
+        output = decode_file(model, encoded, args.output, args.window, args.size, **_sampler_settings(args))
     (h, w), (mh, mw) = encoded.info.size, model.config.resolution
     if args.size == "model" and (h, w) != (mh, mw):
         print(f"wrote {output} at the model's {mw}x{mh} (--size source gives back the source's {w}x{h})")

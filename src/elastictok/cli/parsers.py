@@ -85,6 +85,17 @@ def _add_target_args(p: argparse.ArgumentParser) -> None:
                    help="fit frames to the model's resolution by centre crop or padding (default: %(default)s)")
 
 
+def _add_sampler_args(p: argparse.ArgumentParser, decoding: bool = False) -> None:
+    """--steps, --guidance, --seed: the sampler of a family whose decoder samples from noise (FlexTok)."""
+    default = "what the token file records, else the model's config.json" if decoding else "the model's config.json"
+    group = p.add_argument_group("sampler", "for a family whose decoder samples from noise (FlexTok); ElasticTok "
+                                 "decodes in one pass and refuses these")
+    group.add_argument("--steps", type=int, metavar="N", help=f"Euler steps per block, 1 to 1000 (default: {default})")
+    group.add_argument("--guidance", type=float, metavar="G", help=f"classifier-free guidance scale, 1 for none "
+                       f"(default: {default})")
+    group.add_argument("--seed", type=int, metavar="S", help=f"seed of each block's starting noise (default: {default})")
+
+
 def _add_encode(sub, commands: dict) -> None:
     p = sub.add_parser("encode", help="tokenize images and videos into .etok files",
                        description="Tokenize each input with the fewest tokens per block that meet the target; "
@@ -95,6 +106,7 @@ def _add_encode(sub, commands: dict) -> None:
     _add_target_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object per input on stdout")
     _add_workers_arg(p)
+    _add_sampler_args(p)
     p.set_defaults(func=commands["encode"])
 
 
@@ -112,6 +124,7 @@ def _add_decode(sub, commands: dict) -> None:
     p.add_argument("--size", choices=["model", "source"], default="model",
                    help="the model's frame size, or the source's (the crop or padding undone) (default: %(default)s)")
     _add_model_args(p, model_default=None)
+    _add_sampler_args(p, decoding=True)
     p.set_defaults(func=commands["decode"])
 
 
@@ -125,6 +138,7 @@ def _add_reconstruct(sub, commands: dict) -> None:
                    metavar="OUT", help="OUT.mp4 (or OUT.png for an image)")
     _add_model_args(p)
     _add_target_args(p)
+    _add_sampler_args(p)
     p.set_defaults(func=commands["reconstruct"])
 
 
@@ -139,6 +153,7 @@ def _add_tokenize_corpus(sub, commands: dict) -> None:
     _add_workers_arg(p)
     _add_model_args(p)
     _add_target_args(p)
+    _add_sampler_args(p)
     p.set_defaults(func=commands["tokenize-corpus"])
 
 

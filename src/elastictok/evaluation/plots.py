@@ -14,19 +14,20 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from ..errors import ElasticTokError  # noqa: E402
 from ..media.io import VideoWriter, is_video, write_image  # noqa: E402
-from ..media.transforms import from_model  # noqa: E402
+from ..media.transforms import display_scale, from_model, upscale  # noqa: E402
 from ..metrics.quality import psnr_from_mse  # noqa: E402
 from ..tokenization.options import TokenizeOptions  # noqa: E402
 from ..tokenization.targets import Target  # noqa: E402
 from ..tokenization.tokenfile import TokenizedVideo  # noqa: E402
-from ..tokenization.tokenizer import decoded_with_sources, score_block  # noqa: E402
+from ..tokenization.scoring import scored_blocks  # noqa: E402
+from ..tokenization.tokenizer import tokenize  # noqa: E402
 from ..utils.blocks import trim_padding  # noqa: E402
 from ..utils.fileio import atomic_path, check_output_file  # noqa: E402
 
 
 def label_frames(frames: torch.Tensor, text: str, scale: int) -> torch.Tensor:
     """Upscale uint8 (T, H, W, 3) by an integer factor (nearest) and write ``text`` in the top-left corner."""
-    big = frames.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+    big = upscale(frames, scale)
     out = []
     for frame in big:
         image = Image.fromarray(frame.numpy())
@@ -73,7 +74,7 @@ def reconstruct_side_by_side(model, source: str, output: str | Path, target: Tar
     """Tokenize ``source``; write original | reconstruction with per-block counts, and a token plot."""
     _check_output(source, Path(output))
     options = TokenizeOptions.build(options, **overrides)
-    encoded = model.tokenize(source, target, options)
+    encoded = tokenize(model, source, target, options)
     return write_side_by_side(model, encoded, source, output, options)
 
 
@@ -100,13 +101,13 @@ def write_side_by_side(model, encoded: TokenizedVideo, source: str, output: str 
     output = Path(output)
     _check_output(source, output)
     c = model.config
-    scale = max(1, -(-256 // min(c.resolution)))
+    scale = display_scale(c.resolution)
     plot_path = _plot_path(output)
     errors = []
 
     def side_by_side():
-        for k, (recon, block) in enumerate(decoded_with_sources(model, encoded, source, options)):
-            errors.append(score_block(recon, block, "mse"))
+        for k, (recon, block, scores) in enumerate(scored_blocks(model, encoded, source, options, ("mse",))):
+            errors.append(scores["mse"])
             n = int(encoded.counts[k])
             left = label_frames(block, "original", scale)
             right = label_frames(from_model(recon), f"block {k}: {n}/{c.tokens_per_block} tokens", scale)

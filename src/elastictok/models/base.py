@@ -4,7 +4,8 @@ Every layer above ``models/`` sees a model only through ``ModelFamily``:
 
 - tokenized: the tokenization layer checks inputs with ``as_video``, cuts blocks with ``patchify``,
   reads ``config`` (``FamilyConfig``) and ``codebook_size``, and hands the rest to the family's own
-  block coder (``coder_class``, a ``models.coder.BlockCoder``), which alone knows the family's internals;
+  block coder (``coder_class``, a ``models.coder.BlockCoder``), which alone knows the family's internals,
+  decoding with ``sampler()`` where the family declares ``has_sampler``;
 - trained: the loop calls ``forward(video, keep)`` for a loss, draws kept counts with the trainer's
   mask or the family's ``keep_sampler``, and reads ``fsdp_units``, ``supports_sequence_parallel`` and
   ``trains_several_lengths``;
@@ -30,7 +31,7 @@ from torch import Tensor, nn
 
 from ..errors import ElasticTokError
 from ..utils.fields import field_problems, whole_number_problem, with_suggestion
-from .coder import BlockCoder
+from .coder import MAX_SAMPLER_STEPS, SAMPLER_FIELDS, BlockCoder, Sampler
 from .files import PretrainedFiles
 
 
@@ -92,7 +93,7 @@ def refuse_unknown_fields(cls: type, names: Any, message: str) -> None:
 SIZE_LIMITS: dict[str, tuple[int, int]] = {
     "frames_per_block": (1, 1024), "width": (1, 2**16), "num_heads": (1, 2**16), "mlp_width": (1, 2**18),
     "encoder_depth": (0, 1024), "decoder_depth": (0, 1024), "head_channels": (1, 2**16),
-    "stem_channels": (1, 2**16), "vae_latent_dim": (1, 2**16), "registers": (1, 2**16), "steps": (1, 1000)}
+    "stem_channels": (1, 2**16), "vae_latent_dim": (1, 2**16), "registers": (1, 2**16), "steps": (1, MAX_SAMPLER_STEPS)}
 MAX_TOKENS_PER_BLOCK = 2**20  # Mmax (and FlexTok's patches per block): a block is attended to whole
 
 
@@ -166,6 +167,9 @@ class ModelFamily(PretrainedFiles, ABC):
     fsdp_units: ClassVar[tuple[type[nn.Module], ...]]  # module types FSDP2 shards one by one
     supports_sequence_parallel: ClassVar[bool] = False  # forward() can split a sequence over ranks
     trains_several_lengths: ClassVar[bool] = False  # forward() takes keep (L, B, n_blocks): mask_lengths > 1
+    # Its decoder samples each block from noise: steps, guidance and seed may be set per call (``sampler``),
+    # and its config holds their defaults as the fields ``steps``, ``guidance`` and ``seed``.
+    has_sampler: ClassVar[bool] = False
     sequence_group: Any = None  # the process group forward() splits sequences over (None: whole sequences)
     config: FamilyConfig
 
@@ -206,6 +210,23 @@ class ModelFamily(PretrainedFiles, ABC):
         ``(batch, n_blocks, generator) -> (B, n_blocks)``; None where the trainer's mask serves."""
         return None
 
+    def sampler(self, recorded: Sampler | None = None, **given: int | float | None) -> Sampler | None:
+        """The sampler to decode with: the ``given`` settings (``steps``, ``guidance``, ``seed``; None: not
+        given) over ``recorded`` (a token file's) over the config's defaults. A family without a sampler
+        returns None, and refuses any setting in one line."""
+        unknown = sorted(set(given) - set(SAMPLER_FIELDS))
+        if unknown:
+            raise ElasticTokError(f"unknown sampler settings {', '.join(unknown)}; use {', '.join(SAMPLER_FIELDS)}")
+        given = {name: value for name, value in given.items() if value is not None}
+        if not self.has_sampler:
+            if given or recorded is not None:
+                what = ", ".join(given) if given else "the sampler these tokens record"
+                raise ElasticTokError(f"{self.display_name} decodes each block in one pass and has no sampler: "
+                                      f"{what} cannot apply")
+            return None
+        c = self.config
+        return dataclasses.replace(recorded or Sampler(c.steps, c.guidance, c.seed), **given)
+
     def check_sequence_split(self, tokens: int, size: int) -> None:
         """Refuse a sequence of ``tokens`` that ``forward`` cannot split over ``size`` ranks."""
         raise ElasticTokError(f"sequence_parallel is not supported by {self.display_name}")
@@ -223,12 +244,14 @@ class ModelFamily(PretrainedFiles, ABC):
         from ..tokenization.tokenizer import tokenize  # the one upward import: user sugar (docs/architecture.md)
         return tokenize(self, inputs, target, options, **overrides)
 
-    def detokenize(self, encoded, window: int | None | str = "model", size: str = "model"):
+    def detokenize(self, encoded, window: int | None | str = "model", size: str = "model", *,
+                   steps: int | None = None, guidance: float | None = None, seed: int | None = None):
         """Decode a ``TokenizedVideo`` or .etok path to (T, 3, H, W), or (3, H, W) for an image; a list
         of them to a list, decoded together (see ``elastictok.tokenization.tokenizer.detokenize``).
-        ``size="source"`` gives each back at its source's size instead of the model's."""
+        ``size="source"`` gives each back at its source's size instead of the model's; ``steps``,
+        ``guidance``, ``seed`` override the sampler the tokens record (families with a sampler only)."""
         from ..tokenization.tokenizer import detokenize
-        return detokenize(self, encoded, window, size)
+        return detokenize(self, encoded, window, size, steps=steps, guidance=guidance, seed=seed)
 
     def _apply(self, *args: Any, **kwargs: Any) -> Any:  # .to(), .half(), .cuda() ...: the weights may change
         self.__dict__.pop("_weights_digest", None)

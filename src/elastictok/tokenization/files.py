@@ -120,26 +120,29 @@ def write_encoded(model, encoded: TokenizedVideo, source, out_dir: str | Path,
         "metric": encoded.metric, "scores": encoded.scores.tolist(), "target": encoded.target,
         "met": encoded.met.tolist(), "blocks_met": encoded.blocks_met, "passes": encoded.passes,
         "encoder_passes": encoded.encoder_passes, "seconds": round(encoded.seconds + seconds, 3),
+        "sampler": None if encoded.sampler is None else encoded.sampler.to_dict(),
     }
 
 
 def decode_file(model, tokens: str | Path | TokenizedVideo, output: str | Path,
-                window: int | None | str = "model", size: str = "model") -> Path:
+                window: int | None | str = "model", size: str = "model", **sampler: int | float | None) -> Path:
     """Decode an .etok file to an image (.png/.jpg/.webp) or a video (.mp4), streaming video blocks;
-    ``size``: ``"model"`` (the model's frame size) or ``"source"`` (the source's, the fit undone)."""
+    ``size``: ``"model"`` (the model's frame size) or ``"source"`` (the source's, the fit undone);
+    ``sampler``: ``steps``, ``guidance``, ``seed`` over the sampler the tokens record."""
     if size not in SIZES:
         raise ElasticTokError(f"size must be 'model' or 'source', got {size!r}")
     output = Path(output)
     check_output_file(output)
     encoded = tokens if isinstance(tokens, TokenizedVideo) else read_etok(tokens)
     check_compatible(model, encoded)
+    model.sampler(encoded.sampler, **sampler)  # settings it refuses are refused before any output is opened
     if encoded.info.is_image:
-        write_image(output, from_model(detokenize(model, encoded, window, size)))
+        write_image(output, from_model(detokenize(model, encoded, window, size, **sampler)))
         return output
     if output.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"):
         raise ElasticTokError(f"{output}: these tokens hold a video; write .mp4")
     with VideoWriter(output, encoded.info.fps or 24) as writer:
-        blocks = iter_decode(model, encoded, window)
+        blocks = iter_decode(model, encoded, window, **sampler)
         if size == "source":
             blocks = (at_source_size(b, encoded) for b in blocks)
         for frames in trim_padding((from_model(b) for b in blocks), encoded.info.frames):

@@ -58,7 +58,7 @@ class _Stream:
                               encoder_passes=coder.encoder_passes,
                               evaluations=coder.evaluations // streams, seconds=seconds, family=model.family,
                               weights_hash=weights_hash, codebook_size=model.codebook_size, target=target.key,
-                              met=target.meets(scores))
+                              met=target.meets(scores), sampler=coder.sampler)
 
 
 class Tokenizer:
@@ -78,6 +78,7 @@ class Tokenizer:
         self.target.check_model(model.config)
         self.options = TokenizeOptions.build(options, **overrides)
         self.window = self.options.resolve_window(model)
+        self.sampler = self.options.resolve_sampler(model)
         self.before_block, self.on_block = before_block, on_block
         self.scorer = self.target.scorer
         self.length_head = self.options.length_head
@@ -90,7 +91,7 @@ class Tokenizer:
         """``blocks`` yields float blocks (B, fpb, 3, H, W) in [-1, 1], one stream per batch row."""
         started = time.perf_counter()
         streams = [_Stream(info) for info in infos]
-        coder = self.model.coder_class(self.model, len(streams), self.window)
+        coder = self.model.coder_class(self.model, len(streams), self.window, self.sampler)
         previous: Tensor | None = None
         bar = progress_bar(blocks, total=total, desc="tokenize", unit="block", show=self.options.progress)
         for block in bar:
@@ -423,11 +424,14 @@ def _check_fields(model, encoded: TokenizedVideo) -> None:
                               f"{(n - 1) * fpb + 1} to {n * fpb}")
 
 
-def iter_decode(model, encoded: TokenizedVideo, window: int | None | str = "model") -> Iterator[Tensor]:
-    """Decode block by block with cached context; yields (fpb, 3, H, W) float blocks in [-1, 1]."""
+def iter_decode(model, encoded: TokenizedVideo, window: int | None | str = "model",
+                **sampler: int | float | None) -> Iterator[Tensor]:
+    """Decode block by block with cached context; yields (fpb, 3, H, W) float blocks in [-1, 1]. ``sampler``:
+    ``steps``, ``guidance``, ``seed`` over the sampler the tokens record (see ``ModelFamily.sampler``)."""
     check_compatible(model, encoded)
+    chosen = model.sampler(encoded.sampler, **sampler)
     window = TokenizeOptions(window=window).resolve_window(model)
-    for blocks in model.coder_class.decode(model, [encoded.block_tokens()], window):
+    for blocks in model.coder_class.decode(model, [encoded.block_tokens()], window, chosen):
         yield blocks[0]
 
 
@@ -450,12 +454,15 @@ def _restore(video: Tensor, encoded: TokenizedVideo, size: str) -> Tensor:
     return at_source_size(video, encoded) if size == "source" else video
 
 
-def detokenize(model, encoded, window: int | None | str = "model", size: str = "model"):
+def detokenize(model, encoded, window: int | None | str = "model", size: str = "model", *,
+               steps: int | None = None, guidance: float | None = None, seed: int | None = None):
     """Videos (T, 3, H, W) with padding frames removed, or images (3, H, W).
 
     ``encoded``: a ``TokenizedVideo`` or .etok path (one tensor back), or a list of them (a list
-    back; inputs with the same number of blocks are decoded together as one batch). ``size``:
+    back; inputs with the same number of blocks and sampler are decoded together as one batch). ``size``:
     ``"model"`` (the model's frame size) or ``"source"`` (each input's own size, the fit undone).
+    ``steps``, ``guidance``, ``seed``: a sampling family's settings (None: what the tokens record, as they
+    were scored, else the model's config); a family without a sampler refuses them.
     """
     if size not in SIZES:
         raise ElasticTokError(f"size must be 'model' or 'source', got {size!r}")
@@ -464,11 +471,12 @@ def detokenize(model, encoded, window: int | None | str = "model", size: str = "
     weights_hash = model.weights_digest()
     for item in items:
         check_compatible(model, item, weights_hash)
+    samplers = [model.sampler(item.sampler, steps=steps, guidance=guidance, seed=seed) for item in items]
     window = TokenizeOptions(window=window).resolve_window(model)
     videos: list[Tensor | None] = [None] * len(items)
-    for n_blocks in sorted({item.n_blocks for item in items}):
-        group = [i for i, item in enumerate(items) if item.n_blocks == n_blocks]
-        blocks = list(model.coder_class.decode(model, [items[i].block_tokens() for i in group], window))
+    for n_blocks, sampler in dict.fromkeys(zip((item.n_blocks for item in items), samplers)):
+        group = [i for i, item in enumerate(items) if (item.n_blocks, samplers[i]) == (n_blocks, sampler)]
+        blocks = list(model.coder_class.decode(model, [items[i].block_tokens() for i in group], window, sampler))
         decoded = torch.cat(blocks, dim=1)  # (B, T, 3, H, W)
         for row, i in enumerate(group):
             videos[i] = _restore(decoded[row], items[i], size)

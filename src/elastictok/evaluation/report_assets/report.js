@@ -63,33 +63,14 @@
   function path(points) {
     return points.map(function (p, i) { return (i ? "L" : "M") + p[0].toFixed(2) + " " + p[1].toFixed(2); }).join("");
   }
-  function star(cx, cy, r) {
-    var pts = [];
-    for (var i = 0; i < 10; i++) {
-      var a = Math.PI / 2 + i * Math.PI / 5, rr = i % 2 ? r * 0.45 : r;
-      pts.push([cx + rr * Math.cos(a), cy - rr * Math.sin(a)]);
-    }
-    return path(pts) + "Z";
-  }
-  function legend(svg, x, y, items) {
-    var g = sv("g", {"class": "legend"}, svg);
-    items.forEach(function (it, i) {
-      var yy = y + i * 16;
-      if (it.star) sv("path", {d: star(x + 9, yy, 6), fill: it.colour}, g);
-      else sv("line", {x1: x, x2: x + 18, y1: yy, y2: yy, stroke: it.colour, "stroke-width": 2,
-        "stroke-dasharray": it.dash || null}, g);
-      sv("text", {x: x + 24, y: yy + 4, text: it.label}, g);
-    });
-  }
 
   // ---- header ----------------------------------------------------------------------------------------
   var app = document.getElementById("app");
   var mdl = data.model;
-  app.append(el("h1", {text: "ElasticTok report"}));
+  app.append(el("h1", {text: mdl.family + " report"}));
   app.append(el("p", {"class": "sub", text: "model " + mdl.name + " · " + mdl.resolution[1] + "×" + mdl.resolution[0] +
     " · " + mdl.frames_per_block + "-frame blocks of up to " + mdl.tokens_per_block + " tokens (at least " +
-    mdl.min_tokens + ", " + mdl.bottleneck.toUpperCase() + ") · shown " + mdl.scale + "× enlarged · " +
-    data.generated}));
+    mdl.min_tokens + ") · shown " + mdl.scale + "× enlarged · " + data.generated}));
 
   // ---- one input ----------------------------------------------------------------------------------------
   function Player(entry, index) {
@@ -224,10 +205,8 @@
     if (c.metric === "tokens") sv("line", {"class": "grid", x1: c.left, x2: c.right, y1: c.y(mdl.tokens_per_block),
       y2: c.y(mdl.tokens_per_block), "stroke-dasharray": "3 3"}, c.lines);
     var target = data.targets.filter(function (t) { return t.key === self.target; })[0];
-    if (c.metric === "psnr" && target.threshold) {
-      var parts = target.key.split(":"), v = +parts[1];
-      var db = parts[0] === "mse" ? 10 * Math.log10(4 / v) : parts[0] === "psnr" ? v : null;
-      if (db != null) sv("line", {x1: c.left, x2: c.right, y1: c.y(db), y2: c.y(db), stroke: "#98a2b3",
+    if (c.metric === "psnr" && target.psnr_db != null) {
+      sv("line", {x1: c.left, x2: c.right, y1: c.y(target.psnr_db), y2: c.y(target.psnr_db), stroke: "#98a2b3",
         "stroke-dasharray": "5 4"}, c.lines);
     }
     data.targets.forEach(function (t, i) {
@@ -377,65 +356,28 @@
 
   // ---- the eval measurement -----------------------------------------------------------------------------
   function evalSection(ev) {
-    var rep = ev.report, names = Object.keys(rep.thresholds);
     var card = el("section", {"class": "card eval"});
-    card.append(el("div", {"class": "card-head"}, [el("h2", {text: "At equal quality, how many fewer tokens?"}),
-      el("span", {"class": "meta", text: "elastictok eval against " + ev.baselines.join(", ") + " · " + ev.summary.caption})]));
-    card.append(el("div", {"class": "table-wrap", style: "max-height:none"}, [el("table", {"class": "summary"}, [
-      el("thead", {}, [el("tr", {}, ev.summary.header.map(function (h) { return el("th", {text: h}); }))]),
-      el("tbody", {}, ev.summary.rows.map(function (r) {
-        return el("tr", {}, r.map(function (v) { return el("td", {text: v}); })); }))])]));
-
-    var plots = el("div", {"class": "plots"});
-    var fig = el("figure", {}, [el("h3", {text: "blocks meeting the threshold vs tokens (paper Fig. 4)"})]);
-    var c = chart({x: [0, 1], y: [0, 1], xLabel: "share of tokens used", yLabel: "share of blocks meeting",
-      width: 520, height: 300, right: 150, xTicks: 5, yTicks: 5, cls: "fig4", xFormat: pct0, yFormat: pct0});
-    var items = [];
-    names.forEach(function (name, i) {
-      var colour = COLOURS[i % COLOURS.length], row = rep.thresholds[name];
-      var pts = rep.baseline_fixed.map(function (p) { return [c.x(p.tokens_fraction), c.y(p.share_meeting[name])]; });
-      sv("path", {d: path(pts), fill: "none", stroke: colour, "stroke-width": 1.5, "stroke-dasharray": "5 4"}, c.g);
-      pts.forEach(function (p) { sv("circle", {cx: p[0], cy: p[1], r: 3, fill: colour}, c.g); });
-      sv("path", {d: star(c.x(row.elastic_tokens_fraction), c.y(row.elastic_share_meeting), 8), fill: colour,
-        stroke: "#fff", "stroke-width": 1}, c.g);
-      items.push({colour: colour, label: name, star: true});
+    var against = ev.baselines.length ? "against " + ev.baselines.join(", ") + ", " : "";
+    card.append(el("div", {"class": "card-head"}, [el("h2", {text: "At equal quality, how many fewer bits?"}),
+      el("span", {"class": "meta", text: "elastictok eval " + against + "H.264 and JPEG · " + ev.summary.caption})]));
+    ev.summary.tables.forEach(function (t) {
+      card.append(el("div", {"class": "table-wrap", style: "max-height:none"}, [el("table", {"class": "summary"}, [
+        el("thead", {}, [el("tr", {}, t.header.map(function (h) { return el("th", {text: h}); }))]),
+        el("tbody", {}, t.rows.map(function (r) {
+          return el("tr", {}, r.map(function (v) { return el("td", {text: v}); })); }))])]));
     });
-    legend(c.svg, 520 - 140, 24, items.concat([{colour: "#667085", label: "fixed-length", dash: "5 4"},
-      {colour: "#667085", label: "ElasticTok", star: true}]));
-    fig.append(c.svg);
-    plots.append(fig);
-
-    ["psnr", "ssim"].forEach(function (metric) {
-      var all = [];
-      ["baseline_fixed", "elastic_fixed"].forEach(function (k) { rep[k].forEach(function (p) { all.push(p[metric]); }); });
-      names.forEach(function (n) { all.push(rep.thresholds[n]["elastic_" + metric]); });
-      var lo = Math.min.apply(null, all), hi = Math.max.apply(null, all), pad = (hi - lo) * 0.08 || 0.5;
-      var f = el("figure", {}, [el("h3", {text: "rate-distortion: " + metric.toUpperCase()})]);
-      var ch = chart({x: [0, rep.tokens_per_block], y: [lo - pad, hi + pad], xLabel: "tokens per block",
-        yLabel: metric.toUpperCase(), width: 520, height: 300, right: 14, xTicks: 6, yTicks: 5, cls: "rd-" + metric,
-        yFormat: function (t) { return metric === "psnr" ? t : t.toFixed(2); }});
-      [["baseline_fixed", "#ea580c", "5 4", "fixed-length baseline"], ["elastic_fixed", "#2563eb", null,
-        "ElasticTok at fixed lengths"]].forEach(function (spec) {
-        var pts = rep[spec[0]].map(function (p) { return [ch.x(p.tokens_per_block), ch.y(p[metric])]; });
-        sv("path", {d: path(pts), fill: "none", stroke: spec[1], "stroke-width": 1.8, "stroke-dasharray": spec[2]}, ch.g);
-        pts.forEach(function (p) { sv("circle", {cx: p[0], cy: p[1], r: 3, fill: spec[1]}, ch.g); });
-      });
-      names.forEach(function (n, i) {
-        var row = rep.thresholds[n];
-        sv("path", {d: star(ch.x(row.elastic_tokens_fraction * rep.tokens_per_block), ch.y(row["elastic_" + metric]), 8),
-          fill: COLOURS[i % COLOURS.length], stroke: "#fff", "stroke-width": 1}, ch.g);
-      });
-      legend(ch.svg, ch.right - 190, ch.bottom - 48, [{colour: "#ea580c", label: "fixed-length baseline", dash: "5 4"},
-        {colour: "#2563eb", label: "ElasticTok, fixed lengths"}, {colour: "#2563eb", label: "ElasticTok adaptive", star: true}]);
-      f.append(ch.svg);
-      plots.append(f);
+    var plots = el("div", {"class": "plots"});
+    ev.figures.forEach(function (svgText) {  // drawn by matplotlib, the same figures as eval's PNGs
+      var fig = el("figure", {"class": "static"});
+      fig.innerHTML = svgText;
+      fig.firstElementChild.classList.add("plot");
+      plots.append(fig);
     });
     card.append(plots);
-    card.append(el("p", {"class": "note", text: "Stars: ElasticTok adaptive, one per threshold (colours as in Fig. 4). " +
-      "The fixed-length curve keeps, per length, the best of the baselines. Same numbers as elastictok eval."}));
+    card.append(el("p", {"class": "note", text: "Bits are raw token bits (entropy-coded sizes in the table) and codec " +
+      "payloads; every model and codec is scored on the same frames. Same numbers as elastictok eval."}));
     return card;
   }
-  function pct0(v) { return Math.round(100 * v) + "%"; }
   if (data.eval) app.append(evalSection(data.eval));
 
   app.append(el("p", {"class": "note", text: "Written by elastictok report in " + data.seconds + " s. Reconstructions are " +
