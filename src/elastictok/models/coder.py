@@ -4,13 +4,14 @@ A block coder tries candidate token counts for the current block of B streams (`
 row per stream as the context of the next block (``commit``), and decodes stored tokens block by
 block (``decode``). The counters, the caches, trimming them to ``window`` blocks and padding stored
 tokens to a full block live here; each family's coder (``ModelFamily.coder_class``) brings the
-encoding and decoding of its own tokens.
+encoding and decoding of its own tokens. A family whose decoder samples from noise
+(``ModelFamily.has_sampler``) decodes with a ``Sampler``, the same one in ``trial`` and ``decode``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -18,6 +19,38 @@ from torch import Tensor
 
 from ..errors import ElasticTokError
 from ..layers.transformer import KVCache
+from ..utils.fields import matches, short_repr, whole_number_problem
+
+MAX_SAMPLER_STEPS = 1000
+SAMPLER_FIELDS = ("steps", "guidance", "seed")
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """How a generative decoder draws each block: ``steps`` Euler steps from noise, classifier-free
+    ``guidance`` (1: none) and the ``seed`` of the starting noise. Decoding is deterministic given all
+    three; a token file records the sampler its scores were measured with."""
+
+    steps: int
+    guidance: float
+    seed: int
+
+    def __post_init__(self) -> None:
+        problems = self.problems(self.steps, self.guidance, self.seed)
+        if problems:
+            raise ElasticTokError("invalid sampler: " + "; ".join(problems))
+
+    @staticmethod
+    def problems(steps: object, guidance: object, seed: object) -> list[str]:
+        """One phrase per setting out of range: steps in [1, 1000], guidance in [0, 2^63), seed in [0, 2^63)."""
+        found = [whole_number_problem("steps", steps, 1, MAX_SAMPLER_STEPS),
+                 whole_number_problem("seed", seed, 0, 2**63 - 1)]
+        if not (matches(guidance, "float") and guidance >= 0):
+            found.append(f"guidance must be a number in [0, 2^63), got {short_repr(guidance)}")
+        return [problem for problem in found if problem]
+
+    def to_dict(self) -> dict[str, int | float]:
+        return asdict(self)
 
 
 @dataclass
@@ -30,11 +63,14 @@ class Trial:
     enc_kv: KVCache
     dec_kv: KVCache
     counts: Tensor | None = None  # (R,) the counts tried, for coders that commit from them (FlexTok)
+    sample: Tensor | None = None  # (R, ...) the decoded block as the coder caches it, for sampling coders (FlexTok)
 
     def rows(self, index: Tensor) -> "Trial":
-        return Trial(self.z[index], None if self.indices is None else self.indices[index], self.recon[index],
-                     cache_rows(self.enc_kv, index), cache_rows(self.dec_kv, index),
-                     None if self.counts is None else self.counts[index])
+        def pick(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[index]
+
+        return Trial(self.z[index], pick(self.indices), self.recon[index], cache_rows(self.enc_kv, index),
+                     cache_rows(self.dec_kv, index), pick(self.counts), pick(self.sample))
 
     def kept_tokens(self, row: int, n: int) -> Tensor:
         """Row ``row``'s first ``n`` tokens as stored: code indices, or float latents."""
@@ -50,11 +86,11 @@ def stack_trials(trials: list[Trial]) -> Trial:
         return [(torch.cat([kv[layer][0] for kv in caches]), torch.cat([kv[layer][1] for kv in caches]))
                 for layer in range(len(caches[0]))]
 
-    return Trial(torch.cat([t.z for t in trials]),
-                 None if trials[0].indices is None else torch.cat([t.indices for t in trials]),
-                 torch.cat([t.recon for t in trials]),
-                 cat_kv([t.enc_kv for t in trials]), cat_kv([t.dec_kv for t in trials]),
-                 None if trials[0].counts is None else torch.cat([t.counts for t in trials]))
+    def cat(name: str) -> Tensor | None:
+        return None if getattr(trials[0], name) is None else torch.cat([getattr(t, name) for t in trials])
+
+    return Trial(cat("z"), cat("indices"), cat("recon"), cat_kv([t.enc_kv for t in trials]),
+                 cat_kv([t.dec_kv for t in trials]), cat("counts"), cat("sample"))
 
 
 def cache_rows(cache: KVCache | None, rows: Tensor) -> KVCache | None:
@@ -83,12 +119,14 @@ class BlockCoder(ABC):
     """Codes blocks one at a time for a batch of B streams, with cached context.
 
     ``window`` bounds the cached context in blocks (None: unbounded); positions keep counting when
-    old blocks leave the cache. ``encoded`` holds the current block's encoder output, shared by
-    every candidate count of every stream, until ``commit``.
+    old blocks leave the cache. ``sampler``: how a sampling family decodes (None: the model's
+    default, ``model.sampler()``; always None for a family without one). ``encoded`` holds the
+    current block's encoder output, shared by every candidate count of every stream, until ``commit``.
     """
 
-    def __init__(self, model, batch: int, window: int | None):
+    def __init__(self, model, batch: int, window: int | None, sampler: Sampler | None = None):
         self.model, self.batch, self.window = model, batch, window
+        self.sampler = sampler if sampler is not None else model.sampler()
         self.enc_cache: KVCache | None = None
         self.dec_cache: KVCache | None = None
         self.blocks_done = 0
@@ -134,8 +172,9 @@ class BlockCoder(ABC):
 
     @classmethod
     @abstractmethod
-    def decode(cls, model, block_tokens: Sequence[Sequence[Tensor]], window: int | None) -> Iterator[Tensor]:
+    def decode(cls, model, block_tokens: Sequence[Sequence[Tensor]], window: int | None,
+               sampler: Sampler | None = None) -> Iterator[Tensor]:
         """Decode B streams of equal block count together, block by block with cached context.
 
         ``block_tokens[b][k]`` holds stream b's stored tokens of block k; yields (B, fpb, 3, H, W)
-        float blocks in [-1, 1]."""
+        float blocks in [-1, 1]. ``sampler`` as in ``__init__``: what ``trial`` used gives its frames."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ElasticTokError
+from ..models.coder import Sampler
 from ..utils.fields import matches
 
 SEARCHES = ("binary", "full", "batched", "regression")
@@ -32,6 +33,11 @@ class TokenizeOptions:
         length_head: a trained ``LengthHead`` for ``search="regression"`` (None: the model's own).
         progress: a progress bar per input, drawn only when stderr is a terminal (never in logs).
         warm_start: the binary search starts from the previous block's count.
+        steps, guidance, seed: the sampler of a family whose decoder samples from noise (FlexTok): Euler
+            steps, classifier-free guidance scale (1: none) and the seed of each block's noise; None takes
+            the model's config.json. Candidates are scored with the decode these give, and the tokens
+            record them, so ``detokenize`` gives back the frames the scores describe. A family without a
+            sampler (ElasticTok) refuses them.
     """
 
     search: str = "binary"  # binary | full | batched | regression (see elastictok.tokenization.search)
@@ -42,6 +48,9 @@ class TokenizeOptions:
     length_head: Any = None  # a trained LengthHead for search="regression" (None: the model's own)
     progress: bool = True  # a progress bar per input when stderr is a terminal
     warm_start: bool = True  # binary search starts from the previous block's count
+    steps: int | None = None  # sampler: Euler steps (None: the model's config.steps)
+    guidance: float | None = None  # sampler: classifier-free guidance scale (None: config.guidance)
+    seed: int | None = None  # sampler: seed of each block's starting noise (None: config.seed)
 
     def __post_init__(self) -> None:
         if self.search not in SEARCHES:
@@ -62,6 +71,10 @@ class TokenizeOptions:
         if unknown:
             raise ElasticTokError(f"unknown tokenize options {', '.join(unknown)}; use {', '.join(sorted(known))}")
         return dataclasses.replace(options or cls(), **overrides)
+
+    def resolve_sampler(self, model) -> Sampler | None:
+        """The sampler these options ask of ``model``: its config's, with the fields given here set."""
+        return model.sampler(steps=self.steps, guidance=self.guidance, seed=self.seed)
 
     def resolve_window(self, model) -> int | None:
         """``"model"`` means the model's own ``config.window``; numbers and None pass through."""

@@ -20,7 +20,10 @@ Header (safetensors string metadata):
   tensors' bytes, so that any damaged byte is detected. Version 1 files (no checksum) still read.
   Optional fields (files without them still read): ``fit`` ("crop" or "pad": how the source was fitted
   to the model's frames; "" or absent: it was not resized), ``target`` (the target as text, e.g.
-  "mse:0.05") and ``met`` (a JSON list: whether each block met it).
+  "mse:0.05"), ``met`` (a JSON list: whether each block met it) and ``sampler`` (a JSON object
+  ``{"steps", "guidance", "seed"}``: how a sampling family's decoder drew the frames the scores measure,
+  and decodes them again; "" or absent: the family has no sampler, or the file predates it and
+  decodes with the model's defaults).
 Every header field is also checked against the model that decodes the file (``check_compatible``).
 """
 
@@ -40,6 +43,7 @@ from safetensors.torch import load, save
 from ..errors import ElasticTokError
 from ..media.blocks import MediaInfo
 from ..media.limits import FPS_RANGE, MAX_SIDE, is_valid_fps
+from ..models.coder import SAMPLER_FIELDS, Sampler
 from ..utils.fileio import atomic_path, check_input_file
 from ..utils.console import counted
 
@@ -69,6 +73,7 @@ class TokenizedVideo:
     weights_hash: str = ""  # the making model's weights_digest() ("" in files older than version 3)
     target: str = ""  # the target as text: "mse:0.05", "tokens:64", "budget:5000" ("" in older files)
     met: Tensor | None = None  # (n_blocks,) bool: whether each block met the target (None: not recorded)
+    sampler: Sampler | None = None  # the sampler the scores were measured with (None: the family has none)
 
     @property
     def n_blocks(self) -> int:
@@ -146,7 +151,7 @@ FIELD_KINDS: dict[str, tuple[type, str]] = {
     "counts": (Tensor, "a tensor"), "tokens": (Tensor, "a tensor"), "scores": (Tensor, "a tensor"),
     "info": (MediaInfo, "a MediaInfo"), "max_tokens": (int, "a whole number"), "metric": (str, "text"),
     "model_name": (str, "text"), "config_hash": (str, "text"), "family": (str, "text"), "weights_hash": (str, "text"),
-    "target": (str, "text")}
+    "target": (str, "text"), "sampler": ((Sampler, type(None)), "a Sampler or None")}
 
 
 def check_is_tokenized(encoded: object) -> None:
@@ -203,6 +208,7 @@ def _header_and_tensors(encoded: TokenizedVideo, codebook_size: int) -> tuple[di
         "scores": json.dumps([None if math.isnan(s) else s for s in encoded.scores.tolist()]),
         "family": encoded.family, "weights_hash": encoded.weights_hash, "fit": info.fit or "",
         "target": encoded.target, "met": "" if encoded.met is None else json.dumps([bool(m) for m in encoded.met.tolist()]),
+        "sampler": "" if encoded.sampler is None else json.dumps(encoded.sampler.to_dict()),
     }
     tensors = {"counts": encoded.counts.to(torch.int32).contiguous(), "scores": encoded.scores.float().contiguous(),
                "tokens": tokens.contiguous()}
@@ -294,7 +300,8 @@ def _validate(path: Path, header: dict[str, str], tensors: dict[str, torch.Tenso
                           scores=tensors["scores"], metric=fields["metric"], info=info,
                           model_name=fields["model_name"], config_hash=fields["config_hash"],
                           max_tokens=fields["max_tokens"], family=fields["family"], codebook_size=codebook,
-                          weights_hash=fields["weights_hash"], target=fields["target"], met=met)
+                          weights_hash=fields["weights_hash"], target=fields["target"], met=met,
+                          sampler=_sampler(fail, fields["sampler"]))
 
 
 def _fields(header: dict[str, str]) -> dict:
@@ -310,7 +317,20 @@ def _fields(header: dict[str, str]) -> dict:
         "weights_hash": header["weights_hash"] if header["version"] not in ("1", "2") else "",
         "fit": header.get("fit", ""), "target": header.get("target", ""),
         "met": json.loads(header["met"]) if header.get("met") else None,
+        "sampler": json.loads(header["sampler"]) if header.get("sampler") else None,
     }
+
+
+def _sampler(fail, recorded) -> Sampler | None:
+    """The header's sampler object, checked: exactly steps, guidance and seed, each in range."""
+    if recorded is None:
+        return None
+    if not isinstance(recorded, dict) or sorted(recorded) != sorted(SAMPLER_FIELDS):
+        fail(f"sampler must be an object of {', '.join(SAMPLER_FIELDS)}")
+    try:
+        return Sampler(**recorded)
+    except ElasticTokError as exc:
+        fail(str(exc))
 
 
 def _check_tensors(fail, fields: dict, tensors: dict[str, torch.Tensor]) -> None:

@@ -145,6 +145,9 @@ def _tokenize_shards(model, files: list[Path], sources: list, destination: Path,
            "window": options.resolve_window(model), "fps": options.fps, "fit": options.fit,
            "candidates": options.candidates, "warm_start": options.warm_start, "bf16": bf16,
            "length_head": _digest(options.length_head)}
+    sampler = options.resolve_sampler(model)
+    if sampler is not None:  # a sampling family's frames, and so its scores, depend on it
+        run["sampler"] = sampler.to_dict()
     pending = {}
     for shard, members in shards.items():
         record = _finished(destination / f"tokens-{shard:06d}.json", members, run)

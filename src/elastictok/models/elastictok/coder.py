@@ -16,15 +16,15 @@ from torch import Tensor
 
 from ...layers.transformer import KVCache
 from ...utils.runtime import module_device
-from ..coder import BlockCoder, Trial, cache_rows, padded_latents, trim_cache
+from ..coder import BlockCoder, Sampler, Trial, cache_rows, padded_latents, trim_cache
 
 
 class ElasticTokCoder(BlockCoder):
     """Codes ElasticTok blocks for a batch of B streams; ``encoded`` is the all-kept encoder output
     (features and cache) of a mask-free encoder, and ``latents`` its latents."""
 
-    def __init__(self, model, batch: int, window: int | None):
-        super().__init__(model, batch, window)
+    def __init__(self, model, batch: int, window: int | None, sampler: Sampler | None = None):
+        super().__init__(model, batch, window, sampler)
         self.latents = None
 
     @property
@@ -75,7 +75,9 @@ class ElasticTokCoder(BlockCoder):
 
     @classmethod
     @torch.no_grad()
-    def decode(cls, model, block_tokens: Sequence[Sequence[Tensor]], window: int | None) -> Iterator[Tensor]:
+    def decode(cls, model, block_tokens: Sequence[Sequence[Tensor]], window: int | None,
+               sampler: Sampler | None = None) -> Iterator[Tensor]:
+        """One deterministic pass per block: ElasticTok has no sampler (``sampler`` is always None)."""
         m, device = model.config.tokens_per_block, module_device(model)
         cache = None
         for k in range(len(block_tokens[0])):

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 
 from ...errors import ElasticTokError
 from ..base import MAX_TOKENS_PER_BLOCK, ConfigFile
+from ..coder import Sampler
 from ..elastictok.config import MAX_RESOLUTION
 
 FAMILY = "flextok"
@@ -30,7 +31,7 @@ class FlexTokConfig(ConfigFile):
 
     # Fields added after FlexTok models were first saved, with the value every earlier model had.
     fields_added_later: ClassVar[dict[str, Any]] = {"x0_loss_weight": 0.0, "pure_noise_fraction": 0.0,
-                                                    "quant_norm": False, "patch_position": "learned"}
+                                                    "quant_norm": False, "patch_position": "learned", "seed": 0}
 
     family: str = FAMILY  # model family written to config.json; always "flextok" here
     resolution: tuple[int, int] = (64, 64)  # (H, W) of every frame
@@ -60,7 +61,16 @@ class FlexTokConfig(ConfigFile):
     nested_dropout: Literal["pow2", "uniform", "mix"] = "mix"  # how training draws k per block
     min_tokens: int = 1  # the fewest tokens the search may keep per block
     cfg_dropout: float = 0.1  # share of (sample, block) pairs trained with the null condition
-    prediction: Literal["x0", "v"] = "x0"  # what the decoder outputs; the loss is on velocity either way
+    # What the decoder outputs; the loss is on the rectified-flow velocity v = noise - x0 either way. "x0": the
+    # clean block, whose implied velocity (x_t - x0_hat) / t is weighted 1/t (capped at 1/t_min); "v": the
+    # velocity itself. Both losses are least where the implied velocity is E[noise - x0 | x_t, registers], the
+    # field the Euler sampler integrates, so trained over the whole path (t logit-normal, no pure-noise share:
+    # the preset defaults) more steps refine the sample (tests/models/test_flextok.py checks this at micro
+    # scale). "v" needs width >= patch_dim: its output layer reaches only `width` directions per patch, and
+    # the noise it must remove fills all patch_dim (x0's velocity carries x_t itself, so it has no such
+    # limit; Li & He 2025, "Back to Basics: Let Denoising Generative Models Denoise"). The shipped model
+    # trained 90% at pure noise instead (pure_noise_fraction 0.9): a one-step regressor that more steps blur.
+    prediction: Literal["x0", "v"] = "x0"
     # Training t = sigmoid(N(time_mean, time_std^2)), t = 1 pure noise. Leaning to high noise, as pixel-space
     # flows do (JiT, Li & He 2025, use the mirror of this, P_mean = -0.8), also trains the one-step estimate.
     time_mean: float = 0.8
@@ -74,8 +84,11 @@ class FlexTokConfig(ConfigFile):
     # term keeps the near-noise samples, which only the registers can solve, in the gradient.
     x0_loss_weight: float = 0.0
     context_noise: float = 0.05  # training noises the previous blocks' clean frames by up to this t
-    steps: int = 25  # default Euler steps of decode()
-    guidance: float = 1.5  # default classifier-free guidance scale (1: none)
+    # The default sampler of tokenize and detokenize (each call may set its own; a token file records the one
+    # it was scored with): Euler steps, classifier-free guidance scale (1: none), seed of each block's noise.
+    steps: int = 25
+    guidance: float = 1.5
+    seed: int = 0
     # Context blocks kept in the KV caches when streaming (None: all); the trainer sets n_blocks - 1.
     window: int | None = 16
     name: str = "custom"
@@ -149,6 +162,9 @@ class FlexTokConfig(ConfigFile):
             problems.append(f"nested_dropout must be one of {NESTED_DROPOUT_MODES}, got {self.nested_dropout!r}")
         if self.prediction not in PREDICTIONS:
             problems.append(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
+        elif self.prediction == "v" and self.width < self.patch_dim:
+            problems.append(f"prediction 'v' needs width >= patch_dim (the velocity carries the noise of all "
+                            f"{self.patch_dim} values of a patch), got width {self.width}; use prediction 'x0'")
         if not 1 <= self.min_tokens <= self.registers:
             problems.append(f"min_tokens {self.min_tokens} must lie in [1, {self.registers}]")
         if not 0 <= self.cfg_dropout < 1:
@@ -159,8 +175,7 @@ class FlexTokConfig(ConfigFile):
             problems.append(f"pure_noise_fraction must lie in [0, 1), got {self.pure_noise_fraction}")
         if not self.x0_loss_weight >= 0:
             problems.append(f"x0_loss_weight must be >= 0, got {self.x0_loss_weight}")
-        if self.steps < 1 or self.guidance < 0:
-            problems.append(f"steps must be >= 1 and guidance >= 0, got {self.steps} and {self.guidance}")
+        problems.extend(Sampler.problems(self.steps, self.guidance, self.seed))
         if self.window is not None and self.window < 1:
             problems.append(f"window must be at least 1 block or None, got {self.window}")
         if problems:
@@ -194,6 +209,9 @@ PRESETS: dict[str, FlexTokConfig] = {
         name="flextok-small", resolution=(128, 128), registers=128, width=512, encoder_depth=8,
         decoder_depth=8, num_heads=8, mlp_width=1536,
     ),
+    # flextok-tiny with 256 registers per 4-frame block: as many tokens as ElasticTok's default 64x64 model keeps
+    # per block, so that the two families' rate-distortion curves can overlap. Implemented, not yet trained.
+    "flextok-tiny-256": FlexTokConfig(name="flextok-tiny-256", registers=256),
     # For unit tests: seconds to build and run (32 patches and 8 registers per 2-frame block).
     "flextok-micro": FlexTokConfig(
         name="flextok-micro", resolution=(32, 32), frames_per_block=2, patch_size=(1, 8, 8), registers=8,

@@ -84,6 +84,7 @@ class FlexTok(ModelFamily, nn.Module):
     config_class: ClassVar[type] = FlexTokConfig
     coder_class: ClassVar[type] = FlexTokCoder
     fsdp_units: ClassVar[tuple[type[nn.Module], ...]] = (TransformerBlock, AdaLNBlock)
+    has_sampler: ClassVar[bool] = True  # Euler steps, guidance and seed; config.json holds the defaults
 
     def __init__(self, config: FlexTokConfig, input_stage: nn.Module | None = None):
         super().__init__()
