@@ -9,7 +9,7 @@ from torch import nn
 
 from elastictok import PRESETS, ElasticTokError, detokenize, tokenize
 from elastictok.models.base import ModelFamily
-from elastictok.models.coder import BlockCoder
+from elastictok.models.coder import BlockCoder, Sampler
 from elastictok.models.registry import FAMILIES, config_from_preset, from_pretrained
 
 MICRO = {"elastictok": "micro", "flextok": "flextok-micro"}
@@ -74,6 +74,21 @@ def test_a_family_tokenizes_decodes_and_reloads_through_the_interface(model, tmp
     loaded = from_pretrained(tmp_path / "saved")
     assert type(loaded) is type(model) and loaded.pretrained_dir == tmp_path / "saved"
     assert torch.equal(detokenize(loaded, encoded), decoded)  # the same weights decode the same frames
+
+
+def test_a_family_declares_whether_its_decoder_samples(model):
+    """A sampling family takes steps, guidance and seed per call over its config's and records them in the
+    tokens; any other refuses them in one line naming itself."""
+    family, c, video = type(model), model.config, video_for(model, blocks=1)
+    assert isinstance(family.has_sampler, bool)
+    if family.has_sampler:
+        assert model.sampler() == Sampler(c.steps, c.guidance, c.seed)
+        encoded = tokenize(model, video, f"tokens:{c.tokens_per_block}", steps=2, seed=1)[0]
+        assert encoded.sampler == Sampler(2, c.guidance, 1) == model.sampler(steps=2, seed=1)
+    else:
+        assert model.sampler() is None
+        with pytest.raises(ElasticTokError, match=f"{family.display_name} decodes .* no sampler"):
+            tokenize(model, video, f"tokens:{c.tokens_per_block}", steps=2)
 
 
 def test_a_family_that_does_not_declare_its_coder_is_refused_when_defined():

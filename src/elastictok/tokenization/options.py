@@ -33,11 +33,12 @@ class TokenizeOptions:
         length_head: a trained ``LengthHead`` for ``search="regression"`` (None: the model's own).
         progress: a progress bar per input, drawn only when stderr is a terminal (never in logs).
         warm_start: the binary search starts from the previous block's count.
-        steps, guidance, seed: the sampler of a family whose decoder samples from noise (FlexTok): Euler
-            steps, classifier-free guidance scale (1: none) and the seed of each block's noise; None takes
-            the model's config.json. Candidates are scored with the decode these give, and the tokens
-            record them, so ``detokenize`` gives back the frames the scores describe. A family without a
-            sampler (ElasticTok) refuses them.
+        steps: the sampler of a family whose decoder samples from noise (FlexTok): Euler steps per block.
+            With ``guidance`` and ``seed`` (None: the model's config.json), candidates are scored with the
+            decode these give and the tokens record them, so ``detokenize`` gives back the frames the scores
+            describe. A family without a sampler (ElasticTok) refuses all three.
+        guidance: the sampler's classifier-free guidance scale (1: none).
+        seed: the seed of each block's starting noise: decoding is deterministic given it.
     """
 
     search: str = "binary"  # binary | full | batched | regression (see elastictok.tokenization.search)

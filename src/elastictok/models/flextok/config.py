@@ -65,8 +65,9 @@ class FlexTokConfig(ConfigFile):
     # clean block, whose implied velocity (x_t - x0_hat) / t is weighted 1/t (capped at 1/t_min); "v": the
     # velocity itself. Both losses are least where the implied velocity is E[noise - x0 | x_t, registers], the
     # field the Euler sampler integrates, so trained over the whole path (t logit-normal, no pure-noise share:
-    # the preset defaults) more steps refine the sample (tests/models/test_flextok.py checks this at micro
-    # scale). "v" needs width >= patch_dim: its output layer reaches only `width` directions per patch, and
+    # the preset defaults) more steps refine the sample. Checked at micro scale only (tests/models/
+    # test_flextok.py: 200 steps on one block, 8 steps land 3x closer than one for both; past 4 to 8 steps the
+    # error rose again for "v", and for "x0" with small patches). "v" needs width >= patch_dim: its output layer reaches only `width` directions per patch, and
     # the noise it must remove fills all patch_dim (x0's velocity carries x_t itself, so it has no such
     # limit; Li & He 2025, "Back to Basics: Let Denoising Generative Models Denoise"). The shipped model
     # trained 90% at pure noise instead (pure_noise_fraction 0.9): a one-step regressor that more steps blur.
