@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ElasticTokError
-from ..models.coder import Sampler
 from ..utils.fields import matches
+
+if TYPE_CHECKING:  # the command line reads SEARCHES from here before torch is loaded
+    from ..models.coder import Sampler
 
 SEARCHES = ("binary", "full", "batched", "regression")
 
