@@ -70,7 +70,7 @@ class FlexTokConfig(ConfigFile):
     # error rose again for "v", and for "x0" with small patches). "v" needs width >= patch_dim: its output layer reaches only `width` directions per patch, and
     # the noise it must remove fills all patch_dim (x0's velocity carries x_t itself, so it has no such
     # limit; Li & He 2025, "Back to Basics: Let Denoising Generative Models Denoise"). The shipped model
-    # trained 90% at pure noise instead (pure_noise_fraction 0.9): a one-step regressor that more steps blur.
+    # trained 90% at pure noise instead (pure_noise_fraction 0.9): a one-step regressor that more steps make worse.
     prediction: Literal["x0", "v"] = "x0"
     # Training t = sigmoid(N(time_mean, time_std^2)), t = 1 pure noise. Leaning to high noise, as pixel-space
     # flows do (JiT, Li & He 2025, use the mirror of this, P_mean = -0.8), also trains the one-step estimate.
