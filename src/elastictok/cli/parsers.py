@@ -93,7 +93,8 @@ def _add_sampler_args(p: argparse.ArgumentParser, decoding: bool = False) -> Non
     group.add_argument("--steps", type=int, metavar="N", help=f"Euler steps per block, 1 to 1000 (default: {default})")
     group.add_argument("--guidance", type=float, metavar="G", help=f"classifier-free guidance scale, 1 for none "
                        f"(default: {default})")
-    group.add_argument("--seed", type=int, metavar="S", help=f"seed of each block's starting noise (default: {default})")
+    group.add_argument("--seed", type=int, metavar="S", help=f"seed of each block's starting noise "
+                       f"(default: {default})")
 
 
 def _add_encode(sub, commands: dict) -> None:

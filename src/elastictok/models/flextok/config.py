@@ -61,16 +61,17 @@ class FlexTokConfig(ConfigFile):
     nested_dropout: Literal["pow2", "uniform", "mix"] = "mix"  # how training draws k per block
     min_tokens: int = 1  # the fewest tokens the search may keep per block
     cfg_dropout: float = 0.1  # share of (sample, block) pairs trained with the null condition
-    # What the decoder outputs; the loss is on the rectified-flow velocity v = noise - x0 either way. "x0": the
-    # clean block, whose implied velocity (x_t - x0_hat) / t is weighted 1/t (capped at 1/t_min); "v": the
-    # velocity itself. Both losses are least where the implied velocity is E[noise - x0 | x_t, registers], the
-    # field the Euler sampler integrates, so trained over the whole path (t logit-normal, no pure-noise share:
-    # the preset defaults) more steps refine the sample. Checked at micro scale only (tests/models/
-    # test_flextok.py: 200 steps on one block, 8 steps land 3x closer than one for both; past 4 to 8 steps the
-    # error rose again for "v", and for "x0" with small patches). "v" needs width >= patch_dim: its output layer reaches only `width` directions per patch, and
-    # the noise it must remove fills all patch_dim (x0's velocity carries x_t itself, so it has no such
-    # limit; Li & He 2025, "Back to Basics: Let Denoising Generative Models Denoise"). The shipped model
-    # trained 90% at pure noise instead (pure_noise_fraction 0.9): a one-step regressor that more steps make worse.
+    # What the decoder outputs; the loss is the squared error of the rectified-flow velocity v = noise - x0
+    # either way. "x0": the clean block, whose implied velocity is (x_t - x0_hat) / t (1/t capped at 1/t_min);
+    # "v": the velocity itself. Both are least where the velocity is E[noise - x0 | x_t, registers], the field
+    # the Euler sampler integrates, so trained over the whole path (t logit-normal, no pure-noise share: the
+    # preset defaults) more steps refine the sample. Checked at micro scale only (tests/models/test_flextok.py:
+    # 200 steps on one block, and 8 steps land 3x closer than one for both; past 4 to 8 steps the error rose
+    # again for "v", and for "x0" with small patches). "v" needs width >= patch_dim: its output layer reaches
+    # only `width` directions per patch, and the noise it must remove fills all patch_dim (x0's velocity
+    # carries x_t itself; Li & He 2025, "Back to Basics: Let Denoising Generative Models Denoise"). The shipped
+    # model trained 90% at pure noise instead (pure_noise_fraction 0.9): a one-step regressor that more steps
+    # make worse.
     prediction: Literal["x0", "v"] = "x0"
     # Training t = sigmoid(N(time_mean, time_std^2)), t = 1 pure noise. Leaning to high noise, as pixel-space
     # flows do (JiT, Li & He 2025, use the mirror of this, P_mean = -0.8), also trains the one-step estimate.
