@@ -27,14 +27,15 @@ import numpy as np
 import torch
 
 from ..errors import ElasticTokError
+from ..media.blocks import MediaInfo
 from ..media.io import is_video
 from ..metrics.quality import METRICS
 from ..models.base import tokens_at_share
 from ..tokenization.options import TokenizeOptions
-from ..tokenization.scoring import decode_and_score
+from ..tokenization.scoring import Measured, decode_and_score, tokenize_and_score
 from ..tokenization.targets import Threshold, TokenCount, parse_target
 from ..tokenization.tokenfile import TokenizedVideo
-from ..tokenization.tokenizer import read_source, tokenize_blocks
+from ..tokenization.tokenizer import read_source
 from ..utils.console import progress_bar
 from ..utils.fileio import check_output_dir
 from ..utils.runtime import interrupts_held
@@ -68,9 +69,20 @@ class EvalRun:
 def score_blocks(model, encoded: TokenizedVideo, source, window: int | None | str = "model") -> BlockScores:
     """Decode ``encoded`` and score each block against ``source`` (a path, or its blocks already read)
     with every named metric, through the one measuring path (``tokenization.scoring``)."""
-    measured = decode_and_score(model, encoded, source, TokenizeOptions(window=window))
+    return _block_scores(model, encoded, decode_and_score(model, encoded, source, TokenizeOptions(window=window)))
+
+
+def _block_scores(model, encoded: TokenizedVideo, measured: Measured) -> BlockScores:
     return BlockScores(encoded.counts.numpy(), float(encoded.counts.sum()) * bits_per_token(model),
                        {k: np.array(v) for k, v in measured.metrics.items()})
+
+
+def _tokenized_and_scored(model, info: MediaInfo, blocks: list, targets: list, run: EvalRun
+                          ) -> list[tuple[TokenizedVideo, BlockScores]]:
+    """One input tokenized for each target and scored, in one pass (``tokenization.scoring.tokenize_and_score``)."""
+    options = TokenizeOptions(search=run.search, window=run.window)
+    return [(encoded, _block_scores(model, encoded, measured))
+            for encoded, measured in tokenize_and_score(model, info, blocks, targets, options)]
 
 
 def share_meeting(scores: list[BlockScores], target: Threshold) -> float:
@@ -131,10 +143,10 @@ def evaluate_models(model, baselines: list, inputs: list[str], thresholds: list[
         info, blocks = read_source(model, path)
         blocks = list(blocks)
         for per_length, tok_model, counts in zip(fixed, models, lengths):
-            for scores, n in zip(per_length, counts):
-                encoded = tokenize_blocks(tok_model, info, blocks, TokenCount(n), window=run.window)
-                scores.append(score_blocks(tok_model, encoded, blocks, run.window))
-                bar.update(1)
+            measured = _tokenized_and_scored(tok_model, info, blocks, [TokenCount(n) for n in counts], run)
+            for scores, (_, block_scores) in zip(per_length, measured):
+                scores.append(block_scores)
+            bar.update(len(counts))
         for codec, points in codec_points(blocks, info.fps).items():
             for i, point in enumerate(points):
                 metrics = {k: np.array(v) for k, v in point["metrics"].items()}
@@ -154,11 +166,9 @@ def _adaptive(model, inputs: list[str], thresholds: list[Threshold], run: EvalRu
     adaptive: dict[str, list[tuple[TokenizedVideo, BlockScores]]] = {t.key: [] for t in thresholds}
     for path in inputs:
         info, blocks = read_source(model, path)
-        blocks = list(blocks)
-        for target in thresholds:
-            encoded = tokenize_blocks(model, info, blocks, target, search=run.search, window=run.window)
-            adaptive[target.key].append((encoded, score_blocks(model, encoded, blocks, run.window)))
-            bar.update(1)
+        for target, measured in zip(thresholds, _tokenized_and_scored(model, info, list(blocks), thresholds, run)):
+            adaptive[target.key].append(measured)
+        bar.update(len(thresholds))
     return adaptive
 
 

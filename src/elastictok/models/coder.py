@@ -165,6 +165,12 @@ class BlockCoder(ABC):
         self.encoded = None
         self.blocks_done += 1
 
+    def share_encodings(self, shared: dict) -> None:
+        """Take part in ``shared`` (a dict, empty at first) with other coders of the same input stepped together
+        block by block (the same input at other counts or targets): a family whose encoder output never depends
+        on the counts kept encodes each block once for all of them, bit for bit what each would have computed.
+        By default a coder encodes for itself."""
+
     def features(self, patches: Tensor) -> Tensor:
         """(B, F) the block's encoder features, which the length head (search regression) reads."""
         raise ElasticTokError(f"the length head (search regression) reads encoder features that "

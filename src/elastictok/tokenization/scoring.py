@@ -7,17 +7,20 @@ blocks here, so the numbers they report for the same tokens are the same numbers
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
 
+from ..media.blocks import MediaInfo
 from ..media.transforms import from_model, to_model
 from ..metrics.quality import METRICS
 from .options import TokenizeOptions
+from .targets import Target
 from .tokenfile import TokenizedVideo
-from .tokenizer import iter_decode, read_source
+from .tokenizer import Tokenizer, iter_decode, read_source
 
 
 @dataclass
@@ -63,6 +66,45 @@ def decode_and_score(model, encoded: TokenizedVideo, source, options: TokenizeOp
         return Measured(values)
     shown = 1 if image else encoded.info.frames
     return Measured(values, torch.cat(originals)[:shown], torch.cat(recons)[:shown])
+
+
+ONE_COUNT_PER_PASS = ("binary", "regression")  # searches whose every trial decodes one count of one stream
+
+
+@torch.no_grad()
+def tokenize_and_score(model, info: MediaInfo, blocks: Sequence[Tensor], targets: Sequence[Target],
+                       options: TokenizeOptions | None = None, metrics: Sequence[str] = tuple(METRICS)
+                       ) -> list[tuple[TokenizedVideo, Measured]]:
+    """The uint8 ``blocks`` of one input (as ``read_source`` gives them) tokenized for each of ``targets`` and
+    scored on ``metrics``, as ``tokenize_blocks`` then ``decode_and_score`` would, in one pass over the blocks.
+
+    The tokenizations advance together, a block at a time, so a family whose encoder output does not depend on
+    the counts kept encodes each block once for all of them. A block decided in a trial of its own (a fixed
+    count, or a search of one count per pass) is scored on that trial's reconstruction: the same computation on
+    the same tokens as decoding them, so the same numbers, and the decoder does not run again. A search that
+    decodes several counts per pass (``batched``, ``full``) may round differently, so those are decoded again.
+    """
+    options = options or TokenizeOptions()
+    shared: dict = {}
+    recons: list[list[Tensor]] = [[] for _ in targets]
+    codings = [Tokenizer(model, target, options, on_block=lambda k, recon, coder, kept=kept: kept.append(recon[0]))
+               .start([info], shared) for target, kept in zip(targets, recons)]
+    started = time.perf_counter()
+    measured: list[dict[str, list[float]]] = [{name: [] for name in metrics} for _ in targets]
+    for block in blocks:
+        pixels = to_model(block)[None]
+        for coding, kept, values in zip(codings, recons, measured):
+            coding.add(pixels)
+            for name, value in block_scores(kept.pop(), block, metrics).items():
+                values[name].append(value)
+    seconds = (time.perf_counter() - started) / len(codings)
+    results = []
+    for target, coding, values in zip(targets, codings, measured):
+        encoded = coding.results(seconds)[0]
+        if target.fixed_tokens is None and options.search not in ONE_COUNT_PER_PASS:
+            values = decode_and_score(model, encoded, blocks, options, metrics).metrics
+        results.append((encoded, Measured(values)))
+    return results
 
 
 def achieved_mse(model, encoded: TokenizedVideo, source, options: TokenizeOptions | None = None) -> float:

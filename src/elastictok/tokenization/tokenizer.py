@@ -90,30 +90,18 @@ class Tokenizer:
             ) -> list[TokenizedVideo]:
         """``blocks`` yields float blocks (B, fpb, 3, H, W) in [-1, 1], one stream per batch row."""
         started = time.perf_counter()
-        streams = [_Stream(info) for info in infos]
-        coder = self.model.coder_class(self.model, len(streams), self.window, self.sampler)
-        previous: Tensor | None = None
+        coding = self.start(infos)
         bar = progress_bar(blocks, total=total, desc="tokenize", unit="block", show=self.options.progress)
         for block in bar:
-            if block.shape[0] != len(streams):
-                raise ElasticTokError(f"got a block of {block.shape[0]} streams for {len(streams)} inputs")
-            chosen, trial, scores = self._decide(coder, block.to(module_device(self.model)), previous)
-            coder.commit(trial)
-            previous = chosen
-            for i, stream in enumerate(streams):
-                stream.counts.append(int(chosen[i]))
-                stream.scores.append(float(scores[i]))
-                # a copy: a view would keep the trial's whole row of indices alive for the rest of the run
-                stream.tokens.append(trial.kept_tokens(i, int(chosen[i])).to("cpu", copy=True))
-            if self.on_block is not None:
-                self.on_block(coder.blocks_done - 1, trial.recon, coder)
+            chosen = coding.add(block)
             bar.set_postfix(tokens=f"{chosen.float().mean():.0f}/{self.model.config.tokens_per_block}")
-        if coder.blocks_done == 0:
-            raise ElasticTokError("empty input: no frames to tokenize")
-        seconds = time.perf_counter() - started
-        weights_hash = self.model.weights_digest()
-        return [s.result(self.model, self.target, self.scorer.name, coder, seconds, len(streams), weights_hash)
-                for s in streams]
+        return coding.results(time.perf_counter() - started)
+
+    def start(self, infos: Sequence[MediaInfo], shared_encodings: dict | None = None) -> Coding:
+        """A tokenization of streams ``infos`` to add blocks to one at a time. Codings of the same input (the
+        same blocks added to each in turn) may pass one ``shared_encodings`` dict to encode each block once
+        (see ``BlockCoder.share_encodings``)."""
+        return Coding(self, infos, shared_encodings)
 
     def _decide(self, coder: BlockCoder, block: Tensor, previous: Tensor | None) -> tuple[Tensor, Trial, Tensor]:
         """Choose each stream's count for this block; return counts, the committed trial and scores."""
@@ -179,6 +167,45 @@ class Tokenizer:
 
     def _scores(self, trial: Trial, block: Tensor, rows: Tensor) -> Tensor:
         return self.scorer.score(trial.recon, block[rows]).cpu()
+
+
+class Coding:
+    """One tokenization under way, a block at a time: a ``Tokenizer``'s coder and its streams."""
+
+    def __init__(self, tokenizer: Tokenizer, infos: Sequence[MediaInfo], shared_encodings: dict | None = None):
+        model = tokenizer.model
+        self.tokenizer, self.streams = tokenizer, [_Stream(info) for info in infos]
+        self.coder = model.coder_class(model, len(self.streams), tokenizer.window, tokenizer.sampler)
+        if shared_encodings is not None:
+            self.coder.share_encodings(shared_encodings)
+        self.previous: Tensor | None = None  # the counts chosen for the last block
+
+    @torch.no_grad()
+    def add(self, block: Tensor) -> Tensor:
+        """Decide the next block (B, fpb, 3, H, W) in [-1, 1] of every stream; returns the counts chosen."""
+        tokenizer, coder = self.tokenizer, self.coder
+        if block.shape[0] != len(self.streams):
+            raise ElasticTokError(f"got a block of {block.shape[0]} streams for {len(self.streams)} inputs")
+        chosen, trial, scores = tokenizer._decide(coder, block.to(module_device(tokenizer.model)), self.previous)
+        coder.commit(trial)
+        self.previous = chosen
+        for i, stream in enumerate(self.streams):
+            stream.counts.append(int(chosen[i]))
+            stream.scores.append(float(scores[i]))
+            # a copy: a view would keep the trial's whole row of indices alive for the rest of the run
+            stream.tokens.append(trial.kept_tokens(i, int(chosen[i])).to("cpu", copy=True))
+        if tokenizer.on_block is not None:
+            tokenizer.on_block(coder.blocks_done - 1, trial.recon, coder)
+        return chosen
+
+    def results(self, seconds: float) -> list[TokenizedVideo]:
+        """One ``TokenizedVideo`` per stream; ``seconds``: the time the tokenization took."""
+        if self.coder.blocks_done == 0:
+            raise ElasticTokError("empty input: no frames to tokenize")
+        t = self.tokenizer
+        weights_hash = t.model.weights_digest()
+        return [s.result(t.model, t.target, t.scorer.name, self.coder, seconds, len(self.streams), weights_hash)
+                for s in self.streams]
 
 
 # ---- whole inputs ------------------------------------------------------------------------------------------

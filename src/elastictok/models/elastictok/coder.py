@@ -26,6 +26,7 @@ class ElasticTokCoder(BlockCoder):
     def __init__(self, model, batch: int, window: int | None, sampler: Sampler | None = None):
         super().__init__(model, batch, window, sampler)
         self.latents = None
+        self.shared: dict | None = None  # block index -> its all-kept encoding, shared with coders of the same input
 
     @property
     def block_size(self) -> int:
@@ -59,10 +60,21 @@ class ElasticTokCoder(BlockCoder):
         """This block's encoder output with every token kept, for all streams, and its encoder cache:
         one pass per block, shared by every candidate count of a mask-free encoder and by ``features``."""
         if self.encoded is None:
-            every = torch.ones(patches.shape[:2], dtype=torch.bool, device=patches.device)
-            self.encoded = self.model.encoder_features(patches, every, self.enc_cache, self.start)
-            self.encoder_passes += 1
+            self.encoded = None if self.shared is None else self.shared.get(self.blocks_done)
+            if self.encoded is None:
+                every = torch.ones(patches.shape[:2], dtype=torch.bool, device=patches.device)
+                self.encoded = self.model.encoder_features(patches, every, self.enc_cache, self.start)
+                if self.shared is not None:  # only the current block's is kept
+                    self.shared.clear()
+                    self.shared[self.blocks_done] = self.encoded
+            self.encoder_passes += 1  # counted by every coder it serves, as if each had run it
         return self.encoded
+
+    def share_encodings(self, shared: dict) -> None:
+        """A mask-free encoder's output depends on the input alone (its cache holds every token of every earlier
+        block), so coders of the same input share it; an encoder that reads the kept mask does not take part."""
+        if not self.model.encoder_reads_keep:
+            self.shared = shared
 
     def features(self, patches: Tensor) -> Tensor:
         """(B, 2*width): mean and standard deviation over tokens of the all-kept encoder output."""
