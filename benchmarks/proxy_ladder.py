@@ -32,14 +32,14 @@ from elastictok.training.loop import train
 
 
 def row_config(ladder: dict, name: str, seed: int, out: Path, minutes: float | None) -> TrainConfig:
-    fields = {**ladder["base"], **ladder["rows"][name], "seed": seed,
-              "out_dir": str(out / (name if seed == 0 else f"{name}-seed{seed}"))}
+    fields = {**ladder["base"], "seed": seed, **ladder["rows"][name]}  # a row may name its own seed
+    fields["out_dir"] = str(out / (name if fields["seed"] == 0 else f"{name}-seed{fields['seed']}"))
     if minutes is not None:
         fields["max_minutes"] = minutes
     return TrainConfig(**fields)
 
 
-def run_row(cfg: TrainConfig, name: str, seed: int) -> dict:
+def run_row(cfg: TrainConfig, name: str) -> dict:
     out_dir = Path(cfg.out_dir)
     resume = (out_dir / "checkpoints" / "last.pt").exists() and not (out_dir / "model").exists()
     if not resume and out_dir.exists():
@@ -50,7 +50,7 @@ def run_row(cfg: TrainConfig, name: str, seed: int) -> dict:
         last = list(csv.DictReader(f))[-1]
     evaluation = [json.loads(line) for line in (out_dir / "eval.jsonl").read_text().splitlines()][-1]
     model = cfg.model_config()
-    return {"row": name, "seed": seed, "steps": evaluation["step"], "minutes": cfg.max_minutes,
+    return {"row": name, "seed": cfg.seed, "steps": evaluation["step"], "minutes": cfg.max_minutes,
             "wall_minutes": round((time.monotonic() - started) / 60, 2), "frames_per_s": float(last["frames_per_s"]),
             "tokens_per_block": model.tokens_per_block, "psnr": evaluation["psnr"]}
 
@@ -88,15 +88,16 @@ def main() -> int:
     done = {(r["row"], r["seed"]) for r in results}
     while True:  # the ladder file is read again before each row: rows may be added or reordered meanwhile
         ladder = yaml.safe_load(Path(args.ladder).read_text())
-        pending = [name for name in args.rows or ladder["rows"] if (name, args.seed) not in done]
+        pending = [name for name in args.rows or ladder["rows"]
+                   if (name, ladder["rows"][name].get("seed", args.seed)) not in done]
         if not pending:
             return 0
         name = pending[0]
-        result = run_row(row_config(ladder, name, args.seed, out, args.minutes), name, args.seed)
+        result = run_row(row_config(ladder, name, args.seed, out, args.minutes), name)
         print(json.dumps(result), flush=True)
         with results_path.open("a") as f:
             f.write(json.dumps(result) + "\n")
-        done.add((name, args.seed))
+        done.add((name, result["seed"]))
 
 
 if __name__ == "__main__":
