@@ -198,7 +198,8 @@ def test_config_errors_are_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "elastictok.cli", "train", "--config", str(bad)],
                             capture_output=True, text=True)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"error: {bad}: unknown training config fields: batch_szie"]
+    assert result.stderr.strip().splitlines() == [
+        f"error: {bad}: unknown training config fields: batch_szie (did you mean batch_size?)"]
 
 
 def test_shipped_configs_parse():
