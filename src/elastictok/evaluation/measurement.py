@@ -69,10 +69,10 @@ class EvalRun:
 def score_blocks(model, encoded: TokenizedVideo, source, window: int | None | str = "model") -> BlockScores:
     """Decode ``encoded`` and score each block against ``source`` (a path, or its blocks already read)
     with every named metric, through the one measuring path (``tokenization.scoring``)."""
-    return _block_scores(model, encoded, decode_and_score(model, encoded, source, TokenizeOptions(window=window)))
+    return _as_block_scores(model, encoded, decode_and_score(model, encoded, source, TokenizeOptions(window=window)))
 
 
-def _block_scores(model, encoded: TokenizedVideo, measured: Measured) -> BlockScores:
+def _as_block_scores(model, encoded: TokenizedVideo, measured: Measured) -> BlockScores:
     return BlockScores(encoded.counts.numpy(), float(encoded.counts.sum()) * bits_per_token(model),
                        {k: np.array(v) for k, v in measured.metrics.items()})
 
@@ -81,7 +81,7 @@ def _tokenized_and_scored(model, info: MediaInfo, blocks: list, targets: list, r
                           ) -> list[tuple[TokenizedVideo, BlockScores]]:
     """One input tokenized for each target and scored, in one pass (``tokenization.scoring.tokenize_and_score``)."""
     options = TokenizeOptions(search=run.search, window=run.window)
-    return [(encoded, _block_scores(model, encoded, measured))
+    return [(encoded, _as_block_scores(model, encoded, measured))
             for encoded, measured in tokenize_and_score(model, info, blocks, targets, options)]
 
 

@@ -94,8 +94,12 @@ def stack_trials(trials: list[Trial]) -> Trial:
 
 
 def cache_rows(cache: KVCache | None, rows: Tensor) -> KVCache | None:
-    """The cache of the streams ``rows`` (one row per trial)."""
-    return None if cache is None else [(k[rows], v[rows]) for k, v in cache]
+    """The cache of the streams ``rows`` (one row per trial); the cache itself, not a copy, when ``rows`` is
+    every stream in order (one stream trying one count, as every fixed-length pass does)."""
+    if not cache or (len(rows) == cache[0][0].shape[0]
+                     and bool((rows == torch.arange(len(rows), device=rows.device)).all())):
+        return cache
+    return [(k[rows], v[rows]) for k, v in cache]
 
 
 def trim_cache(cache: KVCache | None, window: int | None, block_size: int) -> KVCache | None:

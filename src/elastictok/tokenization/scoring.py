@@ -85,6 +85,7 @@ def tokenize_and_score(model, info: MediaInfo, blocks: Sequence[Tensor], targets
     decodes several counts per pass (``batched``, ``full``) may round differently, so those are decoded again.
     """
     options = options or TokenizeOptions()
+    exact = [target.fixed_tokens is not None or options.search in ONE_COUNT_PER_PASS for target in targets]
     shared: dict = {}
     recons: list[list[Tensor]] = [[] for _ in targets]
     codings = [Tokenizer(model, target, options, on_block=lambda k, recon, coder, kept=kept: kept.append(recon[0]))
@@ -93,15 +94,16 @@ def tokenize_and_score(model, info: MediaInfo, blocks: Sequence[Tensor], targets
     measured: list[dict[str, list[float]]] = [{name: [] for name in metrics} for _ in targets]
     for block in blocks:
         pixels = to_model(block)[None]
-        for coding, kept, values in zip(codings, recons, measured):
+        for coding, kept, values, scored in zip(codings, recons, measured, exact):
             coding.add(pixels)
-            for name, value in block_scores(kept.pop(), block, metrics).items():
+            recon = kept.pop()
+            for name, value in (block_scores(recon, block, metrics) if scored else {}).items():
                 values[name].append(value)
     seconds = (time.perf_counter() - started) / len(codings)
     results = []
-    for target, coding, values in zip(targets, codings, measured):
+    for coding, values, scored in zip(codings, measured, exact):
         encoded = coding.results(seconds)[0]
-        if target.fixed_tokens is None and options.search not in ONE_COUNT_PER_PASS:
+        if not scored:
             values = decode_and_score(model, encoded, blocks, options, metrics).metrics
         results.append((encoded, Measured(values)))
     return results
