@@ -83,6 +83,8 @@ def test_encode_with_two_workers_writes_the_same_tokens_in_order(model_dir, phot
     two = cli("encode", *inputs, "-o", str(tmp_path / "two"), "--workers", "2", *common)
     assert one.returncode == 0 and two.returncode == 0, two.stderr
     assert [json.loads(line)["input"] for line in two.stdout.splitlines()] == inputs
+    # the workers' log lines (resized, target missed) are printed by this process, as one worker's are
+    assert "WARNING: " in one.stderr and two.stderr == one.stderr, two.stderr
     for name in ("pan.etok", "photo0.etok", "photo1.etok"):
         a, b = read_etok(tmp_path / "one" / name), read_etok(tmp_path / "two" / name)
         assert torch.equal(a.counts, b.counts) and torch.equal(a.tokens, b.tokens)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from collections import Counter
@@ -53,21 +54,22 @@ def encode_files(model, inputs: Sequence[str | Path], out_dir: str | Path, targe
     check_output_dir(out_dir)
     failed: list[str] = []
     summaries: list[dict] = []
-    tokenized = tokenize_each(model, inputs, target, options, workers, bf16)
-    for source, name, encoded in zip(inputs, output_names(inputs), tokenized):
-        try:
-            if isinstance(encoded, ElasticTokError):
-                raise encoded
-            summary = write_encoded(model, encoded, source, out_dir, options, name=name)
-        except ElasticTokError as exc:
-            if len(inputs) == 1:
-                raise
-            message = str(exc)
-            failed.append(message if str(source) in message else f"{source}: {message}")
-            continue
-        summaries.append(summary)
-        if each is not None:
-            each(summary)
+    # closed here, not whenever the collector gets to it: a worker pool shut down at exit prints a traceback
+    with contextlib.closing(tokenize_each(model, inputs, target, options, workers, bf16)) as tokenized:
+        for source, name, encoded in zip(inputs, output_names(inputs), tokenized):
+            try:
+                if isinstance(encoded, ElasticTokError):
+                    raise encoded
+                summary = write_encoded(model, encoded, source, out_dir, options, name=name)
+            except ElasticTokError as exc:
+                if len(inputs) == 1:
+                    raise
+                message = str(exc)
+                failed.append(message if str(source) in message else f"{source}: {message}")
+                continue
+            summaries.append(summary)
+            if each is not None:
+                each(summary)
     if failed:
         others = ", the others were written" if len(failed) < len(inputs) else ""
         raise ElasticTokError(f"{len(failed)} of {len(inputs)} inputs failed{others}: " + "; ".join(failed))

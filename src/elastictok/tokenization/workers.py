@@ -5,21 +5,26 @@ cores run N*C threads that fight over C cores (measured: 20 to 50 times slower t
 ``TokenizerPool`` starts N workers and gives each ``utils.cores.threads_per_worker(N)`` = C // N threads, so
 the total never exceeds the cores. Each worker loads the model once; inputs are handed out one
 file at a time, and results come back in input order. A file that fails gives its
-``ElasticTokError`` in place of a result; the others go on.
+``ElasticTokError`` in place of a result; the others go on. What a worker logs comes back with its
+result and is handled by this process's loggers, so it is printed as this process prints its own lines.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
+import logging.handlers
 import multiprocessing
 import multiprocessing.connection
 import os
+import queue
 import signal
 import sys
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 from tqdm import tqdm
@@ -35,6 +40,7 @@ class WorkerDiedError(ElasticTokError):
 
 
 _worker: dict = {}  # per worker process: the model and the tokenize() keywords
+_worker_logs: queue.SimpleQueue = queue.SimpleQueue()  # per worker process: records not yet sent to the parent
 
 
 def _start_worker(model, threads: int, bf16: bool, kwargs: dict) -> None:
@@ -92,6 +98,35 @@ def _ready(_: int) -> int:
     return torch.get_num_threads()
 
 
+def _log_levels() -> dict[str, int]:
+    """The levels set on this process's loggers (the root's under ""), for its workers to log at."""
+    loggers = logging.Logger.manager.loggerDict.items()
+    return {"": logging.getLogger().level, **{name: logger.level for name, logger in loggers
+                                              if isinstance(logger, logging.Logger) and logger.level}}
+
+
+def _log_for_parent(levels: dict[str, int]) -> None:
+    """Log in this worker at the parent's ``levels``, into ``_worker_logs`` rather than to stderr (where
+    Python's last-resort handler would print WARNING lines bare and drop INFO ones)."""
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    logging.getLogger().handlers = [logging.handlers.QueueHandler(_worker_logs)]  # records made picklable
+
+
+def _logged(function: Callable, *args) -> tuple:
+    """In a worker: ``function(*args)``, and the log records made since the last call, for the parent."""
+    result, records = function(*args), []
+    while not _worker_logs.empty():
+        records.append(_worker_logs.get_nowait())
+    return result, records
+
+
+def _log_here(records: list[logging.LogRecord]) -> None:
+    """A worker's log records, handled by this process's loggers as if logged here."""
+    for record in records:
+        logging.getLogger(record.name).handle(record)
+
+
 def _exit_with_parent() -> None:
     """End this worker as soon as its parent process is gone (SIGKILLed, say), rather than idle for good."""
     parent = multiprocessing.parent_process()
@@ -105,12 +140,14 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _start_worker_process(blocked_by_parent: set | None, *args) -> None:
+def _start_worker_process(blocked_by_parent: set | None, log_levels: dict[str, int], *args) -> None:
     """The pool's initializer: ``_start_worker``, then handle SIGINT. Workers start with interrupts held,
     so that Ctrl-C during their start (importing torch, loading the model) prints no traceback from each;
     one that came meanwhile arrives here. A worker ends with its parent, and holds no semaphore a kill
-    would leak (tqdm's lock across processes is a named one: multiprocessing would name it at exit)."""
+    would leak (tqdm's lock across processes is a named one: multiprocessing would name it at exit). Its
+    log records go to the parent with its results."""
     _exit_with_parent()
+    _log_for_parent(log_levels)
     tqdm.set_lock(threading.RLock())
     _start_worker(*args)
     sys.unraisablehook = _quiet_interrupt_in_finalizer
@@ -146,11 +183,13 @@ class TokenizerPool:
         else:
             context = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
             self._executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker_process,
-                                                 initargs=(blocked_signals(), model, self.threads, bf16, kwargs))
+                                                 initargs=(blocked_signals(), _log_levels(), model, self.threads,
+                                                           bf16, kwargs))
             try:  # start every worker now (and load its model), so start-up is not counted as work
                 with interrupts_held():
-                    started = [self._executor.submit(_ready, i) for i in range(workers)]
-                [future.result() for future in started]
+                    started = [self._executor.submit(_logged, _ready, i) for i in range(workers)]
+                for future in started:
+                    _log_here(future.result()[1])
             except BaseException:
                 self.close(stop_running=True)
                 raise
@@ -165,11 +204,12 @@ class TokenizerPool:
         return self._results(paths)
 
     def _results(self, paths: list[str]) -> Iterator:
-        results, broken = self._executor.map(_tokenize_in_worker, paths), False
+        results, broken = self._executor.map(functools.partial(_logged, _tokenize_in_worker), paths), False
         for path in paths:
             if not broken:
                 try:
-                    result = next(results)
+                    result, records = next(results)
+                    _log_here(records)
                     yield result if result is not None else WorkerDiedError(f"{path}: not tokenized, a worker "
                                                                             "was interrupted")
                     continue
