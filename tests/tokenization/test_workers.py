@@ -1,5 +1,6 @@
 """Worker pools: threads per worker never oversubscribe the cores; a bad file does not stop the others;
-Ctrl-C or SIGTERM stops every worker at once, cleanly."""
+workers' log lines and warnings are printed as the parent's; Ctrl-C or SIGTERM stops every worker at once,
+cleanly."""
 
 from __future__ import annotations
 
@@ -48,6 +49,24 @@ def test_pool_tokenizes_in_order_and_reports_bad_files(tmp_path, workers):
     assert torch.get_num_threads() == threads  # an in-process pool restores the caller's threads
     assert isinstance(results[1], ElasticTokError) and "bad.png" in str(results[1])
     assert [r.info.source for r in results if not isinstance(r, Exception)] == [str(files[i]) for i in (0, 2, 3)]
+
+
+def test_workers_log_and_warn_as_one_process_does(tmp_path):
+    """A worker's log lines (resized) and library warnings (PIL's corrupt EXIF) are printed by the parent, one
+    line each in its format, in input order: two workers print what one does."""
+    torch.manual_seed(0)
+    ElasticTok(ElasticTokConfig.from_preset("micro")).save_pretrained(tmp_path / "micro")
+    for i in range(2):
+        Image.new("RGB", (40, 40), (60 * i, 20, 200)).save(tmp_path / f"img{i}.png")
+    (tmp_path / "text.tif").write_bytes(b"II*\0hello\n")  # PIL warns "Corrupt EXIF data", then cannot read it
+    inputs = [tmp_path / "img0.png", tmp_path / "text.tif", tmp_path / "img1.png"]
+    one, two = (subprocess.run([sys.executable, "-m", "elastictok.cli", "encode", *map(str, inputs), "-o",
+                                str(tmp_path / f"out{workers}"), "--model", str(tmp_path / "micro"), "--tokens", "32",
+                                "--workers", str(workers), "--no-progress"], capture_output=True, text=True, timeout=120)
+                for workers in (1, 2))
+    assert one.returncode == two.returncode == 2
+    assert "INFO: img0.png" in one.stderr and "WARNING: Corrupt EXIF data" in one.stderr, one.stderr
+    assert two.stderr == one.stderr, two.stderr
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])

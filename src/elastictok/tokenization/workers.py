@@ -5,8 +5,8 @@ cores run N*C threads that fight over C cores (measured: 20 to 50 times slower t
 ``TokenizerPool`` starts N workers and gives each ``utils.cores.threads_per_worker(N)`` = C // N threads, so
 the total never exceeds the cores. Each worker loads the model once; inputs are handed out one
 file at a time, and results come back in input order. A file that fails gives its
-``ElasticTokError`` in place of a result; the others go on. What a worker logs comes back with its
-result and is handled by this process's loggers, so it is printed as this process prints its own lines.
+``ElasticTokError`` in place of a result; the others go on. What a worker logs or warns comes back
+with its result and is logged or warned again here, so it is printed as this process prints its own.
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ import logging.handlers
 import multiprocessing
 import multiprocessing.connection
 import os
+import pickle
 import queue
 import signal
 import sys
 import threading
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterable, Iterator
@@ -40,7 +42,7 @@ class WorkerDiedError(ElasticTokError):
 
 
 _worker: dict = {}  # per worker process: the model and the tokenize() keywords
-_worker_logs: queue.SimpleQueue = queue.SimpleQueue()  # per worker process: records not yet sent to the parent
+_worker_output: queue.SimpleQueue = queue.SimpleQueue()  # per worker process: its log records and warnings, unsent
 
 
 def _start_worker(model, threads: int, bf16: bool, kwargs: dict) -> None:
@@ -105,26 +107,40 @@ def _log_levels() -> dict[str, int]:
                                               if isinstance(logger, logging.Logger) and logger.level}}
 
 
-def _log_for_parent(levels: dict[str, int]) -> None:
-    """Log in this worker at the parent's ``levels``, into ``_worker_logs`` rather than to stderr (where
-    Python's last-resort handler would print WARNING lines bare and drop INFO ones)."""
+def _output_for_parent(levels: dict[str, int]) -> None:
+    """Log in this worker at the parent's ``levels``, and log and warn into ``_worker_output`` rather than to
+    stderr (where Python's last-resort handler would print WARNING lines bare and drop INFO ones, and a
+    warning would take two lines with its source)."""
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
-    logging.getLogger().handlers = [logging.handlers.QueueHandler(_worker_logs)]  # records made picklable
+    logging.getLogger().handlers = [logging.handlers.QueueHandler(_worker_output)]  # records made picklable
+    warnings.showwarning = _keep_warning
 
 
-def _logged(function: Callable, *args) -> tuple:
-    """In a worker: ``function(*args)``, and the log records made since the last call, for the parent."""
-    result, records = function(*args), []
-    while not _worker_logs.empty():
-        records.append(_worker_logs.get_nowait())
-    return result, records
+def _keep_warning(message, category: type[Warning], filename: str, lineno: int, *_) -> None:
+    """A worker's ``warnings.showwarning``: the warning is kept for the parent to issue as its own."""
+    try:
+        pickle.dumps(category)
+    except (pickle.PicklingError, AttributeError, TypeError):  # a class made on the fly cannot be sent
+        category = UserWarning
+    _worker_output.put((str(message), category, filename, lineno))
 
 
-def _log_here(records: list[logging.LogRecord]) -> None:
-    """A worker's log records, handled by this process's loggers as if logged here."""
-    for record in records:
-        logging.getLogger(record.name).handle(record)
+def _with_output(function: Callable, *args) -> tuple:
+    """In a worker: ``function(*args)``, and what was logged or warned since the last call, for the parent."""
+    result, output = function(*args), []
+    while not _worker_output.empty():
+        output.append(_worker_output.get_nowait())
+    return result, output
+
+
+def _tell_here(output: list) -> None:
+    """A worker's log records and warnings, logged and warned again in this process as if made here."""
+    for item in output:
+        if isinstance(item, logging.LogRecord):
+            logging.getLogger(item.name).handle(item)
+        else:
+            warnings.warn_explicit(*item)
 
 
 def _exit_with_parent() -> None:
@@ -144,10 +160,10 @@ def _start_worker_process(blocked_by_parent: set | None, log_levels: dict[str, i
     """The pool's initializer: ``_start_worker``, then handle SIGINT. Workers start with interrupts held,
     so that Ctrl-C during their start (importing torch, loading the model) prints no traceback from each;
     one that came meanwhile arrives here. A worker ends with its parent, and holds no semaphore a kill
-    would leak (tqdm's lock across processes is a named one: multiprocessing would name it at exit). Its
-    log records go to the parent with its results."""
+    would leak (tqdm's lock across processes is a named one: multiprocessing would name it at exit). What
+    it logs and warns goes to the parent with its results."""
     _exit_with_parent()
-    _log_for_parent(log_levels)
+    _output_for_parent(log_levels)
     tqdm.set_lock(threading.RLock())
     _start_worker(*args)
     sys.unraisablehook = _quiet_interrupt_in_finalizer
@@ -187,9 +203,9 @@ class TokenizerPool:
                                                            bf16, kwargs))
             try:  # start every worker now (and load its model), so start-up is not counted as work
                 with interrupts_held():
-                    started = [self._executor.submit(_logged, _ready, i) for i in range(workers)]
+                    started = [self._executor.submit(_with_output, _ready, i) for i in range(workers)]
                 for future in started:
-                    _log_here(future.result()[1])
+                    _tell_here(future.result()[1])
             except BaseException:
                 self.close(stop_running=True)
                 raise
@@ -204,12 +220,12 @@ class TokenizerPool:
         return self._results(paths)
 
     def _results(self, paths: list[str]) -> Iterator:
-        results, broken = self._executor.map(functools.partial(_logged, _tokenize_in_worker), paths), False
+        results, broken = self._executor.map(functools.partial(_with_output, _tokenize_in_worker), paths), False
         for path in paths:
             if not broken:
                 try:
-                    result, records = next(results)
-                    _log_here(records)
+                    result, output = next(results)
+                    _tell_here(output)
                     yield result if result is not None else WorkerDiedError(f"{path}: not tokenized, a worker "
                                                                             "was interrupted")
                     continue
