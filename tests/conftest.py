@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 from pathlib import Path
 
@@ -12,6 +13,11 @@ import torch
 from elastictok import ElasticTok, ElasticTokConfig
 from elastictok.media.io import write_video
 from elastictok.media.transforms import fit_to_resolution, to_model
+
+# A shell starts a background job with Ctrl-C ignored, and the processes the interrupt tests start
+# would inherit that: they test Ctrl-C, so they get it as a terminal gives it.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
