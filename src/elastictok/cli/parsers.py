@@ -184,8 +184,9 @@ def _add_report(sub, commands: dict) -> None:
                        description="Tokenize each INPUT at every target and write one HTML file (media embedded, "
                                    "no network needed) with the original and reconstruction playing in sync, a "
                                    "switch between targets, tokens and PSNR per block over time (click to seek) and "
-                                   "a per-block table. With --baseline, also each baseline at the same tokens and "
-                                   "the eval measurement (Fig. 4, rate-distortion, summary table).")
+                                   "a per-block table. With a threshold among the targets, also the eval measurement "
+                                   "(Fig. 4, rate-distortion against H.264 and JPEG, summary table); with --baseline, "
+                                   "each baseline at the same bits.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="images and videos")
     p.add_argument("-o", "--output", required=True, type=_output_path, metavar="OUT.html", help="the page to write")
     p.add_argument("--baseline", nargs="+", default=[], metavar="B", help="fixed-length baseline model directories")
@@ -193,7 +194,7 @@ def _add_report(sub, commands: dict) -> None:
                    help="targets to switch between: mse:0.03, psnr:25, ssim:0.9, tokens:N, tokens:all, budget:N "
                         "(default: %(default)s)")
     p.add_argument("--fractions", default="0.0625,0.125,0.25,0.375,0.5,0.75,1",
-                   help="with --baseline: fixed token shares measured for the eval plots (default: %(default)s)")
+                   help="fixed token shares measured for the eval plots (default: %(default)s)")
     p.add_argument("--search", choices=["binary", "full", "batched"], default="binary")
     _add_model_args(p)
     p.set_defaults(func=commands["report"])
