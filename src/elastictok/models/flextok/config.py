@@ -40,10 +40,10 @@ class FlexTokConfig(ConfigFile):
     input_stage: str = "pixels"  # what the flow runs on; "pixels" is the identity stage
     registers: int = 32  # R: register tokens per block, the most tokens a block can keep
     # Where a patch is, as the transformers see it: "sincos" (fixed (t, h, w) sinusoids of unit amplitude, plus
-    # a learned part) or "learned" alone (starting near zero; models saved before session 7). A 1-D tokenizer
+    # a learned part) or "learned" alone (starting near zero; the earliest saved models). A 1-D tokenizer
     # routes content by position (registers gather it, patches fetch it back); at pure noise a learned
     # embedding starts 20x weaker than the noise, so every patch read the same average and training stalled
-    # (sincos: +1.6 dB at step 300, docs/results/README.md, session 7).
+    # (sincos: +1.6 dB at step 300, docs/results/README.md).
     patch_position: Literal["learned", "sincos"] = "sincos"
     width: int = 256
     encoder_depth: int = 4
@@ -56,7 +56,7 @@ class FlexTokConfig(ConfigFile):
     fsq_levels: tuple[int, ...] = (8, 8, 8, 5, 5, 5)  # 64,000 codes per token
     # Scale each register's pre-quantisation vector to unit RMS before FSQ's tanh. Without it the encoder
     # drives half its values into tanh's flat tails (|tanh| > 0.99), where no gradient reaches it; with it
-    # none are there, but in a 300-step ablation held-out PSNR did not move (docs/results/README.md, session 7).
+    # none are there, but in a 300-step ablation held-out PSNR did not move (docs/results/README.md).
     quant_norm: bool = False
     nested_dropout: Literal["pow2", "uniform", "mix"] = "mix"  # how training draws k per block
     min_tokens: int = 1  # the fewest tokens the search may keep per block
