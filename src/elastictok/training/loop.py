@@ -86,8 +86,9 @@ def lr_factor(step: int, cfg: TrainConfig, seconds: float = 0.0) -> float:
         return (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return 1.0
-    after_warmup = run_progress(step - cfg.warmup_steps, dataclasses.replace(cfg, steps=max(1, cfg.steps - cfg.warmup_steps)),
-                                seconds)
+    by_steps = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    by_time = seconds / (60 * cfg.max_minutes) if cfg.max_minutes else 0.0
+    after_warmup = min(1.0, max(by_steps, by_time))
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * after_warmup))
 
 
