@@ -28,8 +28,8 @@ DESTINATIONS = {
     "default-fixed-0.5": ROOT / "baselines/default-fixed-0.5",
     "default-full": ROOT / "baselines/default-full",
 }
-# The sampler a bundled FlexTok decodes with by default, from its measurement (docs/results/README.md,
-# session 7): trained with nine blocks in ten at pure noise, its one-step estimate is its best output.
+# The sampler a bundled FlexTok decodes with by default, from its measurement (docs/results/README.md):
+# trained with nine blocks in ten at pure noise, its one-step estimate is its best output.
 SAMPLERS = {"flextok-tiny": {"steps": 1, "guidance": 1.0}}
 
 

@@ -42,7 +42,7 @@ def one_step_psnr(model: FlexTok, video: torch.Tensor, keep: int) -> float:
 def test_bundled_flextok_reads_its_registers(flextok, street):
     """Its registers carry the clip: all of them beat the decoder's null condition (its best guess
     without tokens) and a flat colour by 1 dB, the first two already beat the null condition by 1 dB, and
-    more tokens do better. (The first register alone does not: 12.7 dB against the null's 13.0, session 7.)"""
+    more tokens do better. (The first register alone does not: 12.7 dB against the null's 13.0.)"""
     c = flextok.config
     flat = street.mean(dim=(1, 3, 4), keepdim=True).expand_as(street)
     flat_psnr = psnr_from_mse(mse_per_block(flat, street, c.frames_per_block)).mean().item()
