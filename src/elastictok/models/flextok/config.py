@@ -31,7 +31,8 @@ class FlexTokConfig(ConfigFile):
 
     # Fields added after FlexTok models were first saved, with the value every earlier model had.
     fields_added_later: ClassVar[dict[str, Any]] = {"x0_loss_weight": 0.0, "pure_noise_fraction": 0.0,
-                                                    "quant_norm": False, "patch_position": "learned", "seed": 0}
+                                                    "quant_norm": False, "patch_position": "learned", "seed": 0,
+                                                    "sample_shift": 1.0}
 
     family: str = FAMILY  # model family written to config.json; always "flextok" here
     resolution: tuple[int, int] = (64, 64)  # (H, W) of every frame
@@ -75,6 +76,7 @@ class FlexTokConfig(ConfigFile):
     prediction: Literal["x0", "v"] = "x0"
     # Training t = sigmoid(N(time_mean, time_std^2)), t = 1 pure noise. Leaning to high noise, as pixel-space
     # flows do (JiT, Li & He 2025, use the mirror of this, P_mean = -0.8), also trains the one-step estimate.
+    # SD3's timestep shift s (t -> s t / (1 + (s - 1) t)) of logit-normal(0, 1) is exactly time_mean = ln s.
     time_mean: float = 0.8
     time_std: float = 1.0
     # Share of training (sample, block) pairs drawn at t = 1 exactly: pure noise, so the x0 estimate can
@@ -91,6 +93,11 @@ class FlexTokConfig(ConfigFile):
     steps: int = 25
     guidance: float = 1.5
     seed: int = 0
+    # The Euler grid: u uniform from 1 to 0, t = s u / (1 + (s - 1) u) (SD3's shift; 1: uniform, as every model
+    # saved before this field). s > 1 spends the steps near noise, where the block's layout is decided; a
+    # grid shifted by s matches a training time_mean of ln s. The first step is at t = 1 whatever s, so the
+    # one-step estimate does not depend on it.
+    sample_shift: float = 1.0
     # Context blocks kept in the KV caches when streaming (None: all); the trainer sets n_blocks - 1.
     window: int | None = 16
     name: str = "custom"
@@ -177,6 +184,8 @@ class FlexTokConfig(ConfigFile):
             problems.append(f"pure_noise_fraction must lie in [0, 1), got {self.pure_noise_fraction}")
         if not self.x0_loss_weight >= 0:
             problems.append(f"x0_loss_weight must be >= 0, got {self.x0_loss_weight}")
+        if not self.sample_shift > 0:
+            problems.append(f"sample_shift must be > 0, got {self.sample_shift}")
         problems.extend(Sampler.problems(self.steps, self.guidance, self.seed))
         if self.window is not None and self.window < 1:
             problems.append(f"window must be at least 1 block or None, got {self.window}")

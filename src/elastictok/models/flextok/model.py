@@ -254,12 +254,11 @@ class FlexTok(ModelFamily, nn.Module):
     def forward(self, video: Tensor, keep: Tensor | int | None = None) -> FlexTokOutput:
         """Flow-matching loss on a video (B, T, 3, H, W) or image (B, 3, H, W) in [-1, 1].
 
-        ``keep`` defaults to nested dropout in training and to all tokens otherwise. In training,
-        t ~ sigmoid(N(time_mean, time_std^2)) per (sample, block), or t = 1 for ``pure_noise_fraction``
-        of them, and ``cfg_dropout`` of the blocks lose all their registers; in eval mode t = 1, so
-        ``recon`` is the one-step estimate. Block b's
-        context is the ground truth of the earlier blocks (noised by up to ``context_noise`` in training).
-        The loss is the velocity error, plus ``x0_loss_weight`` times the x0 estimate's pixel error.
+        ``keep`` defaults to nested dropout in training and to all tokens otherwise. In training, t is
+        drawn by ``training_times`` and ``cfg_dropout`` of the blocks lose all their registers; in eval
+        mode t = 1, so ``recon`` is the one-step estimate. Block b's context is the ground truth of the
+        earlier blocks (noised by up to ``context_noise`` in training).
+        The loss is ``flow_loss``: the velocity error, plus ``x0_loss_weight`` times the x0 estimate's pixel error.
         """
         c = self.config
         video, is_image = self.as_video(video)
@@ -273,9 +272,7 @@ class FlexTok(ModelFamily, nn.Module):
         x0 = x0.view(b, n, self.p, -1)  # (B, n, P, patch_dim)
         noise = torch.randn_like(x0)
         if self.training:
-            t = torch.sigmoid(torch.randn(b, n, device=x0.device) * c.time_std + c.time_mean)
-            if c.pure_noise_fraction:
-                t = t.masked_fill(torch.rand(b, n, device=x0.device) < c.pure_noise_fraction, 1.0)
+            t = self.training_times(b, n, x0.device)
             cond_keep = keep.masked_fill(torch.rand(b, n, device=x0.device) < c.cfg_dropout, 0)
         else:
             t, cond_keep = torch.ones(b, n, device=x0.device), keep
@@ -292,19 +289,39 @@ class FlexTok(ModelFamily, nn.Module):
             blocks = torch.cat((blocks[:-1], blocks))
             clean = torch.cat((~clean[:-1], clean))
         out, _ = self.decode_segments(x_in, regs, t_in, blocks, clean)
-        out = out[:, -n:].float()  # the noisy segments (B, n, P, patch_dim)
-        if c.prediction == "x0":  # |v_hat - v| = |x0_hat - x0| / t; the weight is capped at 1 / t_min
-            x0_hat = out
-            loss = ((x0_hat - x0) / tt.clamp_min(c.t_min)).pow(2).mean()
-        else:
-            x0_hat = x_t - tt * out
-            loss = (out - (noise - x0)).pow(2).mean()
-        if c.x0_loss_weight:
-            loss = loss + c.x0_loss_weight * (x0_hat - x0).pow(2).mean()
+        loss, x0_hat = self.flow_loss(out[:, -n:], x_t, x0, noise, tt)  # the noisy segments (B, n, P, patch_dim)
         recon = self.unpatchify(x0_hat.flatten(1, 2))
         mse = (recon - video.float()).pow(2).mean()
         return FlexTokOutput(recon=recon.mean(1) if is_image else recon, loss=loss, mse=mse,
                              kl=torch.zeros((), device=video.device), t=t, latents=latents)
+
+    def training_times(self, batch: int, n_blocks: int, device: torch.device) -> Tensor:
+        """Flow times (batch, n_blocks) for training: logit-normal, t = sigmoid(N(time_mean, time_std^2)), with
+        ``pure_noise_fraction`` of them set to t = 1 exactly."""
+        c = self.config
+        t = torch.sigmoid(torch.randn(batch, n_blocks, device=device) * c.time_std + c.time_mean)
+        if c.pure_noise_fraction:
+            t = t.masked_fill(torch.rand(batch, n_blocks, device=device) < c.pure_noise_fraction, 1.0)
+        return t
+
+    def flow_loss(self, out: Tensor, x_t: Tensor, x0: Tensor, noise: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """The training loss of decoder outputs ``out`` at times t (broadcastable to x0), and the x0 estimate.
+
+        The loss is the mean squared error of the velocity v = noise - x0 in either parametrisation: for x0
+        prediction the implied velocity (x_t - x0_hat) / t misses by (x0 - x0_hat) / t, with 1/t capped at
+        1/t_min (Li & He 2025). ``x0_loss_weight`` adds the x0 estimate's own pixel MSE.
+        """
+        c = self.config
+        out = out.float()
+        if c.prediction == "x0":
+            x0_hat = out
+            loss = ((x0_hat - x0) / t.clamp_min(c.t_min)).pow(2).mean()
+        else:
+            x0_hat = x_t - t * out
+            loss = (out - (noise - x0)).pow(2).mean()
+        if c.x0_loss_weight:
+            loss = loss + c.x0_loss_weight * (x0_hat - x0).pow(2).mean()
+        return loss, x0_hat
 
     # ---- public API --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -380,7 +397,7 @@ class FlexTok(ModelFamily, nn.Module):
                                         torch.zeros(b, 1, dtype=torch.long, device=device))
             registers = torch.cat((registers, null))
             past = None if past is None else [(torch.cat((k, k)), torch.cat((v, v))) for k, v in past]
-        times = torch.linspace(1.0, 0.0, steps + 1, device=device)
+        times = self.sampling_times(steps, device)
         index, noisy = self._index(block, device), torch.zeros(1, dtype=torch.bool, device=device)
         for i in range(steps):
             x_in = torch.cat((x, x)) if guided else x
@@ -392,6 +409,13 @@ class FlexTok(ModelFamily, nn.Module):
                 v = v_null + guidance * (v_cond - v_null)
             x = x + (times[i + 1] - times[i]) * v
         return x
+
+    def sampling_times(self, steps: int, device: torch.device | None = None) -> Tensor:
+        """The Euler grid (steps + 1,) from t = 1 to 0: uniform u, shifted to t = s u / (1 + (s - 1) u) with
+        s = ``sample_shift`` (s = 1 leaves the uniform grid as it is)."""
+        u = torch.linspace(1.0, 0.0, steps + 1, device=device)
+        s = self.config.sample_shift
+        return u if s == 1.0 else s * u / (1 + (s - 1) * u)
 
     # ---- helpers -----------------------------------------------------------------------------------
     @staticmethod
