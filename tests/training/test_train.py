@@ -98,12 +98,13 @@ def _final_weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "model" / "model.safetensors"))
 
 
-def test_resume_is_bit_for_bit(photo_folder, tmp_path):
-    straight = train(micro_config(photo_folder, tmp_path / "a", ema_decay=0.9, mask="elastic"))
-    partial = micro_config(photo_folder, tmp_path / "b", ema_decay=0.9, steps=8, max_minutes=0.0)
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_is_bit_for_bit(photo_folder, tmp_path, optimizer):
+    straight = train(micro_config(photo_folder, tmp_path / "a", ema_decay=0.9, mask="elastic", optimizer=optimizer))
+    partial = micro_config(photo_folder, tmp_path / "b", ema_decay=0.9, steps=8, max_minutes=0.0, optimizer=optimizer)
     train(partial)  # stops after its first step, with a checkpoint
     assert torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=True)["step"] == 1
-    resumed = train(micro_config(photo_folder, tmp_path / "b", ema_decay=0.9), resume=True)
+    resumed = train(micro_config(photo_folder, tmp_path / "b", ema_decay=0.9, optimizer=optimizer), resume=True)
     a, b = _final_weights(straight), _final_weights(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

@@ -60,10 +60,21 @@ class TrainState:
         saved = json.loads(saved) if isinstance(saved, str) else saved
         if type(self.model.config).from_dict(saved) != self.model.config:
             raise ElasticTokError(f"{where} was written for a different model config; not resuming")
+        optimizer = _saved_optimizer(fields)
+        if optimizer != self.cfg.optimizer:  # their states differ in layout
+            raise ElasticTokError(f"{where} was written by a run with optimizer: {optimizer}; not resuming it with "
+                                  f"optimizer: {self.cfg.optimizer}")
         self.scheduler.load_state_dict(fields["scheduler"])
         self.step = fields["step"]
         if self.clock is not None:  # checkpoints written before the clock existed start it at zero
             self.clock.restore(float(fields.get("train_seconds", 0.0)))
+
+
+def _saved_optimizer(fields: dict[str, Any]) -> str:
+    """The optimiser a checkpoint's run used; AdamW for checkpoints written before there was a choice."""
+    config = fields.get("train_config")
+    config = json.loads(config) if isinstance(config, str) else config
+    return config.get("optimizer", "adamw") if isinstance(config, dict) else "adamw"
 
 
 class Checkpoint(Protocol):

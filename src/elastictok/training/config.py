@@ -21,7 +21,8 @@ from ..utils.fields import field_problems
 from ..utils.fileio import read_small_file
 from .masks import KEEP_DISTRIBUTIONS, KeepSampler
 
-CHOICES = {"schedule": ("cosine", "constant"), "distributed": ("ddp", "fsdp"), "keep_distribution": KEEP_DISTRIBUTIONS}
+CHOICES = {"schedule": ("cosine", "constant"), "distributed": ("ddp", "fsdp"), "keep_distribution": KEEP_DISTRIBUTIONS,
+           "optimizer": ("adamw", "muon")}
 AT_LEAST = {"steps": 1, "batch_size": 1, "grad_accum": 1, "n_blocks": 1, "mask_lengths": 1, "warmup_steps": 0,
             "eval_every": 1, "checkpoint_every": 1, "log_every": 1, "num_workers": 0, "stop_at": 1,
             "weight_decay": 0, "lpips_weight": 0, "grad_clip": 0, "max_minutes": 0}
@@ -50,7 +51,8 @@ class TrainConfig:
     mask_lengths: int = 1  # kept lengths decoded per sample and step (one encoder pass when it is unconditioned)
     keep_distribution: str = "uniform"  # elastic counts: uniform (the paper) | long (more long prefixes)
     full_length_first: float = 0.0  # share of the run (steps or minutes) trained at all tokens before the mask
-    lr: float = 1e-3
+    optimizer: str = "adamw"  # adamw | muon (Muon on the transformer blocks' matrices, AdamW on the rest; one process)
+    lr: float = 1e-3  # Muon's too: it scales its updates to AdamW's RMS
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     schedule: str = "cosine"  # cosine | constant (after warmup)
     warmup_steps: int = 100

@@ -38,6 +38,7 @@ from .config import TrainConfig
 from .datasets import MediaCollection, TrainBatches, eval_clips
 from .distributed import World, full_state_dict, setup, wrap
 from .masks import KeepSampler
+from .optimizers import build_optimizer
 from .shards import ShardBatches, list_shards, raise_worker_errors
 
 log = logging.getLogger(__name__)
@@ -90,14 +91,6 @@ def lr_factor(step: int, cfg: TrainConfig, seconds: float = 0.0) -> float:
     by_time = seconds / (60 * cfg.max_minutes) if cfg.max_minutes else 0.0
     after_warmup = min(1.0, max(by_steps, by_time))
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * after_warmup))
-
-
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on weight matrices only (not norms or the kept/masked embeddings)."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
 
 
 def load_init_weights(model: torch.nn.Module, source: str) -> None:
@@ -214,6 +207,8 @@ def _check_layout(cfg: TrainConfig, world: World) -> None:
         raise ElasticTokError(f"batch_size {cfg.batch_size} does not split over {world.size} processes")
     if world.distributed and cfg.ema_decay:
         raise ElasticTokError("ema_decay is not supported with multi-process training yet")
+    if world.distributed and cfg.optimizer == "muon":
+        raise ElasticTokError("optimizer: muon trains in one process only; under torchrun use optimizer: adamw")
     if cfg.sequence_parallel and (not world.distributed or cfg.distributed != "ddp"):
         raise ElasticTokError("sequence_parallel needs torchrun and distributed: ddp")
     c = cfg.model_config()
@@ -241,7 +236,7 @@ def _build_state(cfg: TrainConfig, world: World, device: torch.device, init_from
         model.sequence_group = dist.group.WORLD
         for blocks in {1, cfg.n_blocks}:  # an image batch, a video clip: refused now, not at its first batch
             model.check_sequence_split(blocks * config.tokens_per_block, world.size)
-    optimizer = build_optimizer(net, cfg)
+    optimizer = build_optimizer(model, cfg)  # net's parameters: DDP wraps them, FSDP2 shards them in place
     clock = TrainingClock()
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, clock.seconds))
     ema = None
