@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import lzma
 import math
+import platform
 from fractions import Fraction
 
 import av
@@ -28,6 +29,13 @@ from ..tokenization.tokenfile import TokenizedVideo
 JPEG_QUALITIES = (1, 5, 10, 20, 35, 50, 75, 90)
 H264_CRFS = (51, 45, 39, 33, 27, 21)
 CODECS = ("H.264", "JPEG")
+# One thread, lookahead included; on x86-64, x264's SSE2 code rather than the best its CPU check finds. Its AVX-512
+# code reads memory it never wrote once the stream ends (with B-frames and MB-tree, as at preset medium), so on an
+# AVX-512 CPU the last frames' bits changed with what the allocator handed out (6 runs under MALLOC_PERTURB_ = 0 to
+# 255 gave 4 different streams; its SSE2 code, which valgrind finds clean, gave one). Every x86-64 CPU has SSE2, and
+# on 64x64 frames it is as fast. Other CPUs have no AVX-512 code in x264: its own choice stands there.
+X264_PARAMS = "threads=1:lookahead-threads=1" + (":asm=SSE2" if platform.machine().lower() in ("x86_64", "amd64")
+                                                 else "")
 
 
 def jpeg_round_trip(frames: torch.Tensor, quality: int) -> tuple[torch.Tensor, int]:
@@ -50,21 +58,24 @@ def _jpeg_header_bytes(data: bytes) -> int:
 
 
 def h264_round_trip(frames: torch.Tensor, crf: int, fps: float) -> tuple[torch.Tensor, int]:
-    """uint8 frames (T, H, W, 3), H and W even, through libx264 (yuv420p) at ``crf``; the frames back and the bits."""
+    """uint8 frames (T, H, W, 3), H and W even, through libx264 (yuv420p) at ``crf``; the frames back and the bits.
+
+    Everything runs on one thread (x264, its lookahead, the decoder, the colour conversions), with x264's own
+    options (``X264_PARAMS``) making its bits the same in every run."""
     encoder = av.CodecContext.create("libx264", "w")
     encoder.width, encoder.height, encoder.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
     encoder.time_base = 1 / Fraction(fps).limit_denominator(1001)
-    encoder.options = {"crf": str(crf), "preset": "medium", "x264-params": "threads=1:lookahead-threads=1"}
-    encoder.thread_count = 1  # one thread, lookahead included: the same bits every run (tiny frames lose nothing)
+    encoder.options = {"crf": str(crf), "preset": "medium", "x264-params": X264_PARAMS}
+    encoder.thread_count = 1
     packets = []
     for i, frame in enumerate(frames.numpy()):
-        picture = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")
+        picture = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p", threads=1)
         picture.pts = i
         packets += encoder.encode(picture)
     packets += encoder.encode(None)
     decoder = av.CodecContext.create("h264", "r")
-    decoded = [f.to_ndarray(format="rgb24") for p in packets for f in decoder.decode(p)]
-    decoded += [f.to_ndarray(format="rgb24") for f in decoder.decode(None)]
+    decoder.thread_count = 1
+    decoded = [f.to_ndarray(format="rgb24", threads=1) for p in [*packets, None] for f in decoder.decode(p)]
     return torch.from_numpy(np.stack(decoded)), 8 * sum(p.size for p in packets)
 
 
