@@ -4,14 +4,18 @@
     python benchmarks/eval_speed.py --blocks 10 --threads 1         # a quick look
 
 The input is the bundled street clip (20 blocks), repeated into one video of ``--blocks`` blocks; the
-models are the bundled default and two of the shipped baselines (``baselines/``). Prints the
-wall-clock time of each part (fixed lengths, codecs, thresholds) and of the whole, and the CPU time
-of the whole (on a machine shared with other work, the wall clock alone says little).
+models are the bundled default and two of the shipped baselines (``baselines/``). ``--threads`` is what
+torch may use in all; ``--workers`` processes (default: one per thread, 1 = all in this process) share it
+(``EvalRun.workers``). Prints the wall-clock time of the whole, its CPU time (this process and its
+workers: on a machine shared with other work, the wall clock alone says little) and the wall-clock and
+CPU seconds of each part (fixed lengths, codecs, thresholds), summed over the processes that ran it.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +23,6 @@ from pathlib import Path
 import torch
 
 from elastictok import from_pretrained
-from elastictok.evaluation import measurement
 from elastictok.evaluation.measurement import EvalRun, evaluate_models
 from elastictok.media.io import VideoReader, write_video
 from elastictok.models.pretrained import sample_video
@@ -37,41 +40,51 @@ def long_clip(blocks: int, folder: Path) -> str:
     return str(path)
 
 
-def timed(name: str, clock: dict):
-    """Wrap ``measurement.<name>`` to add its wall-clock seconds to ``clock[name]``."""
-    inner = getattr(measurement, name)
+class PassSeconds(logging.Handler):
+    """Adds up the wall-clock and CPU seconds of each kind of pass that eval logs (``evaluation.passes.run_pass``),
+    its workers' included."""
 
-    def wrapper(*args, **kwargs):
-        started = time.perf_counter()
-        try:
-            return inner(*args, **kwargs)
-        finally:
-            clock[name] = clock.get(name, 0.0) + time.perf_counter() - started
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.seconds: dict[str, list[float]] = {}
 
-    setattr(measurement, name, wrapper)
+    def emit(self, record: logging.LogRecord) -> None:
+        if hasattr(record, "eval_pass"):
+            total = self.seconds.setdefault(record.eval_pass, [0.0, 0.0])
+            total[0] += record.seconds
+            total[1] += record.cpu_seconds
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished child processes (eval's workers)."""
+    return sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
+               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--blocks", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workers", type=int, help="processes measuring side by side (default: --threads)")
     args = parser.parse_args()
+    workers = args.workers or args.threads
     torch.set_num_threads(args.threads)
     model = from_pretrained("default").eval()
     baselines = [from_pretrained(path).eval() for path in BASELINES]
-    clock: dict[str, float] = {}
-    for name in ("codec_points", "_adaptive"):
-        timed(name, clock)
+    passes = PassSeconds()
+    logger = logging.getLogger("elastictok.evaluation.passes")
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(passes)
     with tempfile.TemporaryDirectory() as folder:
         clip = long_clip(args.blocks, Path(folder))
-        started, cpu = time.perf_counter(), time.process_time()
-        report = evaluate_models(model, baselines, [clip], None, EvalRun(progress=False),
+        started, cpu = time.perf_counter(), cpu_seconds()
+        report = evaluate_models(model, baselines, [clip], None, EvalRun(progress=False, workers=workers),
                                  baseline_names=[p.name for p in BASELINES])
-        total, cpu = time.perf_counter() - started, time.process_time() - cpu
+        total, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     print(f"{report['blocks']} blocks, {len(report['thresholds'])} thresholds, {len(baselines)} baselines, "
-          f"{args.threads} threads: {total:.1f} s in all ({cpu:.1f} s of CPU time)")
-    print(f"  fixed lengths {total - clock['codec_points'] - clock['_adaptive']:.1f} s; codec anchors "
-          f"{clock['codec_points']:.1f} s; thresholds {clock['_adaptive']:.1f} s")
+          f"{args.threads} threads, {workers} workers: {total:.1f} s in all ({cpu:.1f} s of CPU time)")
+    print("  summed over processes: " + "; ".join(f"{name} {wall:.1f} s ({cpu:.1f} s of CPU time)"
+                                                  for name, (wall, cpu) in passes.seconds.items()))
 
 
 if __name__ == "__main__":

@@ -175,6 +175,9 @@ def _add_eval(sub, commands: dict) -> None:
     p.add_argument("--search", choices=["binary", "full", "batched"], default="binary")
     p.add_argument("-o", "--out", default="eval", metavar="DIR", type=_output_path,
                    help="output folder (default: %(default)s)")
+    p.add_argument("--workers", type=_workers, default=1, help="processes measuring side by side (each model's fixed "
+                   "lengths, each threshold, the codecs), each with an equal share of the threads (default: "
+                   "%(default)s, all in this process); the numbers are those of one process on that share")
     _add_model_args(p)
     p.set_defaults(func=commands["eval"])
 

@@ -8,7 +8,8 @@ beside them), so models with other token counts or codebooks compare at equal bi
 paper plots the share of blocks that meet the threshold against the bits spent; the saving is the
 bits the best baseline needs to reach the model's share of blocks meeting the threshold
 (interpolated on its curve), divided by the model's bits. Without thresholds, they come from the
-model's own all-token quality on the inputs (``default_thresholds``).
+model's own all-token quality on the inputs (``passes.default_thresholds``). The measuring itself, in this
+process or on worker processes side by side, is ``passes``.
 """
 
 from __future__ import annotations
@@ -20,69 +21,33 @@ import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import ElasticTokError
-from ..media.blocks import MediaInfo
 from ..media.io import is_video
 from ..metrics.quality import METRICS
 from ..models.base import tokens_at_share
 from ..tokenization.options import TokenizeOptions
-from ..tokenization.scoring import Measured, decode_and_score, tokenize_and_score
-from ..tokenization.targets import Threshold, TokenCount, parse_target
+from ..tokenization.scoring import decode_and_score
+from ..tokenization.targets import Threshold, parse_target
 from ..tokenization.tokenfile import TokenizedVideo
-from ..tokenization.tokenizer import read_source
 from ..utils.console import progress_bar
 from ..utils.fileio import check_output_dir
 from ..utils.runtime import interrupts_held
 from ..training.shards import OutputFolder
-from .anchors import CODECS, H264_CRFS, JPEG_QUALITIES, bits_per_token, codec_points, token_stream_bits
+from .anchors import CODECS, H264_CRFS, JPEG_QUALITIES, bits_per_token, token_stream_bits
 from .figures import rate_distortion_figure, share_figure
+from .passes import DEFAULT_QUANTILES, BlockScores, EvalRun, Measurements, as_block_scores, measure
 from .plots import save_png, tokens_figure
-
-DEFAULT_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)  # of the all-token block PSNR: the default thresholds
-
-
-@dataclass
-class BlockScores:
-    """Per-block quality of one tokenization (or codec setting) of one input, and the bits it used."""
-
-    counts: np.ndarray  # tokens per block (empty for a codec)
-    bits: float  # raw bits of the whole input
-    metrics: dict[str, np.ndarray] = field(default_factory=dict)  # mse, psnr, ssim per block
-
-
-@dataclass(frozen=True)
-class EvalRun:
-    """How eval tokenizes: the search, the context, and the fixed lengths measured (as shares of each model's Mmax)."""
-
-    search: str = "binary"
-    window: int | None | str = "model"
-    fractions: tuple[float, ...] = (0.0625, 0.125, 0.25, 0.375, 0.5, 0.75, 1.0)
-    progress: bool = True
 
 
 def score_blocks(model, encoded: TokenizedVideo, source, window: int | None | str = "model") -> BlockScores:
     """Decode ``encoded`` and score each block against ``source`` (a path, or its blocks already read)
     with every named metric, through the one measuring path (``tokenization.scoring``)."""
-    return _as_block_scores(model, encoded, decode_and_score(model, encoded, source, TokenizeOptions(window=window)))
-
-
-def _as_block_scores(model, encoded: TokenizedVideo, measured: Measured) -> BlockScores:
-    return BlockScores(encoded.counts.numpy(), float(encoded.counts.sum()) * bits_per_token(model),
-                       {k: np.array(v) for k, v in measured.metrics.items()})
-
-
-def _tokenized_and_scored(model, info: MediaInfo, blocks: list, targets: list, run: EvalRun
-                          ) -> list[tuple[TokenizedVideo, BlockScores]]:
-    """One input tokenized for each target and scored, in one pass (``tokenization.scoring.tokenize_and_score``)."""
-    options = TokenizeOptions(search=run.search, window=run.window)
-    return [(encoded, _as_block_scores(model, encoded, measured))
-            for encoded, measured in tokenize_and_score(model, info, blocks, targets, options)]
+    return as_block_scores(model, encoded, decode_and_score(model, encoded, source, TokenizeOptions(window=window)))
 
 
 def share_meeting(scores: list[BlockScores], target: Threshold) -> float:
@@ -114,67 +79,29 @@ def mean_metric(scores: list[BlockScores], name: str) -> float:
     return float(np.concatenate([s.metrics[name] for s in scores]).mean())
 
 
-def default_thresholds(scores: list[BlockScores], quantiles: tuple[float, ...] = DEFAULT_QUANTILES
-                       ) -> list[Threshold]:
-    """PSNR thresholds at ``quantiles`` of the model's own all-token block PSNR (rounded to 0.1 dB): a
-    threshold at quantile q is within reach of about 1 - q of the blocks, whatever the model."""
-    psnr = np.concatenate([s.metrics["psnr"] for s in scores])
-    values = sorted({round(float(np.quantile(psnr, q)), 1) for q in quantiles}, reverse=True)
-    return [Threshold("psnr", v) for v in values if v > 0]
-
-
 def evaluate_models(model, baselines: list, inputs: list[str], thresholds: list[Threshold] | None = None,
                     run: EvalRun = EvalRun(), baseline_names: list[str] | None = None) -> dict:
     """Everything ``report.json`` holds. ``thresholds`` None: ``default_thresholds`` of the model's own quality.
 
     The model at each threshold and at fixed lengths, each baseline at fixed lengths (any family, any
     tokens per block: they are compared at equal bits), and H.264 and JPEG on the same frames. The
-    baseline curve keeps, at each bit rate, the best of the baselines. Inputs are read once per pass.
+    baseline curve keeps, at each bit rate, the best of the baselines. ``run.workers`` above one measures on
+    that many processes, each with an equal share of torch's threads here (``passes.measure``).
     """
     _check_comparable(model, baselines, thresholds)
     names = baseline_names or [f"baseline{i}" for i in range(len(baselines))]
     models = [*baselines, model]  # the model's own fixed-length curve comes last
     lengths = [sorted({tokens_at_share(m.config, f) for f in run.fractions}) for m in models]
-    fixed: list[list[list[BlockScores]]] = [[[] for _ in ls] for ls in lengths]  # [model][length][input]
-    anchors: dict[str, list[list[BlockScores]]] = {}  # codec -> [setting][input]
     bar = progress_bar(total=len(inputs) * (sum(map(len, lengths)) + 1 + len(thresholds or DEFAULT_QUANTILES)),
                        desc="eval", show=run.progress)
-    for path in inputs:
-        info, blocks = read_source(model, path)
-        blocks = list(blocks)
-        for per_length, tok_model, counts in zip(fixed, models, lengths):
-            measured = _tokenized_and_scored(tok_model, info, blocks, [TokenCount(n) for n in counts], run)
-            for scores, (_, block_scores) in zip(per_length, measured):
-                scores.append(block_scores)
-            bar.update(len(counts))
-        for codec, points in codec_points(blocks, info.fps).items():
-            for i, point in enumerate(points):
-                metrics = {k: np.array(v) for k, v in point["metrics"].items()}
-                anchors.setdefault(codec, [[] for _ in points])[i].append(BlockScores(np.zeros(0), point["bits"],
-                                                                                      metrics))
-        bar.update(1)
-    if thresholds is None:  # the model's all-token quality sets them
-        thresholds = default_thresholds(fixed[-1][-1])
-    adaptive = _adaptive(model, inputs, thresholds, run, bar)
+    measured = measure(models, lengths, inputs, thresholds, run, bar)
     bar.close()
-    return _assemble(model, dict(zip(names, baselines)), inputs, thresholds, fixed, lengths, anchors, adaptive)
+    return _assemble(model, dict(zip(names, baselines)), inputs, lengths, measured)
 
 
-def _adaptive(model, inputs: list[str], thresholds: list[Threshold], run: EvalRun, bar
-              ) -> dict[str, list[tuple[TokenizedVideo, BlockScores]]]:
-    """The model at each threshold on each input: its tokens and their scores."""
-    adaptive: dict[str, list[tuple[TokenizedVideo, BlockScores]]] = {t.key: [] for t in thresholds}
-    for path in inputs:
-        info, blocks = read_source(model, path)
-        for target, measured in zip(thresholds, _tokenized_and_scored(model, info, list(blocks), thresholds, run)):
-            adaptive[target.key].append(measured)
-        bar.update(len(thresholds))
-    return adaptive
-
-
-def _assemble(model, baselines: dict, inputs: list[str], thresholds: list[Threshold], fixed: list, lengths: list,
-              anchors: dict, adaptive: dict) -> dict:
+def _assemble(model, baselines: dict, inputs: list[str], lengths: list[list[int]], measured: Measurements) -> dict:
     """``report.json``'s content from the measured scores."""
+    fixed, anchors, thresholds, adaptive = measured.fixed, measured.anchors, measured.thresholds, measured.adaptive
     c = model.config
     pixels = c.frames_per_block * c.resolution[0] * c.resolution[1]
     n_blocks = sum(len(s.metrics["mse"]) for s in fixed[-1][0])

@@ -100,14 +100,14 @@ def _ready(_: int) -> int:
     return torch.get_num_threads()
 
 
-def _log_levels() -> dict[str, int]:
+def log_levels() -> dict[str, int]:
     """The levels set on this process's loggers (the root's under ""), for its workers to log at."""
     loggers = logging.Logger.manager.loggerDict.items()
     return {"": logging.getLogger().level, **{name: logger.level for name, logger in loggers
                                               if isinstance(logger, logging.Logger) and logger.level}}
 
 
-def _output_for_parent(levels: dict[str, int]) -> None:
+def output_for_parent(levels: dict[str, int]) -> None:
     """Log in this worker at the parent's ``levels``, and log and warn into ``_worker_output`` rather than to
     stderr (where Python's last-resort handler would print WARNING lines bare and drop INFO ones, and a
     warning would take two lines with its source)."""
@@ -126,7 +126,7 @@ def _keep_warning(message, category: type[Warning], filename: str, lineno: int, 
     _worker_output.put((str(message), category, filename, lineno))
 
 
-def _with_output(function: Callable, *args) -> tuple:
+def with_output(function: Callable, *args) -> tuple:
     """In a worker: ``function(*args)``, and what was logged or warned since the last call, for the parent."""
     result, output = function(*args), []
     while not _worker_output.empty():
@@ -134,7 +134,7 @@ def _with_output(function: Callable, *args) -> tuple:
     return result, output
 
 
-def _tell_here(output: list) -> None:
+def tell_here(output: list) -> None:
     """A worker's log records and warnings, logged and warned again in this process as if made here."""
     for item in output:
         if isinstance(item, logging.LogRecord):
@@ -143,7 +143,7 @@ def _tell_here(output: list) -> None:
             warnings.warn_explicit(*item)
 
 
-def _exit_with_parent() -> None:
+def exit_with_parent() -> None:
     """End this worker as soon as its parent process is gone (SIGKILLed, say), rather than idle for good."""
     parent = multiprocessing.parent_process()
     if parent is None:
@@ -156,14 +156,14 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _start_worker_process(blocked_by_parent: set | None, log_levels: dict[str, int], *args) -> None:
+def _start_worker_process(blocked_by_parent: set | None, levels: dict[str, int], *args) -> None:
     """The pool's initializer: ``_start_worker``, then handle SIGINT. Workers start with interrupts held,
     so that Ctrl-C during their start (importing torch, loading the model) prints no traceback from each;
     one that came meanwhile arrives here. A worker ends with its parent, and holds no semaphore a kill
     would leak (tqdm's lock across processes is a named one: multiprocessing would name it at exit). What
     it logs and warns goes to the parent with its results."""
-    _exit_with_parent()
-    _output_for_parent(log_levels)
+    exit_with_parent()
+    output_for_parent(levels)
     tqdm.set_lock(threading.RLock())
     _start_worker(*args)
     sys.unraisablehook = _quiet_interrupt_in_finalizer
@@ -199,13 +199,13 @@ class TokenizerPool:
         else:
             context = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
             self._executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker_process,
-                                                 initargs=(blocked_signals(), _log_levels(), model, self.threads,
+                                                 initargs=(blocked_signals(), log_levels(), model, self.threads,
                                                            bf16, kwargs))
             try:  # start every worker now (and load its model), so start-up is not counted as work
                 with interrupts_held():
-                    started = [self._executor.submit(_with_output, _ready, i) for i in range(workers)]
+                    started = [self._executor.submit(with_output, _ready, i) for i in range(workers)]
                 for future in started:
-                    _tell_here(future.result()[1])
+                    tell_here(future.result()[1])
             except BaseException:
                 self.close(stop_running=True)
                 raise
@@ -220,12 +220,12 @@ class TokenizerPool:
         return self._results(paths)
 
     def _results(self, paths: list[str]) -> Iterator:
-        results, broken = self._executor.map(functools.partial(_with_output, _tokenize_in_worker), paths), False
+        results, broken = self._executor.map(functools.partial(with_output, _tokenize_in_worker), paths), False
         for path in paths:
             if not broken:
                 try:
                     result, output = next(results)
-                    _tell_here(output)
+                    tell_here(output)
                     yield result if result is not None else WorkerDiedError(f"{path}: not tokenized, a worker "
                                                                             "was interrupted")
                     continue
