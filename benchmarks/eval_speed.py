@@ -47,12 +47,14 @@ class PassSeconds(logging.Handler):
     def __init__(self):
         super().__init__(logging.DEBUG)
         self.seconds: dict[str, list[float]] = {}
+        self.per_process: dict[int, float] = {}  # CPU seconds of passes, per process that ran them
 
     def emit(self, record: logging.LogRecord) -> None:
         if hasattr(record, "eval_pass"):
             total = self.seconds.setdefault(record.eval_pass, [0.0, 0.0])
             total[0] += record.seconds
             total[1] += record.cpu_seconds
+            self.per_process[record.process] = self.per_process.get(record.process, 0.0) + record.cpu_seconds
 
 
 def cpu_seconds() -> float:
@@ -85,6 +87,8 @@ def main() -> None:
           f"{args.threads} threads, {workers} workers: {total:.1f} s in all ({cpu:.1f} s of CPU time)")
     print("  summed over processes: " + "; ".join(f"{name} {wall:.1f} s ({cpu:.1f} s of CPU time)"
                                                   for name, (wall, cpu) in passes.seconds.items()))
+    if len(passes.per_process) > 1:  # one thread each: what each would take on a core of its own, start-up aside
+        print("  CPU seconds of passes per worker: " + ", ".join(f"{s:.1f}" for s in passes.per_process.values()))
 
 
 if __name__ == "__main__":
