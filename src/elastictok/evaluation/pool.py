@@ -23,8 +23,10 @@ from typing import Callable
 import torch
 
 from ..errors import ElasticTokError
-from ..tokenization.workers import exit_with_parent, log_levels, output_for_parent, tell_here, with_output
-from ..utils.runtime import blocked_signals, interrupts_held, release_interrupts
+from ..utils.cores import threads_per_worker
+from ..utils.processes import (exit_with_parent, log_levels, output_for_parent, running_workers, start_every_worker,
+                               tell_here, use_threads, with_output)
+from ..utils.runtime import blocked_signals, release_interrupts
 
 _state: dict = {}  # per worker process: what every job there reads
 
@@ -38,18 +40,10 @@ def _start(blocked_by_parent: set | None, levels: dict[str, int], threads: int, 
     """A worker's start: its share of the threads, the shared state; Ctrl-C ignored (the parent stops it)."""
     exit_with_parent()
     output_for_parent(levels)
-    torch.set_num_threads(threads)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:  # already set in this process
-        pass
+    use_threads(threads)
     _state.update(state)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     release_interrupts(blocked_by_parent)
-
-
-def _ready() -> int:
-    return torch.get_num_threads()
 
 
 def _call(function: Callable, args: tuple):
@@ -62,16 +56,13 @@ class WorkerPool:
 
     def __init__(self, workers: int, state: dict):
         self.workers = pool_size(workers)
-        self.threads = torch.get_num_threads() // self.workers
+        self.threads = threads_per_worker(self.workers, torch.get_num_threads())
         context = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
         self._executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_start,
                                              initargs=(blocked_signals(), log_levels(), self.threads, state))
         self._running: dict[Future, object] = {}
-        try:  # start every worker now (its imports, its copy of the state), so that start-up is not counted as work
-            with interrupts_held():  # a Ctrl-C meanwhile arrives once they run, as one
-                started = [self._executor.submit(with_output, _ready) for _ in range(self.workers)]
-            for future in started:
-                tell_here(future.result()[1])
+        try:
+            start_every_worker(self._executor, self.workers)  # each gets its copy of the state now
         except BrokenProcessPool:
             self.close(stop_running=True)
             raise ElasticTokError("a worker process could not start (out of memory?); try fewer workers") from None
@@ -105,9 +96,8 @@ class WorkerPool:
     def close(self, stop_running: bool = False) -> None:
         """End the workers; with ``stop_running`` (an interrupt, an error) terminate those still working."""
         if stop_running:
-            for process in list((self._executor._processes or {}).values()):  # no public way to do this
-                if process.exitcode is None:  # still running: its pid is still its own
-                    process.terminate()
+            for process in running_workers(self._executor):
+                process.terminate()
         self._executor.shutdown(cancel_futures=True)
 
     def __enter__(self) -> "WorkerPool":

@@ -13,27 +13,23 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
-import logging.handlers
 import multiprocessing
-import multiprocessing.connection
 import os
-import pickle
-import queue
 import signal
 import sys
 import threading
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import torch
 from tqdm import tqdm
 
 from ..errors import ElasticTokError
 from ..utils.cores import threads_per_worker
-from ..utils.runtime import blocked_signals, interrupts_held, release_interrupts
+from ..utils.processes import (exit_with_parent, log_levels, output_for_parent, running_workers, start_every_worker,
+                               tell_here, use_threads, with_output)
+from ..utils.runtime import blocked_signals, release_interrupts
 from .tokenizer import tokenize
 
 
@@ -42,17 +38,12 @@ class WorkerDiedError(ElasticTokError):
 
 
 _worker: dict = {}  # per worker process: the model and the tokenize() keywords
-_worker_output: queue.SimpleQueue = queue.SimpleQueue()  # per worker process: its log records and warnings, unsent
 
 
 def _start_worker(model, threads: int, bf16: bool, kwargs: dict) -> None:
     from ..models.registry import from_pretrained
 
-    torch.set_num_threads(threads)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:  # already set in this process
-        pass
+    use_threads(threads)
     _worker["model"] = (from_pretrained(model) if isinstance(model, (str, os.PathLike)) else model).eval()
     _worker["kwargs"] = kwargs
     _worker["bf16"] = bf16
@@ -94,66 +85,6 @@ def _quiet_interrupt_in_finalizer(unraisable) -> None:
     ignored exception. The worker has taken note of it (``_on_ctrl_c``): print nothing."""
     if not issubclass(unraisable.exc_type, KeyboardInterrupt):
         sys.__unraisablehook__(unraisable)
-
-
-def _ready(_: int) -> int:
-    return torch.get_num_threads()
-
-
-def log_levels() -> dict[str, int]:
-    """The levels set on this process's loggers (the root's under ""), for its workers to log at."""
-    loggers = logging.Logger.manager.loggerDict.items()
-    return {"": logging.getLogger().level, **{name: logger.level for name, logger in loggers
-                                              if isinstance(logger, logging.Logger) and logger.level}}
-
-
-def output_for_parent(levels: dict[str, int]) -> None:
-    """Log in this worker at the parent's ``levels``, and log and warn into ``_worker_output`` rather than to
-    stderr (where Python's last-resort handler would print WARNING lines bare and drop INFO ones, and a
-    warning would take two lines with its source)."""
-    for name, level in levels.items():
-        logging.getLogger(name).setLevel(level)
-    logging.getLogger().handlers = [logging.handlers.QueueHandler(_worker_output)]  # records made picklable
-    warnings.showwarning = _keep_warning
-
-
-def _keep_warning(message, category: type[Warning], filename: str, lineno: int, *_) -> None:
-    """A worker's ``warnings.showwarning``: the warning is kept for the parent to issue as its own."""
-    try:
-        pickle.dumps(category)
-    except (pickle.PicklingError, AttributeError, TypeError):  # a class made on the fly cannot be sent
-        category = UserWarning
-    _worker_output.put((str(message), category, filename, lineno))
-
-
-def with_output(function: Callable, *args) -> tuple:
-    """In a worker: ``function(*args)``, and what was logged or warned since the last call, for the parent."""
-    result, output = function(*args), []
-    while not _worker_output.empty():
-        output.append(_worker_output.get_nowait())
-    return result, output
-
-
-def tell_here(output: list) -> None:
-    """A worker's log records and warnings, logged and warned again in this process as if made here."""
-    for item in output:
-        if isinstance(item, logging.LogRecord):
-            logging.getLogger(item.name).handle(item)
-        else:
-            warnings.warn_explicit(*item)
-
-
-def exit_with_parent() -> None:
-    """End this worker as soon as its parent process is gone (SIGKILLed, say), rather than idle for good."""
-    parent = multiprocessing.parent_process()
-    if parent is None:
-        return
-
-    def watch() -> None:
-        multiprocessing.connection.wait([parent.sentinel])
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _start_worker_process(blocked_by_parent: set | None, levels: dict[str, int], *args) -> None:
@@ -201,11 +132,8 @@ class TokenizerPool:
             self._executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker_process,
                                                  initargs=(blocked_signals(), log_levels(), model, self.threads,
                                                            bf16, kwargs))
-            try:  # start every worker now (and load its model), so start-up is not counted as work
-                with interrupts_held():
-                    started = [self._executor.submit(with_output, _ready, i) for i in range(workers)]
-                for future in started:
-                    tell_here(future.result()[1])
+            try:
+                start_every_worker(self._executor, workers)  # each loads its model now
             except BaseException:
                 self.close(stop_running=True)
                 raise
@@ -238,9 +166,8 @@ class TokenizerPool:
         early) also stop the workers' current inputs, rather than wait for them to finish."""
         if self._executor is not None:
             if stop_running:
-                for process in list((self._executor._processes or {}).values()):  # no public way to do this
-                    if process.exitcode is None:  # still running: its pid is still its own
-                        _interrupt(process)
+                for process in running_workers(self._executor):
+                    _interrupt(process)
             self._executor.shutdown(cancel_futures=True)
             self._executor = None
         elif self.workers == 1 and _worker:
