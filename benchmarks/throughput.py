@@ -49,7 +49,7 @@ def main() -> None:
                 results = list(pool.map(files))
                 done = time.perf_counter()
             blocks = sum(r.n_blocks for r in results if not isinstance(r, Exception))
-            print(f"{workers:>7} {pool.threads:>12} {ready - started:>10.2f} {blocks:>7} {done - ready:>8.2f} "
+            print(f"{pool.workers:>7} {pool.threads:>12} {ready - started:>10.2f} {blocks:>7} {done - ready:>8.2f} "
                   f"{blocks / (done - ready):>9.2f}")
 
 

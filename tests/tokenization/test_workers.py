@@ -33,6 +33,17 @@ def test_threads_per_worker_never_exceeds_the_cores():
         threads_per_worker(0, 4)
 
 
+def test_a_pool_never_starts_more_workers_than_cores(tmp_path):
+    """Three workers asked of one core: one worker, here, on that core (three would run three threads on it)."""
+    torch.manual_seed(0)
+    ElasticTok(ElasticTokConfig.from_preset("micro")).save_pretrained(tmp_path / "micro")
+    Image.new("RGB", (40, 40), (60, 20, 200)).save(tmp_path / "img.png")
+    with TokenizerPool(tmp_path / "micro", 3, cores=1, target=TokenCount(4)) as pool:
+        assert (pool.workers, pool.threads) == (1, 1)
+        [result] = pool.map([tmp_path / "img.png"])
+    assert result.counts.tolist() == [4]
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_pool_tokenizes_in_order_and_reports_bad_files(tmp_path, workers):
     torch.manual_seed(0)

@@ -2,8 +2,8 @@
 
 Torch runs one thread per core in each process by default, so N plain worker processes on C
 cores run N*C threads that fight over C cores (measured: 20 to 50 times slower than one process).
-``TokenizerPool`` starts N workers and gives each ``utils.cores.threads_per_worker(N)`` = C // N threads, so
-the total never exceeds the cores. Each worker loads the model once; inputs are handed out one
+``TokenizerPool`` starts N workers (at most C) and gives each ``utils.cores.threads_per_worker(N)`` = C // N
+threads, so the total never exceeds the cores. Each worker loads the model once; inputs are handed out one
 file at a time, and results come back in input order. A file that fails gives its
 ``ElasticTokError`` in place of a result; the others go on. What a worker logs or warns comes back
 with its result and is logged or warned again here, so it is printed as this process prints its own.
@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import ElasticTokError
-from ..utils.cores import threads_per_worker
+from ..utils.cores import available_cores, threads_per_worker
 from ..utils.processes import (exit_with_parent, log_levels, output_for_parent, running_workers, start_every_worker,
                                tell_here, use_threads, with_output)
 from ..utils.runtime import blocked_signals, release_interrupts
@@ -112,7 +112,8 @@ def _interrupt(process) -> None:
 
 
 class TokenizerPool:
-    """``workers`` processes, each with ``threads_per_worker(workers)`` torch threads and its own model.
+    """``workers`` processes (at most one a core), each with ``threads_per_worker(workers)`` torch threads and its
+    own model.
 
     ``model``: a model directory or bundled name (each worker loads it) or a model of any family
     (sent to each worker once). ``kwargs`` are ``tokenize`` keywords (target, search,
@@ -121,19 +122,20 @@ class TokenizerPool:
     """
 
     def __init__(self, model, workers: int = 1, cores: int | None = None, bf16: bool = False, **kwargs):
-        self.workers = workers
-        self.threads = threads_per_worker(workers, cores)
+        cores = cores or available_cores()
+        self.workers = min(workers, cores)  # more would run more threads than cores, one each
+        self.threads = threads_per_worker(self.workers, cores)
         self._executor = None
-        if workers == 1:
+        if self.workers == 1:
             self._previous_threads = torch.get_num_threads()
             _start_worker(model, self.threads, bf16, kwargs)
         else:
             context = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
-            self._executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker_process,
+            self._executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_start_worker_process,
                                                  initargs=(blocked_signals(), log_levels(), model, self.threads,
                                                            bf16, kwargs))
             try:
-                start_every_worker(self._executor, workers)  # each loads its model now
+                start_every_worker(self._executor, self.workers)  # each loads its model now
             except BaseException:
                 self.close(stop_running=True)
                 raise
