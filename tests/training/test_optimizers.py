@@ -105,6 +105,14 @@ def test_a_checkpoint_resumes_only_with_its_own_optimizer(photo_folder, tmp_path
     assert "\n" not in str(info.value)
 
 
+def test_muon_needs_a_torch_that_has_it(photo_folder, tmp_path, monkeypatch):
+    """torch before 2.9 has no torch.optim.Muon: one line before the run starts, not an AttributeError."""
+    monkeypatch.delattr(torch.optim, "Muon")
+    with pytest.raises(ElasticTokError, match=r"optimizer: muon needs torch 2\.9 or later") as info:
+        train(run_config(photo_folder, tmp_path / "run", optimizer="muon"))
+    assert "\n" not in str(info.value) and not (tmp_path / "run").exists()
+
+
 def test_muon_is_refused_under_a_process_group(photo_folder, tmp_path):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     try:

@@ -209,6 +209,9 @@ def _check_layout(cfg: TrainConfig, world: World) -> None:
         raise ElasticTokError("ema_decay is not supported with multi-process training yet")
     if world.distributed and cfg.optimizer == "muon":
         raise ElasticTokError("optimizer: muon trains in one process only; under torchrun use optimizer: adamw")
+    if cfg.optimizer == "muon" and getattr(torch.optim, "Muon", None) is None:
+        raise ElasticTokError(f"optimizer: muon needs torch 2.9 or later (torch.optim.Muon); this is torch "
+                              f"{torch.__version__}")
     if cfg.sequence_parallel and (not world.distributed or cfg.distributed != "ddp"):
         raise ElasticTokError("sequence_parallel needs torchrun and distributed: ddp")
     c = cfg.model_config()

@@ -33,7 +33,7 @@ def build_optimizer(model: ModelFamily, cfg: TrainConfig) -> torch.optim.Optimiz
     hidden = hidden_matrices(model)
     chosen = {id(p) for p in hidden}
     muon = torch.optim.Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw")
-    return MuonWithAdamW(muon, _adamw([p for p in model.parameters() if id(p) not in chosen], cfg))
+    return MuonWithAdamW(_adamw([p for p in model.parameters() if id(p) not in chosen], cfg), muon)
 
 
 def _adamw(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.AdamW:
@@ -47,7 +47,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
     run), so an LR scheduler sets both, and its state is theirs, so ``state_dict`` and ``load_state_dict``
     save and restore both, in torch's own format."""
 
-    def __init__(self, muon: torch.optim.Muon, adamw: torch.optim.AdamW):
+    def __init__(self, adamw: torch.optim.AdamW, muon: torch.optim.Muon):
         self.parts = (adamw, muon)
         super().__init__(adamw.param_groups + muon.param_groups, defaults={})
         self._share()
@@ -61,6 +61,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
         adamw.state = muon.state = self.state  # keyed by parameter, and the parts hold different ones
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One step of each part; ``closure`` (the loss, recomputed) is called once, before both."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
