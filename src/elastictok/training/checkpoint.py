@@ -56,9 +56,7 @@ class TrainState:
         """Check the model config matches, then restore the scheduler and step."""
         if not (isinstance(fields, dict) and type(fields.get("step")) is int and fields["step"] >= 0):
             raise ElasticTokError(f"{where}: a damaged training checkpoint (no step count)")
-        saved = fields["model_config"]
-        saved = json.loads(saved) if isinstance(saved, str) else saved
-        if type(self.model.config).from_dict(saved) != self.model.config:
+        if type(self.model.config).from_dict(_unpacked(fields["model_config"])) != self.model.config:
             raise ElasticTokError(f"{where} was written for a different model config; not resuming")
         optimizer = _saved_optimizer(fields)
         if optimizer != self.cfg.optimizer:  # their states differ in layout
@@ -72,9 +70,13 @@ class TrainState:
 
 def _saved_optimizer(fields: dict[str, Any]) -> str:
     """The optimiser a checkpoint's run used; AdamW for checkpoints written before there was a choice."""
-    config = fields.get("train_config")
-    config = json.loads(config) if isinstance(config, str) else config
+    config = _unpacked(fields.get("train_config"))
     return config.get("optimizer", "adamw") if isinstance(config, dict) else "adamw"
+
+
+def _unpacked(config: Any) -> Any:
+    """A config read from a trainer field, which holds a dict or (in a single-file checkpoint) its JSON text."""
+    return json.loads(config) if isinstance(config, str) else config
 
 
 class Checkpoint(Protocol):
