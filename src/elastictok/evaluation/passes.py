@@ -144,6 +144,11 @@ def _first_passes(models: list, inputs: list[str]) -> list[Pass]:
     return own + others + [Pass(CODECS, i, p) for i, p in enumerate(inputs)]
 
 
+def _threshold_passes(inputs: list[str], thresholds: list[Threshold]) -> list[Pass]:
+    """Every input at every threshold, each a pass of its own (for workers: in this process one pass takes them all)."""
+    return [Pass(THRESHOLDS, i, p, thresholds=(t,)) for i, p in enumerate(inputs) for t in thresholds]
+
+
 def _collect(results: dict[Pass, object], models: list, lengths: list[list[int]], inputs: list[str],
              thresholds: list[Threshold]) -> Measurements:
     """The passes' results, in the order of the models, lengths, codecs, settings, thresholds and inputs."""
@@ -192,6 +197,7 @@ def measure_here(models: list, lengths: list[list[int]], inputs: list[str], thre
 
 
 def _read(model, path: str) -> tuple[MediaInfo, list]:
+    """An input's info and all its blocks, read at once (``read_source``: fitted as ``model`` tokenizes it)."""
     info, blocks = read_source(model, path)
     return info, list(blocks)
 
@@ -199,10 +205,10 @@ def _read(model, path: str) -> tuple[MediaInfo, list]:
 # ---- on worker processes ---------------------------------------------------------------------------------
 def _pass_in_worker(state: dict, step: Pass):
     """``run_pass`` in a worker; the input it read last is kept, for the next pass over the same input."""
-    models = state["models"]
-    if state.get("read", (None,))[0] != step.path:
-        state["read"] = (step.path, *_read(models[-1], step.path))
-    _, info, blocks = state["read"]
+    models, read = state["models"], state.get("read")
+    if read is None or read[0] != step.path:
+        state["read"] = read = (step.path, *_read(models[-1], step.path))
+    _, info, blocks = read
     autocast = torch.autocast("cpu", dtype=state["autocast"]) if state["autocast"] else contextlib.nullcontext()
     with autocast:
         return run_pass(step, models, state["lengths"], state["run"], info, blocks)
@@ -231,10 +237,6 @@ def measure_in_pool(models: list, lengths: list[list[int]], inputs: list[str], t
                     thresholds = default_thresholds(_own_all_tokens(results, models, inputs))
                     waiting = _threshold_passes(inputs, thresholds) + waiting
     return _collect(results, models, lengths, inputs, thresholds)
-
-
-def _threshold_passes(inputs: list[str], thresholds: list[Threshold]) -> list[Pass]:
-    return [Pass(THRESHOLDS, i, p, thresholds=(t,)) for i, p in enumerate(inputs) for t in thresholds]
 
 
 def measure(models: list, lengths: list[list[int]], inputs: list[str], thresholds: list[Threshold] | None,
