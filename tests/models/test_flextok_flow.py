@@ -47,12 +47,12 @@ def test_flow_loss_is_the_velocity_error_and_zero_for_a_perfect_prediction(predi
     t = torch.tensor([0.3, 0.9]).view(2, 1, 1, 1)  # both above t_min
     x_t, velocity = (1 - t) * x0 + t * noise, noise - x0
     perfect = x0 if prediction == "x0" else velocity
-    loss, x0_hat = model.flow_loss(perfect, x_t, x0, noise, t)
+    loss, x0_hat = model.flow_loss(perfect, x_t=x_t, x0=x0, noise=noise, t=t)
     assert loss.item() == pytest.approx(0.0, abs=1e-10)
     torch.testing.assert_close(x0_hat, x0, rtol=0, atol=1e-6)
     off = perfect + 0.1 * torch.randn_like(perfect)
     implied = (x_t - off) / t if prediction == "x0" else off  # the velocity each output stands for
-    loss, _ = model.flow_loss(off, x_t, x0, noise, t)
+    loss, _ = model.flow_loss(off, x_t=x_t, x0=x0, noise=noise, t=t)
     assert loss.item() == pytest.approx((implied - velocity).pow(2).mean().item(), rel=1e-5)
 
 
@@ -61,7 +61,7 @@ def test_x0_flow_loss_caps_the_velocity_weight_at_one_over_t_min():
     torch.manual_seed(2)
     x0, noise, error = (torch.randn(1, 1, 4, model.patch_dim) for _ in range(3))
     t = torch.full((1, 1, 1, 1), 0.01)
-    loss, _ = model.flow_loss(x0 + error, (1 - t) * x0 + t * noise, x0, noise, t)
+    loss, _ = model.flow_loss(x0 + error, x_t=(1 - t) * x0 + t * noise, x0=x0, noise=noise, t=t)
     assert loss.item() == pytest.approx((error / 0.05).pow(2).mean().item(), rel=1e-5)
 
 

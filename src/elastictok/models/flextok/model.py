@@ -289,7 +289,8 @@ class FlexTok(ModelFamily, nn.Module):
             blocks = torch.cat((blocks[:-1], blocks))
             clean = torch.cat((~clean[:-1], clean))
         out, _ = self.decode_segments(x_in, regs, t_in, blocks, clean)
-        loss, x0_hat = self.flow_loss(out[:, -n:], x_t, x0, noise, tt)  # the noisy segments (B, n, P, patch_dim)
+        out = out[:, -n:]  # the noisy segments (B, n, P, patch_dim)
+        loss, x0_hat = self.flow_loss(out, x_t=x_t, x0=x0, noise=noise, t=tt)
         recon = self.unpatchify(x0_hat.flatten(1, 2))
         mse = (recon - video.float()).pow(2).mean()
         return FlexTokOutput(recon=recon.mean(1) if is_image else recon, loss=loss, mse=mse,
@@ -304,7 +305,7 @@ class FlexTok(ModelFamily, nn.Module):
             t = t.masked_fill(torch.rand(batch, n_blocks, device=device) < c.pure_noise_fraction, 1.0)
         return t
 
-    def flow_loss(self, out: Tensor, x_t: Tensor, x0: Tensor, noise: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    def flow_loss(self, out: Tensor, *, x_t: Tensor, x0: Tensor, noise: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """The training loss of decoder outputs ``out`` at times t (broadcastable to x0), and the x0 estimate.
 
         The loss is the mean squared error of the velocity v = noise - x0 in either parametrisation: for x0
