@@ -17,8 +17,8 @@ import sys
 import torch
 
 from elastictok import TokenizeOptions, from_pretrained
-from elastictok.metrics.quality import psnr_from_mse
 from elastictok.evaluation.report import parse_targets
+from elastictok.metrics.quality import psnr_from_mse
 from elastictok.models.pretrained import DEFAULT_MODEL, sample_video
 from elastictok.tokenization.scoring import tokenize_and_score
 from elastictok.tokenization.tokenizer import read_source

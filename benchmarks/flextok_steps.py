@@ -35,6 +35,7 @@ from elastictok.models.flextok import FlexTok
 from elastictok.models.registry import from_pretrained
 from elastictok.training.config import TrainConfig
 from elastictok.training.datasets import MediaCollection, eval_clips
+from elastictok.utils.fileio import atomic_path
 
 ROOT = Path(__file__).resolve().parents[1]
 HELD_OUT_CONFIG = ROOT / "configs" / "flextok-tiny.yaml"
@@ -149,17 +150,18 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    steps = sorted(set(args.steps) | {1})
     try:
         rows = run(args)
+        if args.json:
+            with atomic_path(args.json) as tmp:  # whole or not at all, Ctrl-C included
+                tmp.write_text(json.dumps({"steps": steps, "rows": rows}, indent=2) + "\n")
     except ElasticTokError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    steps = sorted(set(args.steps) | {1})
     print(f"\n{rows[0]['clips']} held-out clips, all registers, {args.seeds} seed(s); HF: high-frequency energy "
           "over the source's; gap: PSNR at the most steps minus the unguided one-step PSNR\n")
     print(table(rows, steps))
-    if args.json:
-        args.json.write_text(json.dumps({"steps": steps, "rows": rows}, indent=2) + "\n")
     return 0
 
 
