@@ -158,6 +158,18 @@ def make_inputs(work: Path) -> None:
 
 
 # ---- running and killing -----------------------------------------------------------------------------------------
+def interrupt(run: subprocess.Popen, how: str) -> tuple[str, float]:
+    """Stop ``run`` as a terminal's Ctrl-C does (``how`` "ctrl-c": SIGINT to its whole process group, workers
+    included) or as a killed job's SIGTERM does (the run alone); its stderr and the seconds it took to end."""
+    if how == "ctrl-c":
+        os.killpg(run.pid, signal.SIGINT)
+    else:
+        run.send_signal(signal.SIGTERM)
+    interrupted = time.monotonic()
+    _, stderr = run.communicate(timeout=60)
+    return stderr, time.monotonic() - interrupted
+
+
 def session(sid: int) -> list[int]:
     """The live processes of session ``sid`` (each run starts its own), zombies left out."""
     members = []

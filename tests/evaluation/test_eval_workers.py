@@ -84,7 +84,7 @@ def test_an_input_that_fails_in_a_worker_is_one_error(trained_micro, photo_folde
 def test_an_interrupted_eval_stops_its_workers_at_once(how, tmp_path):
     """Ctrl-C in a terminal signals eval and its workers, SIGTERM only eval: either way, one line, exit 130, no
     worker left and no report."""
-    from crash_kill import session
+    from crash_kill import interrupt, session
 
     from elastictok.models.pretrained import sample_video
 
@@ -100,13 +100,7 @@ def test_an_interrupted_eval_stops_its_workers_at_once(how, tmp_path):
         assert run.poll() is None, "eval ended before it could be interrupted"
         workers = _workers(session(run.pid), run.pid)
         assert len(workers) == 2
-        if how == "ctrl-c":
-            os.killpg(run.pid, signal.SIGINT)
-        else:
-            run.send_signal(signal.SIGTERM)
-        interrupted = time.monotonic()
-        _, stderr = run.communicate(timeout=60)
-        seconds = time.monotonic() - interrupted
+        stderr, seconds = interrupt(run, how)
         left = [pid for pid in workers if pid in session(run.pid)]
     finally:
         with contextlib.suppress(ProcessLookupError):

@@ -83,6 +83,8 @@ def test_workers_log_and_warn_as_one_process_does(tmp_path):
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_an_interrupted_pool_stops_its_workers_at_once(tmp_path, how):
     """Ctrl-C in a terminal signals the parent and its workers; SIGTERM (a killed job) only the parent."""
+    from crash_kill import interrupt
+
     clip = Path(elastictok.__file__).parent / "assets" / "street.mp4"
     inputs = [shutil.copy(clip, tmp_path / f"clip{i}.mp4") for i in range(12)]
     out = tmp_path / "out"
@@ -94,13 +96,7 @@ def test_an_interrupted_pool_stops_its_workers_at_once(tmp_path, how):
         while not list(out.glob("*.etok")) and run.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)  # interrupt once the first file is written: the workers are busy with the next
         assert run.poll() is None, "the encode ended before it could be interrupted"
-        if how == "ctrl-c":
-            os.killpg(run.pid, signal.SIGINT)
-        else:
-            run.send_signal(signal.SIGTERM)
-        interrupted = time.monotonic()
-        _, stderr = run.communicate(timeout=60)
-        seconds = time.monotonic() - interrupted
+        stderr, seconds = interrupt(run, how)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(run.pid, signal.SIGKILL)  # the whole session: the parent and any worker left
