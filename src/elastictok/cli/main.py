@@ -216,8 +216,8 @@ def _eval(args: argparse.Namespace) -> None:
     from ..tokenization.targets import parse_target
 
     thresholds = [parse_target(t) for t in args.thresholds.split(",")] if args.thresholds else None
-    run = EvalRun(args.search, args.window, tuple(parse_fractions(args.fractions)), not args.no_progress,
-                  args.workers)
+    run = EvalRun(search=args.search, window=args.window, fractions=tuple(parse_fractions(args.fractions)),
+                  progress=not args.no_progress, workers=args.workers)
     check_report_dir(args.out, args.inputs)  # before any work
     model = _load_model(args).eval()
     baselines = [_load_model(args, b).eval() for b in args.baseline]

@@ -47,6 +47,7 @@ def _start(blocked_by_parent: set | None, levels: dict[str, int], threads: int, 
 
 
 def _call(function: Callable, args: tuple):
+    """A job, in a worker: ``function`` called with the worker's copy of the shared state first."""
     return function(_state, *args)
 
 

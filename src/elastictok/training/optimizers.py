@@ -20,7 +20,7 @@ from .config import TrainConfig
 
 def hidden_matrices(model: ModelFamily) -> list[torch.nn.Parameter]:
     """The 2-D weights inside the family's transformer blocks (its ``fsdp_units``), in the model's parameter
-    order: attention and MLP projections, and FlexTok's AdaLN modulation."""
+    order: attention and MLP projections, and the blocks' adaptive-norm modulation where a family has it."""
     inside = {id(p) for module in model.modules() if isinstance(module, model.fsdp_units) for p in module.parameters()}
     return [p for p in model.parameters() if id(p) in inside and p.dim() == 2]
 
