@@ -25,6 +25,7 @@ import torch  # noqa: E402
 
 from elastictok import ElasticTok, from_pretrained  # noqa: E402
 from elastictok.metrics.quality import psnr_from_mse  # noqa: E402
+from elastictok.cli.parsers import DEFAULT_THRESHOLD  # noqa: E402
 from elastictok.models.pretrained import DEFAULT_MODEL, sample_video  # noqa: E402
 from elastictok.tokenization.targets import Threshold, TokenCount, parse_target  # noqa: E402
 from elastictok.tokenization.tokenfile import TokenizedVideo  # noqa: E402
@@ -108,7 +109,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="bundled model name or directory (default: %(default)s)")
     parser.add_argument("--video", default=str(sample_video()), help="input video (default: the bundled clip)")
-    parser.add_argument("--threshold", default="mse:0.05", help="per-block MSE target (default: %(default)s)")
+    parser.add_argument("--threshold", default=DEFAULT_THRESHOLD,
+                        help="per-block MSE target (default: %(default)s, the command line's, about 22 dB)")
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"))
     parser.add_argument("--baseline", nargs="*", default=[], metavar="B",
                         help="fixed-length baseline model directories for the report, e.g. baselines/default-fixed-0.5")

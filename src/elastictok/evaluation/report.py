@@ -46,7 +46,7 @@ from .figures import rate_distortion_figure, share_figure, svg_text
 from .measurement import EvalRun, evaluate_models, summary_table
 
 ASSETS = Path(__file__).parent / "report_assets"
-DEFAULT_TARGETS = "mse:0.02,mse:0.03,mse:0.05,tokens:all"
+DEFAULT_TARGETS = "mse:0.02,mse:0.025,mse:0.05,tokens:all"
 DEFAULT_FRACTIONS = "0.0625,0.125,0.25,0.375,0.5,0.75,1"
 
 
