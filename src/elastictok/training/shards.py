@@ -456,7 +456,11 @@ def decode_sample(kind: str, payload: bytes) -> torch.Tensor:
             with Image.open(io.BytesIO(payload)) as image:
                 return torch.from_numpy(np.array(image.convert("RGB")))[None]
         with av.open(io.BytesIO(payload)) as container:
-            frames = [torch.from_numpy(f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
+            # One thread for decoding and colour conversion: a data worker is one process of several, and
+            # FFmpeg's thread pools in a forked worker have been seen to wait forever on threads it lacks.
+            stream = container.streams.video[0]
+            stream.thread_count = 1
+            frames = [torch.from_numpy(f.to_ndarray(format="rgb24", threads=1)) for f in container.decode(stream)]
         if not frames:
             raise ValueError("no frames")
         return torch.stack(frames)
