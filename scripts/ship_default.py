@@ -4,6 +4,7 @@
 
 Each RUN is a run folder name under --runs (written by `elastictok train --config configs/RUN.yaml`);
 without any, all of them: default-cycle3 (the bundled `default`), flextok-tiny (the bundled `flextok`),
+narrow-long-muon (the bundled `default-narrow`: the default at half width, trained with Muon),
 default-fixed-0.25, default-fixed-0.5 and default-full (the default's fixed-length baselines). Writes
 config.json + model.safetensors with float16 weights (loading casts them back to float32), and sets a
 bundled FlexTok's default sampler (SAMPLERS).
@@ -27,6 +28,7 @@ DESTINATIONS = {
     "default-fixed-0.25": ROOT / "baselines/default-fixed-0.25",
     "default-fixed-0.5": ROOT / "baselines/default-fixed-0.5",
     "default-full": ROOT / "baselines/default-full",
+    "narrow-long-muon": ROOT / "src/elastictok/weights/default-narrow",
 }
 # The sampler a bundled FlexTok decodes with by default, from its measurement (docs/results/README.md):
 # trained with nine blocks in ten at pure noise, its one-step estimate is its best output.

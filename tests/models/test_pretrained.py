@@ -36,10 +36,14 @@ def test_sample_clip_is_a_real_video():
     assert reader.read_all().shape == (80, 128, 128, 3)
 
 
-def test_default_model_beats_a_flat_colour_and_improves_with_tokens(default_model, street):
-    c = default_model.config
+@pytest.mark.parametrize("name", [DEFAULT_MODEL, "default-narrow"])
+def test_bundled_models_beat_a_flat_colour_and_improve_with_tokens(name, street):
+    if name not in bundled_models():
+        pytest.skip(f"no bundled model {name!r} in src/elastictok/weights")
+    model = ElasticTok.from_pretrained(name)
+    c = model.config
     with torch.no_grad():
-        psnr = {n: psnr_from_mse(mse_per_block(default_model(street, n).recon, street, c.frames_per_block)).mean()
+        psnr = {n: psnr_from_mse(mse_per_block(model(street, n).recon, street, c.frames_per_block)).mean()
                 for n in (c.min_tokens, c.tokens_per_block // 4, c.tokens_per_block)}
     flat = street.mean(dim=(1, 3, 4), keepdim=True).expand_as(street)
     flat_psnr = psnr_from_mse(mse_per_block(flat, street, c.frames_per_block)).mean()
