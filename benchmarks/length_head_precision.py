@@ -1,4 +1,4 @@
-"""How precisely must a one-pass head know a block's MSE curve to meet issue 12's target 4?
+"""How precisely must a one-pass head know a block's MSE curve to match a search on 90% of blocks?
 
     python benchmarks/length_head_precision.py runs/length-head/heldout.curves.pt \
         [--head src/elastictok/weights/default/length_head.safetensors] [--thresholds 0.02,0.03,0.05]
@@ -8,7 +8,7 @@ An oracle that knows each curve's shape exactly but its level only to within a r
 exp(sigma * N(0, 1)) per block picks its count like the shipped head (first crossing), aiming at the
 threshold itself, then 2 sigma below it (a margin that covers 98% of its errors); the tables give, per
 threshold and sigma, the share of blocks more than 8 tokens off the search and the share missing a
-reachable threshold (target 4 asks for at most 10% of each), 20 draws each. With ``--head``,
+reachable threshold (the goal: at most 10% of each), 20 draws each. With ``--head``,
 also the head's own error in log MSE at each block's searched count, for comparison with sigma.
 """
 

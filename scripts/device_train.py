@@ -6,7 +6,7 @@ Made for a device call (docs/training.md, "On a lent GPU"): the model is small, 
 an H200 mostly idle and the runs share it in parallel, each with its own CPU threads. A lease is short
 and a step's cost unknown in advance, so the script first times 30 steps of every run together
 (calibration), then gives all runs the same number of steps, the most that fit ``--minutes`` at the
-slowest run's pace, on one cosine: equal data, steps and compute, as issue 12's target 2 asks.
+slowest run's pace, on one cosine: equal data, steps and compute, as a fair comparison of recipes needs.
 What comes back (a device call returns at most 8 files of 16 MiB): each run's weights in float16 as
 ``OUT/NAME.safetensors`` and one ``OUT/runs.tar.gz`` with every run's config.json, train_config.yaml,
 log.csv and eval.jsonl. Expects ``scripts/pack_for_device.py``'s corpus under ``.device/corpus``.

@@ -1,4 +1,4 @@
-"""Nothing a user feeds the CLI breaks it (issue 13).
+"""Nothing a user feeds the CLI breaks it.
 
 The suite builds its own corpus of bad media, bad token files and bad arguments and drives them
 through ``elastictok.cli.main`` in-process, under a timer that turns a hang into a failure. Every
@@ -40,19 +40,8 @@ from elastictok.media.io import VideoReader, write_video
 from elastictok.models.pretrained import sample_video
 from elastictok.tokenization.tokenfile import _header_and_tensors, read_etok
 
-# Cases the code does not handle yet (none: the 59 the layered layout failed were fixed by porting the
-# flat-layout fixes of branch robust-flat): strict xfail, so a fix shows up as XPASS and must be removed here.
-BROKEN: set[str] = set("""
-""".split())
-
-
 def case(id: str, *values):
-    marks = [pytest.mark.xfail(strict=True, reason="issue 13")] if id in BROKEN else []
-    return pytest.param(*values, id=id, marks=marks)
-
-
-def broken(id: str):
-    return pytest.mark.xfail(strict=True, reason="issue 13") if id in BROKEN else (lambda f: f)
+    return pytest.param(*values, id=id)
 
 
 # ---- running the CLI --------------------------------------------------------------------------------
@@ -275,7 +264,6 @@ def test_bad_media_is_refused_in_one_line(corpus, model_dir, tmp_path, name, wor
     assert_nothing_left(tmp_path, before)
 
 
-@broken("corrupt-stretch")
 def test_a_corrupt_stretch_of_video_is_skipped_and_the_rest_encoded(corpus, model_dir, tmp_path, caplog):
     clean = cli("encode", corpus["street_mp4"], "-o", tmp_path / "clean", *encode_args(model_dir, "--tokens", "4"),
                 "--json")
@@ -372,12 +360,10 @@ def test_bad_arguments_are_refused_in_one_line(corpus, model_dir, tmp_path, extr
     assert_nothing_left(tmp_path, before)
 
 
-@broken("missing-output")
 def test_missing_output_argument_is_one_line(corpus, model_dir):
     assert_refused(cli("encode", corpus["good_mp4"], *encode_args(model_dir)), "-o")
 
 
-@broken("eval-threshold")
 def test_eval_threshold_is_checked(corpus, model_dir, tmp_path):
     before = snapshot(tmp_path)
     run = cli("eval", corpus["good_png"], "--baseline", model_dir, "--thresholds", "mse:-1", "--out",
@@ -485,7 +471,6 @@ def test_impossible_outputs_are_refused_and_leave_nothing(corpus, model_dir, goo
 
 
 # ---- many inputs ---------------------------------------------------------------------------------------------
-@broken("multi-input")
 def test_a_run_over_many_inputs_writes_the_good_ones_and_names_the_bad(corpus, model_dir, tmp_path):
     out = tmp_path / "out"
     run = cli("encode", corpus["good_mp4"], corpus["zero_mp4"], corpus["good_png"], corpus["garbage_png"], "-o", out,
@@ -500,7 +485,6 @@ def test_a_run_over_many_inputs_writes_the_good_ones_and_names_the_bad(corpus, m
     no_temporaries(tmp_path)
 
 
-@broken("all-inputs-fail")
 def test_a_run_where_every_input_fails_leaves_no_folder(corpus, model_dir, tmp_path):
     before = snapshot(tmp_path)
     run = cli("encode", corpus["zero_mp4"], corpus["garbage_png"], "-o", tmp_path / "out" / "deeper",
@@ -509,7 +493,6 @@ def test_a_run_where_every_input_fails_leaves_no_folder(corpus, model_dir, tmp_p
     assert_nothing_left(tmp_path, before)
 
 
-@broken("same-stem")
 def test_inputs_with_the_same_stem_get_distinct_outputs(corpus, model_dir, tmp_path):
     root = corpus["root"]
     inputs = [root / "same" / "a.mp4", root / "same" / "a.png", root / "x" / "b.png", root / "y" / "b.png"]
@@ -575,7 +558,6 @@ def _meaning(data: bytes):
         return None
 
 
-@broken("byte-flips")
 def test_every_single_byte_flip_is_refused_or_harmless(model_dir, good_etok, tmp_path):
     """A flipped bit anywhere is refused, unless it leaves the file's meaning unchanged (JSON padding)."""
     data = good_etok.read_bytes()
@@ -651,7 +633,6 @@ def test_hostile_headers_are_checked_against_the_model(model_dir, good_etok, tmp
     assert_nothing_left(tmp_path, before)
 
 
-@broken("fps-roundtrip")
 def test_a_file_written_at_any_accepted_fps_decodes(corpus, model_dir, tmp_path):
     """Whatever --fps encode accepts, decode accepts too (a 12000 fps file used to be refused by decode)."""
     for fps in ("0.001", "0.5", "240", "1000", "12000"):
@@ -664,7 +645,6 @@ def test_a_file_written_at_any_accepted_fps_decodes(corpus, model_dir, tmp_path)
         assert decode(model_dir, tmp_path / fps / "good.etok", tmp_path / f"{fps}.mp4").code == 0
 
 
-@broken("atomic-cleanup")
 def test_atomic_writer_cleans_up_when_the_rename_fails(tmp_path):
     from elastictok.utils.fileio import atomic_path
 
