@@ -25,12 +25,12 @@ import torch  # noqa: E402
 
 from elastictok import ElasticTok, from_pretrained  # noqa: E402
 from elastictok.metrics.quality import psnr_from_mse  # noqa: E402
-from elastictok.cli.parsers import DEFAULT_THRESHOLD  # noqa: E402
 from elastictok.models.pretrained import DEFAULT_MODEL, sample_video  # noqa: E402
+from elastictok.tokenization.options import DEFAULT_REPORT_TARGETS, DEFAULT_TARGET  # noqa: E402
 from elastictok.tokenization.targets import Threshold, TokenCount, parse_target  # noqa: E402
 from elastictok.tokenization.tokenfile import TokenizedVideo  # noqa: E402
 from elastictok.evaluation.plots import write_side_by_side  # noqa: E402
-from elastictok.evaluation.report import DEFAULT_TARGETS, build_report, parse_targets, write_report_html  # noqa: E402
+from elastictok.evaluation.report import build_report, parse_targets, write_report_html  # noqa: E402
 from elastictok.utils.cores import available_cores, idle_cores  # noqa: E402
 
 HEARTBEAT_SECONDS = 8  # a stage that runs longer says so this often where no progress bar is drawn (a log, a pipe)
@@ -109,7 +109,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="bundled model name or directory (default: %(default)s)")
     parser.add_argument("--video", default=str(sample_video()), help="input video (default: the bundled clip)")
-    parser.add_argument("--threshold", default=DEFAULT_THRESHOLD,
+    parser.add_argument("--threshold", default=DEFAULT_TARGET,
                         help="per-block MSE target (default: %(default)s, the command line's, about 22 dB)")
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"))
     parser.add_argument("--baseline", nargs="*", default=[], metavar="B",
@@ -135,7 +135,7 @@ def main() -> int:
         plot_blocks(adaptive, full, target, args.out / "blocks.png")
     print(f"{summary}\nwrote {args.out / 'blocks.png'} (tokens and PSNR per block)")
 
-    targets = parse_targets(DEFAULT_TARGETS, c.tokens_per_block)
+    targets = parse_targets(DEFAULT_REPORT_TARGETS, c.tokens_per_block)
     if target not in targets:
         targets.insert(0, target)
     baselines = [from_pretrained(b).eval() for b in args.baseline]

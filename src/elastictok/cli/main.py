@@ -230,7 +230,7 @@ def _eval(args: argparse.Namespace) -> None:
 
 def _report(args: argparse.Namespace) -> None:
     from ..evaluation.report import check_report_file, make_report
-    from .parsers import DEFAULT_THRESHOLD
+    from ..tokenization.options import DEFAULT_TARGET
 
     check_report_file(args.output, args.inputs)  # before loading the models
     model = _load_model(args).eval()
@@ -239,7 +239,7 @@ def _report(args: argparse.Namespace) -> None:
         print(make_report(model, args.inputs, args.output, args.thresholds, baselines,
                           baseline_names=[Path(b).name for b in args.baseline], fractions=args.fractions,
                           search=args.search, window=args.window, progress=not args.no_progress,
-                          selected=DEFAULT_THRESHOLD))
+                          selected=DEFAULT_TARGET))
 
 
 COMMANDS = {

@@ -6,7 +6,7 @@ import argparse
 import math
 
 from ..media.limits import FPS_RANGE, is_valid_fps
-from ..tokenization.options import SEARCHES
+from ..tokenization.options import DEFAULT_REPORT_TARGETS, DEFAULT_TARGET, SEARCHES
 from ..utils.cores import available_cores
 
 
@@ -64,15 +64,9 @@ def _add_model_args(p: argparse.ArgumentParser, model_default: str | None = "def
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-# 22 dB: the most quality for which the bundled model keeps at most half of its tokens on the bundled clip
-# (49%, mean block PSNR 22.1 dB against 23.0 with all; python benchmarks/default_target.py)
-DEFAULT_THRESHOLD = "mse:0.025"
-DEFAULT_REPORT_TARGETS = "mse:0.02,mse:0.025,mse:0.05,tokens:all"
-
-
 def _add_target_args(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--threshold", default=DEFAULT_THRESHOLD, metavar="METRIC:VALUE",
+    group.add_argument("--threshold", default=DEFAULT_TARGET, metavar="METRIC:VALUE",
                        help="per-block quality to meet: mse:0.03, psnr:30 or ssim:0.95 (default: %(default)s, about "
                             "22 dB: the bundled 64x64 model keeps about half of its tokens for it on its sample clip; "
                             "mse:0.05, 19 dB, keeps a fifth; the paper used mse:0.001 to 0.007 at 256x256)")
@@ -231,7 +225,7 @@ def _add_train_length_head(sub, commands: dict) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files to learn from")
     p.add_argument("-o", "--output", required=True, type=_output_path,
                    metavar="FILE", help="where to write the head (.safetensors)")
-    p.add_argument("--threshold", default=DEFAULT_THRESHOLD, metavar="METRIC:VALUE",
+    p.add_argument("--threshold", default=DEFAULT_TARGET, metavar="METRIC:VALUE",
                    help="mse: or psnr: target whose search sets each block's context, and the one --eval scores "
                         "(default: %(default)s)")
     p.add_argument("--eval", nargs="+", metavar="INPUT", help="held-out files: compare the head with a search")

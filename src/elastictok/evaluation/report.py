@@ -34,7 +34,7 @@ from ..errors import ElasticTokError
 from ..media.io import write_video
 from ..media.transforms import display_scale, upscale
 from ..models.base import tokens_at_share
-from ..tokenization.options import TokenizeOptions
+from ..tokenization.options import DEFAULT_REPORT_TARGETS, TokenizeOptions
 from ..tokenization.scoring import Measured, decode_and_score
 from ..tokenization.targets import Target, Threshold, TokenCount, parse_target
 from ..tokenization.tokenfile import TokenizedVideo
@@ -46,7 +46,6 @@ from .figures import rate_distortion_figure, share_figure, svg_text
 from .measurement import EvalRun, evaluate_models, summary_table
 
 ASSETS = Path(__file__).parent / "report_assets"
-DEFAULT_TARGETS = "mse:0.02,mse:0.025,mse:0.05,tokens:all"
 DEFAULT_FRACTIONS = "0.0625,0.125,0.25,0.375,0.5,0.75,1"
 
 
@@ -302,7 +301,7 @@ def write_report_html(report: dict, output: str | Path) -> Path:
     return output
 
 
-def make_report(model, inputs: list[str], output: str | Path, targets: str | list[Target] = DEFAULT_TARGETS,
+def make_report(model, inputs: list[str], output: str | Path, targets: str | list[Target] = DEFAULT_REPORT_TARGETS,
                 baselines: list | None = None, baseline_names: list[str] | None = None,
                 fractions: str | list[float] | None = None, search: str = "binary",
                 window: int | None | str = "model", progress: bool = False,

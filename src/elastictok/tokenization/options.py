@@ -9,10 +9,15 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ElasticTokError
 from ..utils.fields import matches
 
-if TYPE_CHECKING:  # the command line reads SEARCHES from here before torch is loaded
+if TYPE_CHECKING:  # the command line reads SEARCHES and the defaults from here before torch is loaded
     from ..models.coder import Sampler
 
 SEARCHES = ("binary", "full", "batched", "regression")
+# The target the command line tokenizes to when none is given: 22 dB, the most quality for which the bundled
+# model keeps at most half of its tokens on the bundled clip (python benchmarks/default_target.py).
+DEFAULT_TARGET = "mse:0.025"
+# The targets a report compares by default: the default target, one either side, and all tokens.
+DEFAULT_REPORT_TARGETS = "mse:0.02,mse:0.025,mse:0.05,tokens:all"
 
 
 @dataclass(frozen=True)
