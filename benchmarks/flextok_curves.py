@@ -27,6 +27,7 @@ import torch
 from elastictok.training.datasets import MediaCollection, eval_clips
 from elastictok.models.flextok import FlexTok
 from elastictok.metrics.quality import block_psnr, block_ssim
+from elastictok.utils.fileio import atomic_path
 
 BANDS = {"low": (0.0, 0.125), "mid": (0.125, 0.375), "high": (0.375, 1.0)}  # radius / Nyquist
 
@@ -143,8 +144,8 @@ def main() -> None:
         print(json.dumps(row))
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "curves.json").write_text(json.dumps(report, indent=2) + "\n")
+    with atomic_path(out / "curves.json") as tmp:  # an interrupted run leaves the previous results whole
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
     plot(report, out)
     print(f"wrote {out / 'curves.json'} and plots")
 
