@@ -93,7 +93,8 @@ def refuse_unknown_fields(cls: type, names: Any, message: str) -> None:
 SIZE_LIMITS: dict[str, tuple[int, int]] = {
     "frames_per_block": (1, 1024), "width": (1, 2**16), "num_heads": (1, 2**16), "mlp_width": (1, 2**18),
     "encoder_depth": (0, 1024), "decoder_depth": (0, 1024), "head_channels": (1, 2**16),
-    "stem_channels": (1, 2**16), "vae_latent_dim": (1, 2**16), "registers": (1, 2**16), "steps": (1, MAX_SAMPLER_STEPS)}
+    "stem_channels": (1, 2**16), "vae_latent_dim": (1, 2**16), "registers": (1, 2**16), "steps": (1, MAX_SAMPLER_STEPS),
+    "stage_channels": (1, 2**10), "stage_width": (1, 2**12)}
 MAX_TOKENS_PER_BLOCK = 2**20  # Mmax (and FlexTok's patches per block): a block is attended to whole
 
 
@@ -226,6 +227,11 @@ class ModelFamily(PretrainedFiles, ABC):
             return None
         c = self.config
         return dataclasses.replace(recorded or Sampler(c.steps, c.guidance, c.seed), **given)
+
+    def load_input_stage(self, folder: str | os.PathLike) -> None:
+        """Load weights of an input stage trained alone (the trainer's ``stage_from``); a family without
+        one refuses in one line."""
+        raise ElasticTokError(f"stage_from {folder}: {self.display_name} has no input stage to load")
 
     def check_sequence_split(self, tokens: int, size: int) -> None:
         """Refuse a sequence of ``tokens`` that ``forward`` cannot split over ``size`` ranks."""

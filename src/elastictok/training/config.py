@@ -68,6 +68,9 @@ class TrainConfig:
     checkpoint_every: int = 200
     log_every: int = 10
     init_from: str | None = None  # progressive training: weights of another run or a model directory
+    # A latent input stage trained alone (scripts/train_latent_stage.py: stage.safetensors + stage.json), loaded
+    # into a model whose config asks for one of the same shape (FlexTok's input_stage: latent), frozen there.
+    stage_from: str | None = None
     seed: int = 0
     distributed: str = "ddp"  # under torchrun: ddp | fsdp (FSDP2 fully_shard)
     sequence_parallel: bool = False  # under torchrun (ddp): every rank holds the batch, a shard of its tokens
@@ -112,6 +115,9 @@ class TrainConfig:
             problems.append(f"ema_decay must lie in (0, 1), got {self.ema_decay}")
         if not all(0 < f <= 1 for f in self.eval_keep_fractions):
             problems.append(f"eval_keep_fractions must lie in (0, 1], got {self.eval_keep_fractions}")
+        if self.stage_from is not None and self.init_from is not None:
+            problems.append("stage_from and init_from cannot both be set: the model in init_from brings its own "
+                            "input stage")
         if not self.out_dir.strip():
             problems.append("out_dir must name a folder, got an empty path")
         if not 0 <= self.seed < 2**63:

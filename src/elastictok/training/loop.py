@@ -225,13 +225,16 @@ def _check_layout(cfg: TrainConfig, world: World) -> None:
                               "lower batch_size (grad_accum keeps the batch) or n_blocks")
 
 
-def _build_state(cfg: TrainConfig, world: World, device: torch.device, init_from: str | None) -> TrainState:
-    """Model (the same initial weights on every rank), its distributed form, optimiser, schedule and EMA."""
+def _build_state(cfg: TrainConfig, world: World, device: torch.device, fresh: bool) -> TrainState:
+    """Model (the same initial weights on every rank; a ``fresh`` run's from ``init_from`` or with the input
+    stage of ``stage_from`` where set), its distributed form, optimiser, schedule and EMA."""
     torch.manual_seed(cfg.seed)
     config = cfg.model_config()
     model = model_class_for(config)(config).to(device)
-    if init_from:
-        load_init_weights(model, init_from)
+    if fresh and cfg.init_from:
+        load_init_weights(model, cfg.init_from)
+    if fresh and cfg.stage_from:
+        model.load_input_stage(cfg.stage_from)
     net = wrap(model, cfg.distributed, cfg.bf16, device) if world.distributed else model
     if cfg.sequence_parallel:
         if not model.supports_sequence_parallel:
@@ -261,7 +264,7 @@ def _check_data(paths: list[str]) -> None:
                               "`python scripts/build_corpus.py data/corpus` builds)")
 
 
-def _training_data(cfg: TrainConfig, c: Any, world: World, start_step: int) -> TrainingData:
+def training_data(cfg: TrainConfig, c: Any, world: World, start_step: int) -> TrainingData:
     """WebDataset shards (every rank streams its own slice) or a folder of media in memory (every rank
     makes the global batch and takes its rows); both resume at batch ``start_step * grad_accum``."""
     _check_data(cfg.data)
@@ -426,12 +429,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         raise ElasticTokError(f"{out_dir} holds a run already: continue it with --resume (resume=True), or set "
                               "another out_dir")
     resuming = resume and checkpoint.exists()
-    state = _build_state(cfg, world, device, None if resuming else cfg.init_from)
+    state = _build_state(cfg, world, device, fresh=not resuming)
     lpips = _lpips(cfg, device)
     if resume:
         _resume(state, checkpoint, out_dir)
     c = state.model.config
-    data = _training_data(cfg, c, world, state.step)
+    data = training_data(cfg, c, world, state.step)
     held_out = MediaCollection.load(cfg.eval_data, short_side=min(c.resolution)) if cfg.eval_data else None
     eval_samples = eval_clips(held_out, c.resolution, c.frames_per_block) if held_out else []
     run_log = RunLog(out_dir, state.step) if world.main else None

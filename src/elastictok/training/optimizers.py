@@ -26,17 +26,20 @@ def hidden_matrices(model: ModelFamily) -> list[torch.nn.Parameter]:
 
 
 def build_optimizer(model: ModelFamily, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """``cfg.optimizer``: ``adamw`` on every weight, or ``muon`` on the hidden matrices with AdamW on the rest.
-    AdamW decays weight matrices only (not norms, biases or the kept/masked embeddings)."""
+    """``cfg.optimizer``: ``adamw`` on every trained weight, or ``muon`` on the hidden matrices with AdamW on the
+    rest. AdamW decays weight matrices only (not norms, biases or the kept/masked embeddings). Frozen weights
+    (an input stage trained alone, loaded by ``stage_from``) are left out."""
+    trained = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adamw":
-        return _adamw(list(model.parameters()), cfg)
-    hidden = hidden_matrices(model)
+        return adamw(trained, cfg)
+    hidden = [p for p in hidden_matrices(model) if p.requires_grad]
     chosen = {id(p) for p in hidden}
     muon = torch.optim.Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw")
-    return MuonWithAdamW(_adamw([p for p in model.parameters() if id(p) not in chosen], cfg), muon)
+    return MuonWithAdamW(adamw([p for p in trained if id(p) not in chosen], cfg), muon)
 
 
-def _adamw(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.AdamW:
+def adamw(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with ``cfg``'s learning rate and betas, decaying the weight matrices (and convolution kernels) only."""
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)

@@ -5,7 +5,8 @@
 
 from .blocks import PixelStage
 from .config import FAMILY, PRESETS, FlexTokConfig
+from .latent import LatentStage
 from .model import FlexLatents, FlexTok, FlexTokOutput, NestedDropout
 
-__all__ = ["FAMILY", "FlexLatents", "FlexTok", "FlexTokConfig", "FlexTokOutput", "NestedDropout", "PRESETS",
-           "PixelStage"]
+__all__ = ["FAMILY", "FlexLatents", "FlexTok", "FlexTokConfig", "FlexTokOutput", "LatentStage", "NestedDropout",
+           "PRESETS", "PixelStage"]

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from ...layers.conditioning import modulate, rms_norm
 from ...layers.transformer import Attention, SwiGLU
+from .latent import LatentStage
 
 
 # ---- adaLN-zero ------------------------------------------------------------------------------------
@@ -67,13 +68,18 @@ class AdaLNBlock(nn.Module):
 class PixelStage(nn.Module):
     """The identity input stage: the flow runs on pixels in [-1, 1].
 
-    A latent stage (e.g. a video VAE) implements the same four members: ``channels`` and
-    ``factors`` (temporal, spatial) of its grid, ``encode(video) -> (B, T', C, H', W')`` and
-    ``decode``, its inverse. Pass one as ``FlexTok(config, input_stage=...)``.
+    A latent stage (``latent.LatentStage``, a causal video autoencoder) implements the same members:
+    ``channels`` and ``factors`` (temporal, spatial) of its grid, ``encode(video) -> (B, T', C, H', W')``,
+    ``decode``, its inverse, and ``from_config``. ``config.input_stage`` names one in ``INPUT_STAGE_CLASSES``;
+    or pass one as ``FlexTok(config, input_stage=...)``.
     """
 
     channels = 3
     factors = (1, 1)  # (temporal, spatial) downsampling
+
+    @classmethod
+    def from_config(cls, config: object) -> "PixelStage":
+        return cls()
 
     def encode(self, video: Tensor) -> Tensor:
         return video
@@ -82,7 +88,7 @@ class PixelStage(nn.Module):
         return latent
 
 
-INPUT_STAGE_CLASSES = {"pixels": PixelStage}
+INPUT_STAGE_CLASSES = {"pixels": PixelStage, "latent": LatentStage}
 
 
 # ---- attention masks (True: may attend) -----------------------------------------------------------

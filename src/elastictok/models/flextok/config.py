@@ -21,8 +21,10 @@ FAMILY = "flextok"
 MAX_CODEBOOK = 2**18  # codes per token; larger codebooks make the tokens hard to model downstream
 NESTED_DROPOUT_MODES = ("pow2", "uniform", "mix")
 PREDICTIONS = ("x0", "v")
-INPUT_STAGES = ("pixels",)
+INPUT_STAGES = ("pixels", "latent")
 PATCH_POSITIONS = ("learned", "sincos")
+MAX_STAGE_FACTOR = 64  # the latent stage's largest downsampling per axis
+STAGE_FACTORS = tuple(2**i for i in range(MAX_STAGE_FACTOR.bit_length()))  # 1, 2, 4, ... 64
 
 
 @dataclass
@@ -32,13 +34,20 @@ class FlexTokConfig(ConfigFile):
     # Fields added after FlexTok models were first saved, with the value every earlier model had.
     fields_added_later: ClassVar[dict[str, Any]] = {"x0_loss_weight": 0.0, "pure_noise_fraction": 0.0,
                                                     "quant_norm": False, "patch_position": "learned", "seed": 0,
-                                                    "sample_shift": 1.0}
+                                                    "sample_shift": 1.0, "stage_channels": 8, "stage_factors": (2, 4),
+                                                    "stage_width": 64}
 
     family: str = FAMILY  # model family written to config.json; always "flextok" here
     resolution: tuple[int, int] = (64, 64)  # (H, W) of every frame
     frames_per_block: int = 4  # frames per time step; each block gets its own registers
     patch_size: tuple[int, int, int] = (2, 8, 8)  # (Tp, Hp, Wp) of the input stage's grid
-    input_stage: str = "pixels"  # what the flow runs on; "pixels" is the identity stage
+    input_stage: str = "pixels"  # what the flow runs on: "pixels" (the identity) or "latent" (LatentStage)
+    # The latent stage's shape (input_stage "latent"; models/flextok/latent.py): a frozen causal convolutional
+    # video autoencoder, trained alone (training/stage.py), whose latents the flow runs on as FlexTok's flow
+    # runs on a frozen VAE's. Its latent channels, (temporal, spatial) downsampling and convolution width.
+    stage_channels: int = 8
+    stage_factors: tuple[int, int] = (2, 4)
+    stage_width: int = 64
     registers: int = 32  # R: register tokens per block, the most tokens a block can keep
     # Where a patch is, as the transformers see it: "sincos" (fixed (t, h, w) sinusoids of unit amplitude, plus
     # a learned part) or "learned" alone (starting near zero; the earliest saved models). A 1-D tokenizer
@@ -113,10 +122,16 @@ class FlexTokConfig(ConfigFile):
         return self.registers
 
     @property
+    def input_grid(self) -> tuple[int, tuple[int, int]]:
+        """Channels and (temporal, spatial) downsampling of the grid the flow runs on: the input stage's."""
+        return (self.stage_channels, self.stage_factors) if self.input_stage == "latent" else (3, (1, 1))
+
+    @property
     def patches_per_block(self) -> int:
         tp, hp, wp = self.patch_size
+        ft, fs = self.input_grid[1]
         h, w = self.resolution
-        return (self.frames_per_block // tp) * (h // hp) * (w // wp)
+        return (self.frames_per_block // (ft * tp)) * (h // (fs * hp)) * (w // (fs * wp))
 
     @property
     def block_size(self) -> int:
@@ -126,7 +141,7 @@ class FlexTokConfig(ConfigFile):
     @property
     def patch_dim(self) -> int:
         tp, hp, wp = self.patch_size
-        return tp * hp * wp * 3
+        return tp * hp * wp * self.input_grid[0]
 
     @property
     def latent_dim(self) -> int:
@@ -147,14 +162,17 @@ class FlexTokConfig(ConfigFile):
     def validate(self) -> None:
         self._validate_sizes()
         tp, hp, wp = self.patch_size
+        ft, fs = self.input_grid[1]
         h, w = self.resolution
         problems = []
         if self.family != FAMILY:
             problems.append(f"family must be {FAMILY!r}, got {self.family!r}")
-        if self.frames_per_block % tp:
-            problems.append(f"frames_per_block {self.frames_per_block} is not divisible by Tp={tp}")
-        if h % hp or w % wp:
-            problems.append(f"resolution {h}x{w} is not divisible by the patch {hp}x{wp}")
+        if self.frames_per_block % (ft * tp):
+            problems.append(f"frames_per_block {self.frames_per_block} is not divisible by Tp={tp} times the "
+                            f"input stage's temporal factor {ft}")
+        if h % (fs * hp) or w % (fs * wp):
+            problems.append(f"resolution {h}x{w} is not divisible by the patch {hp}x{wp} times the input stage's "
+                            f"spatial factor {fs}")
         if self.input_stage not in INPUT_STAGES:
             problems.append(f"input_stage must be one of {INPUT_STAGES}, got {self.input_stage!r}")
         if self.width % self.num_heads or self.head_dim % 2:
@@ -199,6 +217,10 @@ class FlexTokConfig(ConfigFile):
         for name, value, count in (("patch_size", self.patch_size, 3), ("resolution", self.resolution, 2)):
             if len(value) != count or not 1 <= min(value, default=0) <= max(value) <= MAX_RESOLUTION:
                 problems.append(f"{name} must be {count} integers in [1, {MAX_RESOLUTION}], got {value}")
+        ft, fs = self.stage_factors if len(self.stage_factors) == 2 else (0, 0)
+        if not (ft in STAGE_FACTORS and 2 <= fs <= MAX_STAGE_FACTOR and fs in STAGE_FACTORS):
+            problems.append(f"stage_factors must be (temporal, spatial) powers of two, temporal in [1, "
+                            f"{MAX_STAGE_FACTOR}] and spatial in [2, {MAX_STAGE_FACTOR}], got {self.stage_factors}")
         if not problems and self.patches_per_block > MAX_TOKENS_PER_BLOCK:
             problems.append(f"a block of {self.patches_per_block} patches is more than {MAX_TOKENS_PER_BLOCK}")
         if problems:

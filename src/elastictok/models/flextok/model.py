@@ -17,6 +17,7 @@ when sampling), so long videos decode block by block in flat memory.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -32,6 +33,7 @@ from ..base import ModelFamily, check_counts
 from .blocks import INPUT_STAGE_CLASSES, AdaLNBlock, decoder_mask, encoder_mask
 from .coder import FlexTokCoder
 from .config import FAMILY, FlexTokConfig
+from .latent import LatentStage
 
 
 @dataclass
@@ -89,7 +91,8 @@ class FlexTok(ModelFamily, nn.Module):
     def __init__(self, config: FlexTokConfig, input_stage: nn.Module | None = None):
         super().__init__()
         self.config = c = config
-        self.stage = input_stage if input_stage is not None else INPUT_STAGE_CLASSES[c.input_stage]()
+        stage = input_stage if input_stage is not None else INPUT_STAGE_CLASSES[c.input_stage].from_config(c)
+        self.stage = stage.requires_grad_(False)  # frozen: trained alone (training/stage.py), saved with the model
         ft, fs = self.stage.factors
         tp, hp, wp = c.patch_size
         h, w = c.resolution
@@ -125,8 +128,9 @@ class FlexTok(ModelFamily, nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
+        stage = set(self.stage.modules())  # the input stage keeps its own initialisation (or trained weights)
         for module in self.modules():
-            if isinstance(module, nn.Linear):
+            if isinstance(module, nn.Linear) and module not in stage:
                 nn.init.normal_(module.weight, std=self.config.init_std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
@@ -164,16 +168,23 @@ class FlexTok(ModelFamily, nn.Module):
 
     # ---- shapes ------------------------------------------------------------------------------------
     def patchify(self, video: Tensor) -> Tensor:
-        """(B, T, 3, H, W) -> input stage -> (B, n_blocks*P, patch_dim), patches of a block contiguous."""
+        """(B, T, 3, H, W) -> input stage -> (B, n_blocks*P, patch_dim), patches of a block contiguous.
+
+        The stage codes each block on its own, so a block's patches are the same whether the tokenizer
+        streams it alone or ``forward`` sees the whole clip."""
         tp, hp, wp = self.config.patch_size
-        x = self.stage.encode(video)
-        return rearrange(x, "b (t tp) c (h hp) (w wp) -> b (t h w) (tp hp wp c)", tp=tp, hp=hp, wp=wp)
+        blocks = rearrange(video, "b (n f) c h w -> (b n) f c h w", f=self.config.frames_per_block)
+        x = self.stage.encode(blocks)  # (B*n, T', C, H', W')
+        return rearrange(x, "(b n) (t tp) c (h hp) (w wp) -> b (n t h w) (tp hp wp c)", b=video.shape[0],
+                         tp=tp, hp=hp, wp=wp)
 
     def unpatchify(self, patches: Tensor) -> Tensor:
+        """(B, n_blocks*P, patch_dim) -> input stage's decoder, block by block -> (B, T, 3, H, W)."""
         tp, hp, wp = self.config.patch_size
-        _, gh, gw = self.grid
-        x = rearrange(patches, "b (t h w) (tp hp wp c) -> b (t tp) c (h hp) (w wp)", h=gh, w=gw, tp=tp, hp=hp, wp=wp)
-        return self.stage.decode(x)
+        gt, gh, gw = self.grid
+        x = rearrange(patches, "b (n t h w) (tp hp wp c) -> (b n) (t tp) c (h hp) (w wp)", t=gt, h=gh, w=gw,
+                      tp=tp, hp=hp, wp=wp)
+        return rearrange(self.stage.decode(x), "(b n) f c h w -> b (n f) c h w", b=patches.shape[0])
 
     # ---- encoder -----------------------------------------------------------------------------------
     def encode_blocks(self, patches: Tensor, past: KVCache | None = None, start: int | None = None
@@ -417,6 +428,14 @@ class FlexTok(ModelFamily, nn.Module):
         u = torch.linspace(1.0, 0.0, steps + 1, device=device)
         s = self.config.sample_shift
         return u if s == 1.0 else s * u / (1 + (s - 1) * u)
+
+    def load_input_stage(self, folder: str | os.PathLike) -> None:
+        """Load a latent stage trained alone (``training.stage``) into this model, whose config must ask for one
+        of the same shape."""
+        if not isinstance(self.stage, LatentStage):
+            raise ElasticTokError(f"stage_from {folder}: this model's input_stage is {self.config.input_stage!r}; "
+                                  "stage weights load into input_stage 'latent' only")
+        self.stage.load(folder)
 
     # ---- helpers -----------------------------------------------------------------------------------
     @staticmethod
