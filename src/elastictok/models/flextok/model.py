@@ -30,6 +30,7 @@ from ...layers.bottlenecks import FSQ
 from ...layers.conditioning import TimestepEmbedder, modulate, rms_norm
 from ...layers.transformer import KVCache, RMSNorm, TransformerBlock, rope_angles, sincos_grid_embedding
 from ..base import ModelFamily, check_counts
+from ..coder import trim_cache
 from .blocks import INPUT_STAGE_CLASSES, AdaLNBlock, decoder_mask, encoder_mask
 from .coder import FlexTokCoder
 from .config import FAMILY, FlexTokConfig
@@ -444,11 +445,7 @@ class FlexTok(ModelFamily, nn.Module):
 
     def _trim(self, cache: KVCache, window: int | None | str) -> KVCache:
         """Keep the last ``window`` blocks of a cache (positions keep counting in the caller)."""
-        window = self.config.window if window == "model" else window
-        if window is None:
-            return cache
-        keep = window * self.u
-        return [(k[:, :, -keep:], v[:, :, -keep:]) for k, v in cache]
+        return trim_cache(cache, self.config.window if window == "model" else window, self.u)
 
     def as_video(self, x: Tensor) -> tuple[Tensor, bool]:
         """Check a video or image batch; images become one block of repeated frames."""
