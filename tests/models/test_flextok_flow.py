@@ -17,6 +17,7 @@ from elastictok.models.flextok import FlexTok, FlexTokConfig
 ROOT = Path(__file__).resolve().parents[2]
 FLOW_CONFIG = ROOT / "configs" / "flextok-tiny-flow.yaml"
 SHIPPED = ROOT / "src" / "elastictok" / "weights" / "flextok"
+ONE_STEP_CONFIG = ROOT / "tests" / "fixtures" / "flextok-one-step" / "config.json"  # saved before sample_shift
 
 
 def micro(**overrides) -> FlexTok:
@@ -147,10 +148,10 @@ def test_one_training_step_on_the_flow_objective(photo_folder, tmp_path):
     assert len(losses) == 2 and all(math.isfinite(loss) and loss > 0 for loss in losses)
 
 
-def test_the_bundled_config_saved_without_sample_shift_samples_on_the_uniform_grid():
+def test_a_config_saved_without_sample_shift_samples_on_the_uniform_grid():
     """Models saved before the field load with the grid they were sampled on; a shifted model's token files
     carry another fingerprint, so they are not decoded on the wrong grid."""
-    shipped = json.loads((SHIPPED / "config.json").read_text())
+    shipped = json.loads(ONE_STEP_CONFIG.read_text())
     assert "sample_shift" not in shipped
     model = FlexTok(FlexTokConfig.from_dict(shipped))
     assert torch.equal(model.sampling_times(25), torch.linspace(1.0, 0.0, 26))

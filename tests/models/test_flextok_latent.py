@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from itertools import islice
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from elastictok.media.io import VideoReader
 from elastictok.media.transforms import fit_to_resolution, to_model
 from elastictok.models.flextok import FlexTok, FlexTokConfig, LatentStage
 from elastictok.models.flextok.latent import SHAPE_NAME
-from elastictok.models.pretrained import BUNDLED_DIR, sample_video
+from elastictok.models.pretrained import sample_video
 from elastictok.models.registry import from_pretrained
 from elastictok.training.config import TrainConfig
 from elastictok.training.optimizers import build_optimizer
@@ -175,18 +176,19 @@ def test_a_saved_flextok_carries_its_stage(tmp_path, real_video):
 
 
 # Fingerprints as the code before the stage fields computed them; token files record them.
-FINGERPRINTS_BEFORE = {"flextok (bundled)": "e9004dbde1f5b631", "flextok-tiny": "137791a38881d10c",
+FINGERPRINTS_BEFORE = {"first bundled flextok": "e9004dbde1f5b631", "flextok-tiny": "137791a38881d10c",
                        "flextok-micro": "f372d4eac5aae30c"}
+ONE_STEP_CONFIG = Path(__file__).parents[1] / "fixtures" / "flextok-one-step" / "config.json"
 
 
 def test_a_flextok_saved_before_the_stage_fields_loads_with_its_fingerprint():
-    """The bundled model's config.json has no stage fields: it loads as the pixel model it is, with the
+    """The first bundled model's config.json has no stage fields: it loads as the pixel model it is, with the
     fingerprint it had, as do the presets; a latent stage's fields change it."""
-    saved = json.loads((BUNDLED_DIR / "flextok" / "config.json").read_text())
+    saved = json.loads(ONE_STEP_CONFIG.read_text())
     assert not any(key.startswith("stage_") for key in saved)
-    model = from_pretrained("flextok")
+    model = FlexTok(FlexTokConfig.from_dict(saved))
     assert model.config.input_stage == "pixels" and not list(model.stage.parameters())
-    assert model.config.fingerprint() == FINGERPRINTS_BEFORE["flextok (bundled)"]
+    assert model.config.fingerprint() == FINGERPRINTS_BEFORE["first bundled flextok"]
     for preset in ("flextok-tiny", "flextok-micro"):
         assert FlexTokConfig.from_preset(preset).fingerprint() == FINGERPRINTS_BEFORE[preset]
     assert latent_micro().config.fingerprint() != FINGERPRINTS_BEFORE["flextok-micro"]
