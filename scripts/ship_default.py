@@ -4,8 +4,9 @@
 
 Each RUN is a run folder name under --runs (written by `elastictok train --config configs/RUN.yaml`);
 without any, all of them: default-cycle3 (the bundled `default`), flextok-tiny-flow (the bundled `flextok`),
-narrow-long-muon (the bundled `default-narrow`: the default at half width, trained with Muon),
-default-fixed-0.25, default-fixed-0.5 and default-full (the default's fixed-length baselines). Writes
+default-narrow-cycle2 (the bundled `default-narrow`: the default at half width, trained with Muon),
+default-fixed-0.25, default-fixed-0.5 and default-full (the default's fixed-length baselines), and
+narrow-long-muon-full (default-narrow's full-length baseline: the same recipe and minutes as its first cosine). Writes
 config.json + model.safetensors with float16 weights (loading casts them back to float32), and sets a
 bundled FlexTok's default sampler (SAMPLERS).
 """
@@ -28,12 +29,16 @@ DESTINATIONS = {
     "default-fixed-0.25": ROOT / "baselines/default-fixed-0.25",
     "default-fixed-0.5": ROOT / "baselines/default-fixed-0.5",
     "default-full": ROOT / "baselines/default-full",
-    "narrow-long-muon": ROOT / "src/elastictok/weights/default-narrow",
+    "default-narrow-cycle2": ROOT / "src/elastictok/weights/default-narrow",
+    "narrow-long-muon-full": ROOT / "baselines/default-narrow-full",
 }
 # The sampler a bundled FlexTok decodes with by default, from its measurement (benchmarks/flextok_steps.py,
 # docs/results/README.md): trained as a flow over the whole path, 25 Euler steps land 1.6 dB below the one-step
 # estimate with twice its fine detail; guidance 1.5 and 3 cost PSNR for little more detail.
 SAMPLERS = {"flextok-tiny-flow": {"steps": 25, "guidance": 1.0}}
+# The name a bundled model's config carries where its run's preset name would not tell it apart (tokenized
+# videos and eval tables show it).
+NAMES = {"default-narrow-cycle2": "default-narrow", "narrow-long-muon-full": "default-narrow-full"}
 
 
 def main() -> int:
@@ -52,6 +57,7 @@ def main() -> int:
         model.config.window = TrainConfig.from_yaml(args.runs / run / "train_config.yaml").model_config().window
         for field, value in SAMPLERS.get(run, {}).items():
             setattr(model.config, field, value)
+        model.config.name = NAMES.get(run, model.config.name)
         model.save_pretrained(destination, dtype=torch.float16)
         size = (destination / "model.safetensors").stat().st_size / 2**20
         print(f"{args.runs / run / 'model'} -> {destination} ({size:.1f} MiB)")

@@ -30,7 +30,7 @@ from elastictok.evaluation.measurement import EvalRun, evaluate_models, score_bl
 from elastictok.evaluation.report import build_report, parse_targets, write_report_html
 from elastictok.media.io import VideoReader, write_image, write_video
 from elastictok.media.transforms import display_scale, fit_to_resolution, from_model
-from elastictok.models.pretrained import sample_video
+from elastictok.models.pretrained import DEFAULT_MODEL, sample_video
 from elastictok.tokenization.targets import Threshold, TokenCount
 
 FRAMES = 24
@@ -40,7 +40,7 @@ BASELINE = Path(__file__).resolve().parents[2] / "baselines" / "default-fixed-0.
 
 @pytest.fixture(scope="module")
 def model() -> ElasticTok:
-    return ElasticTok.from_pretrained("default").eval()
+    return ElasticTok.from_pretrained(DEFAULT_MODEL).eval()  # what the CLI uses without --model
 
 
 @pytest.fixture(scope="module")

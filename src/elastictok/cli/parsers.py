@@ -6,6 +6,7 @@ import argparse
 import math
 
 from ..media.limits import FPS_RANGE, is_valid_fps
+from ..models.pretrained import DEFAULT_MODEL
 from ..tokenization.options import DEFAULT_REPORT_TARGETS, DEFAULT_TARGET, SEARCHES
 from ..utils.cores import available_cores
 
@@ -53,7 +54,7 @@ def _window(text: str) -> int | str:
     return value
 
 
-def _add_model_args(p: argparse.ArgumentParser, model_default: str | None = "default") -> None:
+def _add_model_args(p: argparse.ArgumentParser, model_default: str | None = DEFAULT_MODEL) -> None:
     which = "%(default)s" if model_default else "the bundled model the token file names"
     p.add_argument("--model", default=model_default, help=f"a save_pretrained directory or a bundled model name "
                                                          f"(default: {which})")
@@ -68,7 +69,7 @@ def _add_target_args(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--threshold", default=DEFAULT_TARGET, metavar="METRIC:VALUE",
                        help="per-block quality to meet: mse:0.03, psnr:30 or ssim:0.95 (default: %(default)s, about "
-                            "22 dB: the bundled 64x64 model keeps about half of its tokens for it on its sample clip; "
+                            "23 dB: the default 64x64 model keeps 45%% of its tokens for it on its sample clip; "
                             "mse:0.05, 19 dB, keeps a fifth; the paper used mse:0.001 to 0.007 at 256x256)")
     group.add_argument("--tokens", type=int, metavar="N", help="exactly N tokens per block (no search)")
     group.add_argument("--budget", type=int, metavar="N", help="at most N tokens for the whole input")
