@@ -93,12 +93,13 @@ def test_the_default_models_length_head_meets_the_default_target_in_one_pass(def
     below the threshold, spending more tokens than a search rather than missing)."""
     from elastictok.tokenization.length_head import HEAD_NAME, LengthHead
     from elastictok.tokenization.options import DEFAULT_TARGET
+    from elastictok.tokenization.targets import parse_target
 
     head = LengthHead.load(resolve_model_path(DEFAULT_MODEL) / HEAD_NAME, default_model)  # trained on these weights
     one_pass = default_model.tokenize(street, DEFAULT_TARGET, search="regression")[0]
     assert torch.equal(one_pass.counts,
                        default_model.tokenize(street, DEFAULT_TARGET, search="regression", length_head=head)[0].counts)
-    assert (one_pass.scores <= float(DEFAULT_TARGET.split(":")[1])).float().mean() >= 0.9
+    assert (one_pass.scores <= parse_target(DEFAULT_TARGET).value).float().mean() >= 0.9
     assert one_pass.counts.float().mean() < default_model.config.tokens_per_block  # not all tokens everywhere
     # the CLI's --search regression finds the default model's own head
     result = subprocess.run([sys.executable, "-m", "elastictok.cli", "encode", str(sample_video()), "-o",
