@@ -154,6 +154,23 @@ def test_flextok_trains_with_its_latent_stage_frozen(real_video):
     assert changed  # the flow did train
 
 
+def test_a_training_step_runs_the_stage_decoder_only_when_its_frames_are_asked_for(real_video, monkeypatch):
+    """Training logs the error where the flow works; the stage's decoder runs once, when ``recon`` is read,
+    and gives the x0 estimate's frames."""
+    model = perturbed(latent_micro()).train()
+    decoded = []
+    decode = model.stage.decode
+    monkeypatch.setattr(model.stage, "decode", lambda latent: decoded.append(latent.shape) or decode(latent))
+    out = model(real_video)
+    out.loss.backward()
+    assert decoded == []
+    patches = model.patchify(real_video).view_as(out.estimate)
+    assert out.mse.item() == pytest.approx((out.estimate - patches).pow(2).mean().item(), rel=1e-5)
+    recon, again = out.recon, out.recon
+    assert len(decoded) == 1 and recon is again and recon.shape == real_video.shape
+    torch.testing.assert_close(recon, model.unpatchify(out.estimate.detach().flatten(1, 2)))
+
+
 def test_a_block_is_coded_alone_as_in_the_whole_clip(real_video):
     """The stage codes each block on its own: the tokenizer, one block at a time, gives the tokens of
     ``encode`` on the whole clip, and the streamed patches are the whole clip's."""

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import ClassVar
 
 import torch
@@ -48,12 +50,22 @@ class FlexLatents:
 
 @dataclass
 class FlexTokOutput:
-    recon: Tensor  # the one-pass x0 estimate at the drawn t (at t = 1 in eval mode), shaped like the input
+    """What ``forward`` returns. ``recon`` goes through the input stage's decoder on first use only: training
+    logs ``mse``, measured where the flow works, so a latent stage's decoder (a third of a training step's
+    FLOPs for the shipped one) does not run every step just to be logged."""
+
     loss: Tensor  # flow matching: mean squared velocity error
-    mse: Tensor  # pixel MSE of recon
+    mse: Tensor  # MSE of the x0 estimate in the input stage's space (pixels, or a latent stage's unit-variance latents)
     kl: Tensor  # always zero (FSQ); kept so trainers can log one set of fields
     t: Tensor  # (B, n_blocks) flow times drawn
     latents: FlexLatents
+    estimate: Tensor  # the one-pass x0 estimate at the drawn t (at t = 1 in eval mode), as patches
+    decode: Callable[[Tensor], Tensor] = field(repr=False)  # patches -> frames shaped like the input
+
+    @cached_property
+    def recon(self) -> Tensor:
+        """The x0 estimate decoded to frames, shaped like the input."""
+        return self.decode(self.estimate)
 
 
 class NestedDropout:
@@ -270,7 +282,7 @@ class FlexTok(ModelFamily, nn.Module):
         drawn by ``training_times`` and ``cfg_dropout`` of the blocks lose all their registers; in eval
         mode t = 1, so ``recon`` is the one-step estimate. Block b's context is the ground truth of the
         earlier blocks (noised by up to ``context_noise`` in training).
-        The loss is ``flow_loss``: the velocity error, plus ``x0_loss_weight`` times the x0 estimate's pixel error.
+        The loss is ``flow_loss``: the velocity error, plus ``x0_loss_weight`` times the x0 estimate's own error.
         """
         c = self.config
         video, is_image = self.as_video(video)
@@ -303,10 +315,13 @@ class FlexTok(ModelFamily, nn.Module):
         out, _ = self.decode_segments(x_in, regs, t_in, blocks, clean)
         out = out[:, -n:]  # the noisy segments (B, n, P, patch_dim)
         loss, x0_hat = self.flow_loss(out, x_t=x_t, x0=x0, noise=noise, t=tt)
-        recon = self.unpatchify(x0_hat.flatten(1, 2))
-        mse = (recon - video.float()).pow(2).mean()
-        return FlexTokOutput(recon=recon.mean(1) if is_image else recon, loss=loss, mse=mse,
-                             kl=torch.zeros((), device=video.device), t=t, latents=latents)
+
+        def to_frames(patches: Tensor) -> Tensor:
+            recon = self.unpatchify(patches.flatten(1, 2))
+            return recon.mean(1) if is_image else recon
+
+        return FlexTokOutput(loss=loss, mse=(x0_hat - x0).pow(2).mean(), kl=torch.zeros((), device=video.device),
+                             t=t, latents=latents, estimate=x0_hat, decode=to_frames)
 
     def training_times(self, batch: int, n_blocks: int, device: torch.device) -> Tensor:
         """Flow times (batch, n_blocks) for training: logit-normal, t = sigmoid(N(time_mean, time_std^2)), with
@@ -322,7 +337,7 @@ class FlexTok(ModelFamily, nn.Module):
 
         The loss is the mean squared error of the velocity v = noise - x0 in either parametrisation: for x0
         prediction the implied velocity (x_t - x0_hat) / t misses by (x0 - x0_hat) / t, with 1/t capped at
-        1/t_min (Li & He 2025). ``x0_loss_weight`` adds the x0 estimate's own pixel MSE.
+        1/t_min (Li & He 2025). ``x0_loss_weight`` adds the x0 estimate's own MSE (in the input stage's space).
         """
         c = self.config
         out = out.float()
