@@ -30,37 +30,15 @@ from pathlib import Path
 import torch
 
 from elastictok import ElasticTokError
-from elastictok.metrics.quality import block_psnr
+from elastictok.metrics.quality import block_psnr, high_frequency_energy
 from elastictok.models.flextok import FlexTok
 from elastictok.models.registry import from_pretrained
 from elastictok.training.config import TrainConfig
-from elastictok.training.datasets import MediaCollection, eval_clips
+from elastictok.training.datasets import spaced_video_clips
 from elastictok.utils.fileio import atomic_path
 
 ROOT = Path(__file__).resolve().parents[1]
 HELD_OUT_CONFIG = ROOT / "configs" / "flextok-tiny.yaml"
-HIGH_BAND = 0.375  # radius / Nyquist where the high band starts
-
-
-def high_frequency_energy(video: torch.Tensor) -> float:
-    """Energy of the 2-D spectrum of each frame and channel of ``video`` (..., H, W) at radius >= HIGH_BAND of
-    Nyquist, summed; the video clipped to [-1, 1] first (what a viewer gets)."""
-    spectrum = torch.fft.fft2(video.float().clamp(-1, 1)).abs().pow(2)
-    h, w = video.shape[-2:]
-    radius = torch.sqrt(torch.fft.fftfreq(h)[:, None] ** 2 + torch.fft.fftfreq(w)[None, :] ** 2) / 0.5
-    return float(spectrum[..., radius >= HIGH_BAND].sum())
-
-
-def held_out_clips(paths: list[str], model: FlexTok, max_clips: int) -> torch.Tensor:
-    """(N, frames_per_block, 3, H, W) one-block clips, as training's held-out eval cuts them; at most
-    ``max_clips``, evenly spaced over the list (so over the videos)."""
-    c = model.config
-    media = MediaCollection.load(paths, short_side=min(c.resolution))
-    clips = eval_clips(media, c.resolution, c.frames_per_block)
-    if not clips:
-        raise ElasticTokError(f"no held-out clips in {' '.join(paths)}")
-    picked = torch.linspace(0, len(clips) - 1, min(max_clips, len(clips))).round().long().unique()
-    return torch.stack([clips[i] for i in picked.tolist()])
 
 
 @torch.no_grad()
@@ -137,7 +115,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         model = from_pretrained(name).eval()
         if not isinstance(model, FlexTok):
             raise ElasticTokError(f"{name} is not a FlexTok model (it has no sampler to step)")
-        clips = held_out_clips(data, model, args.max_clips)
+        clips = spaced_video_clips(data, model.config.resolution, model.config.frames_per_block, args.max_clips)
         one_step = None
         for guidance in sorted(set(args.guidance) | {1.0}, key=lambda g: (g != 1.0, g)):
             by_steps = measure(model, clips, steps, guidance, args.seeds, args.batch_size)

@@ -33,24 +33,11 @@ from elastictok.models.registry import from_pretrained
 from elastictok.tokenization.targets import TokenCount
 from elastictok.tokenization.tokenizer import detokenize, tokenize
 from elastictok.training.config import TrainConfig
-from elastictok.training.datasets import MediaCollection, eval_clips
+from elastictok.training.datasets import spaced_video_clips
 from elastictok.utils.fileio import atomic_path
 
 ROOT = Path(__file__).resolve().parents[1]
 HELD_OUT_CONFIG = ROOT / "configs" / "flextok-tiny.yaml"
-
-
-def held_out_clips(paths: list[str], model, blocks: int, max_clips: int) -> torch.Tensor:
-    """(N, blocks * frames_per_block, 3, H, W) clips of whole blocks from the videos in ``paths`` (images
-    skipped), at most ``max_clips``, evenly spaced over the list."""
-    c = model.config
-    media = MediaCollection.load(paths, short_side=min(c.resolution))
-    media.items = [item for item in media.items if item.shape[0] >= blocks * c.frames_per_block]
-    clips = eval_clips(media, c.resolution, blocks * c.frames_per_block)
-    if not clips:
-        raise ElasticTokError(f"no video in {' '.join(paths)} has {blocks} blocks of frames")
-    picked = torch.linspace(0, len(clips) - 1, min(max_clips, len(clips))).round().long().unique()
-    return torch.stack([clips[i] for i in picked.tolist()])
 
 
 def block_psnr(model, clips: torch.Tensor, sampler: dict) -> torch.Tensor:
@@ -97,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.models:
             model = from_pretrained(name).eval()
             sampler = {k: v for k, v in (("steps", args.steps), ("guidance", args.guidance)) if v is not None}
-            clips = held_out_clips(data, model, args.blocks, args.max_clips)
+            clips = spaced_video_clips(data, model.config.resolution, args.blocks * model.config.frames_per_block,
+                                       args.max_clips)
             rows.append({"model": name, "clips": len(clips), **sampler, **measure(model, clips, sampler)})
             print(json.dumps(rows[-1]), flush=True)
         if args.json:

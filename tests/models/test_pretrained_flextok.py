@@ -11,7 +11,7 @@ import torch
 
 from elastictok.media.io import VideoReader
 from elastictok.media.transforms import fit_to_resolution, to_model
-from elastictok.metrics.quality import mse_per_block, psnr_from_mse
+from elastictok.metrics.quality import high_frequency_energy, mse_per_block, psnr_from_mse
 from elastictok.models.flextok import FlexTok
 from elastictok.models.pretrained import bundled_models, sample_video
 from elastictok.models.registry import from_pretrained
@@ -54,14 +54,6 @@ def test_bundled_flextok_reads_its_registers(flextok, street):
     first_four, every = one_step_psnr(flextok, street, 4), one_step_psnr(flextok, street, c.registers)
     assert every > null_psnr + 1.0 and every > flat_psnr + 1.0
     assert first_four > null_psnr + 1.0 and every > first_four
-
-
-def high_frequency_energy(video: torch.Tensor) -> float:
-    """Spectral energy of every frame and channel at radius >= 0.375 of Nyquist (periods under ~5 pixels)."""
-    spectrum = torch.fft.fft2(video.clamp(-1, 1)).abs().pow(2)
-    h, w = video.shape[-2:]
-    radius = torch.sqrt(torch.fft.fftfreq(h)[:, None] ** 2 + torch.fft.fftfreq(w)[None, :] ** 2) / 0.5
-    return spectrum[..., radius >= 0.375].sum().item()
 
 
 def test_bundled_flextok_samples_sharper_with_more_steps(flextok, street):

@@ -39,6 +39,16 @@ def psnr(recon: Tensor, target: Tensor) -> Tensor:
     return psnr_from_mse(err)
 
 
+def high_frequency_energy(video: Tensor, band: float = 0.375) -> float:
+    """Spectral energy of every frame and channel of ``video`` (..., H, W) at radius >= ``band`` of Nyquist
+    (0.375: periods under about 5 pixels), summed, the video clipped to [-1, 1] first (what a viewer gets).
+    A decode's over the source's says how much fine detail it keeps (under 1: blur) or invents (over 1: noise)."""
+    spectrum = torch.fft.fft2(video.float().clamp(-1, 1)).abs().pow(2)
+    h, w = video.shape[-2:]
+    radius = torch.sqrt(torch.fft.fftfreq(h)[:, None] ** 2 + torch.fft.fftfreq(w)[None, :] ** 2) / 0.5
+    return float(spectrum[..., radius >= band].sum())
+
+
 def block_mse(recon: Tensor, original: Tensor) -> Tensor:
     return mse_per_block(recon, original, recon.shape[1])[:, 0]
 

@@ -129,3 +129,16 @@ def eval_clips(media: MediaCollection, resolution: tuple[int, int], frames_per_b
             if start + frames_per_block <= item.shape[0]:
                 samples.append(to_model(fit_to_resolution(item[start:start + frames_per_block], resolution)))
     return samples
+
+
+def spaced_video_clips(paths: list[str], resolution: tuple[int, int], frames: int, max_clips: int) -> torch.Tensor:
+    """(N, frames, 3, H, W): ``eval_clips`` of ``frames`` frames from the videos in ``paths`` at least that long
+    (images and shorter videos left out), at most ``max_clips`` of them, evenly spaced over the list (so over
+    the videos). What the benchmarks score a model on."""
+    media = MediaCollection.load(paths, short_side=min(resolution))
+    media.items = [item for item in media.items if item.shape[0] >= frames]
+    clips = eval_clips(media, resolution, frames)
+    if not clips:
+        raise ElasticTokError(f"no video in {' '.join(paths)} has {frames} frames")
+    picked = torch.linspace(0, len(clips) - 1, min(max_clips, len(clips))).round().long().unique()
+    return torch.stack([clips[i] for i in picked.tolist()])
