@@ -1,9 +1,10 @@
-"""PSNR with all tokens on held-out videos, for several models side by side.
+"""PSNR at fixed token counts on held-out videos, for several models side by side.
 
     python benchmarks/heldout_psnr.py VIDEO... --models default baselines/default-full runs/default-narrow/model
+    python benchmarks/heldout_psnr.py VIDEO... --models default-narrow baselines/default-narrow-fixed-0.25 --tokens 64 all
 
-Every block is encoded and decoded with all of its tokens, with the context window each model was
-trained for, and scored against the re-read source. Prints, per video and over all blocks, the mean
+Every block is encoded and decoded with the same number of tokens (all of them unless ``--tokens`` says
+otherwise), with the context window each model was trained for, and scored against the re-read source. Prints, per video and over all blocks, the mean
 of the per-block PSNR and the PSNR of the mean MSE.
 """
 
@@ -24,23 +25,25 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("videos", nargs="+")
     parser.add_argument("--models", nargs="+", default=["default"])
+    parser.add_argument("--tokens", nargs="+", default=["all"], help="tokens per block: counts, or all (default)")
     args = parser.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     rows = []
     for name in args.models:
         model = from_pretrained(name).eval()
-        all_tokens = TokenCount(model.config.tokens_per_block)
-        mses, cells = [], []
-        for video in args.videos:
-            with torch.no_grad():
-                encoded = model.tokenize(video, all_tokens, TokenizeOptions(progress=False))
-                scores = score_blocks(model, encoded, video)
-            mse = torch.from_numpy(scores.metrics["mse"]).double()
-            mses.append(mse)
-            cells.append(f"{psnr_from_mse(mse).mean():.2f}")
-        every = torch.cat(mses)
-        rows.append([name, f"{model.config.tokens_per_block}", *cells, f"{psnr_from_mse(every).mean():.2f}",
-                     f"{psnr_from_mse(every.mean()):.2f}", str(len(every))])
+        for tokens in args.tokens:
+            count = model.config.tokens_per_block if tokens == "all" else int(tokens)
+            mses, cells = [], []
+            for video in args.videos:
+                with torch.no_grad():
+                    encoded = model.tokenize(video, TokenCount(count), TokenizeOptions(progress=False))
+                    scores = score_blocks(model, encoded, video)
+                mse = torch.from_numpy(scores.metrics["mse"]).double()
+                mses.append(mse)
+                cells.append(f"{psnr_from_mse(mse).mean():.2f}")
+            every = torch.cat(mses)
+            rows.append([name, str(count), *cells, f"{psnr_from_mse(every).mean():.2f}",
+                         f"{psnr_from_mse(every.mean()):.2f}", str(len(every))])
     header = ["model", "tokens/block", *(Path(v).stem for v in args.videos), "mean block PSNR", "PSNR of mean MSE",
               "blocks"]
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
