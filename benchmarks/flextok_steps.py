@@ -1,13 +1,14 @@
 """Does a FlexTok decoder sample? PSNR and high-frequency energy of its decode against Euler steps.
 
     OMP_NUM_THREADS=1 python benchmarks/flextok_steps.py --models flextok runs/flextok-tiny-flow/model \
-        [--steps 1 8 25] [--guidance 1 1.5 3] [--max-clips 20] [--seeds 1] [--json OUT.json]
+        [--steps 1 8 25] [--guidance 1 1.5 3] [--shift 2 0.1] [--max-clips 20] [--seeds 1] [--json OUT.json]
 
 For each model (a save_pretrained folder or a bundled name; ``flextok``, the bundled one-step model, is the
 "before" row), each guidance scale and each number of Euler steps, every held-out one-block clip (those of
 training's held-out eval: 4 evenly spaced clips of each video in configs/flextok-tiny.yaml's eval_data, or
 --data) is encoded with all registers and decoded from seeded noise (the same noise for every steps and
-guidance). Printed per (model, guidance):
+guidance). ``--shift`` sets the Euler grid's ``sample_shift`` (default: each model's own; under 1 spends more
+steps near the clean end, where fine detail forms). Printed per (model, shift, guidance):
 
 - PSNR: the mean over clips of each clip's PSNR (the decode clipped to [-1, 1]);
 - HF: the decode's high-frequency energy over the source's. High-frequency energy is the energy of the 2-D
@@ -69,12 +70,12 @@ def measure(model: FlexTok, clips: torch.Tensor, steps: list[int], guidance: flo
 
 
 def table(rows: list[dict], steps: list[int]) -> str:
-    """The printed table: one line per (model, guidance)."""
-    head = (["model", "guidance"] + [f"PSNR@{n}" for n in steps] + [f"HF@{n}" for n in steps]
+    """The printed table: one line per (model, shift, guidance)."""
+    head = (["model", "shift", "guidance"] + [f"PSNR@{n}" for n in steps] + [f"HF@{n}" for n in steps]
             + [f"gap@{steps[-1]}"])
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for row in rows:
-        cells = [row["model"], f"{row['guidance']:g}"]
+        cells = [row["model"], f"{row['shift']:g}", f"{row['guidance']:g}"]
         cells += [f"{row['by_steps'][n]['psnr']:.2f}" for n in steps]
         cells += [f"{row['by_steps'][n]['hf_ratio']:.2f}" for n in steps]
         cells.append(f"{row['gap']:+.2f}")
@@ -91,6 +92,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 8, 25], help="Euler steps (default: 1 8 25)")
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0],
                         help="guidance scales; 1 (none) is always measured (default: 1)")
+    parser.add_argument("--shift", type=float, nargs="+",
+                        help="sample_shift values of the Euler grid (default: each model's own)")
     parser.add_argument("--max-clips", type=int, default=20,
                         help="at most N held-out clips, evenly spaced (default: 20, all)")
     parser.add_argument("--seeds", type=int, default=1, help="noise draws averaged (default: 1)")
@@ -102,11 +105,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--steps, --max-clips, --seeds, --batch-size and --threads must be at least 1")
     if min(args.guidance) < 0:
         parser.error("--guidance must be >= 0")
+    if args.shift and min(args.shift) <= 0:
+        parser.error("--shift must be > 0")
     return args
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    """One row per (model, guidance), guidance 1 first; prints each as it is measured."""
+    """One row per (model, shift, guidance), guidance 1 first; prints each as it is measured."""
     torch.set_num_threads(args.threads)
     steps = sorted(set(args.steps) | {1})
     data = args.data or TrainConfig.from_yaml(HELD_OUT_CONFIG).eval_data
@@ -116,13 +121,15 @@ def run(args: argparse.Namespace) -> list[dict]:
         if not isinstance(model, FlexTok):
             raise ElasticTokError(f"{name} is not a FlexTok model (it has no sampler to step)")
         clips = spaced_video_clips(data, model.config.resolution, model.config.frames_per_block, args.max_clips)
-        one_step = None
-        for guidance in sorted(set(args.guidance) | {1.0}, key=lambda g: (g != 1.0, g)):
-            by_steps = measure(model, clips, steps, guidance, args.seeds, args.batch_size)
-            one_step = by_steps[1]["psnr"] if one_step is None else one_step  # the unguided one-step estimate
-            rows.append({"model": name, "guidance": guidance, "clips": len(clips), "by_steps": by_steps,
-                         "gap": by_steps[steps[-1]]["psnr"] - one_step})
-            print(json.dumps(rows[-1]), flush=True)
+        for shift in args.shift or [model.config.sample_shift]:
+            model.config.sample_shift = shift
+            one_step = None
+            for guidance in sorted(set(args.guidance) | {1.0}, key=lambda g: (g != 1.0, g)):
+                by_steps = measure(model, clips, steps, guidance, args.seeds, args.batch_size)
+                one_step = by_steps[1]["psnr"] if one_step is None else one_step  # the unguided one-step estimate
+                rows.append({"model": name, "shift": shift, "guidance": guidance, "clips": len(clips),
+                             "by_steps": by_steps, "gap": by_steps[steps[-1]]["psnr"] - one_step})
+                print(json.dumps(rows[-1]), flush=True)
     return rows
 
 

@@ -94,6 +94,25 @@ def test_the_shift_changes_many_step_samples_and_not_the_one_step_estimate(real_
     assert (decode(plain, 4) - decode(shifted, 4)).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("guidance", [1.0, 2.5])
+def test_the_next_block_reads_the_one_step_estimate_whatever_the_steps(real_video, guidance):
+    """``sample_block`` returns its sample and, as the next block's context, the (guided) one-step estimate from
+    the same noise: a many-step sample's invented detail is not copied forward. At one step the two are one."""
+    model = micro()
+    with torch.no_grad():
+        for p in model.parameters():  # open adaLN-zero's gates, as above
+            p.add_(torch.randn_like(p) * 0.1)
+        model.eval()
+        latents = model.encode(real_video[:, :2])
+        registers = model.register_tokens(latents.z[:, :model.r], latents.keep[:, :1])
+        noise = torch.randn(1, 1, model.p, model.patch_dim, generator=torch.Generator().manual_seed(0))
+        sample, context = model.sample_block(registers, 0, None, 6, guidance, None, noise=noise)
+        one_step, same = model.sample_block(registers, 0, None, 1, guidance, None, noise=noise)
+    torch.testing.assert_close(context, one_step, rtol=0, atol=1e-5)
+    torch.testing.assert_close(same, one_step, rtol=0, atol=1e-5)
+    assert (sample - one_step).abs().max() > 1e-3
+
+
 def test_training_drops_every_register_of_a_cfg_dropout_share_of_blocks(monkeypatch, real_video):
     model = micro(cfg_dropout=0.4).train()
     seen = []

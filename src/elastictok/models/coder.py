@@ -63,14 +63,14 @@ class Trial:
     enc_kv: KVCache
     dec_kv: KVCache
     counts: Tensor | None = None  # (R,) the counts tried, for coders that commit from them (FlexTok)
-    sample: Tensor | None = None  # (R, ...) the decoded block as the coder caches it, for sampling coders (FlexTok)
+    context: Tensor | None = None  # (R, ...) what the next block reads of this one, for sampling coders (FlexTok)
 
     def rows(self, index: Tensor) -> "Trial":
         def pick(t: Tensor | None) -> Tensor | None:
             return None if t is None else t[index]
 
         return Trial(self.z[index], pick(self.indices), self.recon[index], cache_rows(self.enc_kv, index),
-                     cache_rows(self.dec_kv, index), pick(self.counts), pick(self.sample))
+                     cache_rows(self.dec_kv, index), pick(self.counts), pick(self.context))
 
     def kept_tokens(self, row: int, n: int) -> Tensor:
         """Row ``row``'s first ``n`` tokens as stored: code indices, or float latents."""
@@ -90,7 +90,7 @@ def stack_trials(trials: list[Trial]) -> Trial:
         return None if getattr(trials[0], name) is None else torch.cat([getattr(t, name) for t in trials])
 
     return Trial(cat("z"), cat("indices"), cat("recon"), cat_kv([t.enc_kv for t in trials]),
-                 cat_kv([t.dec_kv for t in trials]), cat("counts"), cat("sample"))
+                 cat_kv([t.dec_kv for t in trials]), cat("counts"), cat("context"))
 
 
 def cache_rows(cache: KVCache | None, rows: Tensor) -> KVCache | None:

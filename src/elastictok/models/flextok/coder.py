@@ -5,9 +5,9 @@ registers after it, so one pass gives the tokens of every count. Each candidate 
 exactly as ``decode`` will decode it, with the coder's ``Sampler`` (its Euler steps, guidance and
 seeded noise), all pending candidates of all streams in one batched pass per step: a block's score is
 the score of the frames the user gets back. (A search therefore costs ``steps`` decoder passes per
-candidate.) The chosen candidate's sampled block then extends the decoder's cached context. The noise
-is seeded per block from the sampler's seed and shared by every stream, so decoding is deterministic
-and independent of how streams are batched.
+candidate.) The chosen candidate's one-step estimate (``FlexTok.sample_block``) then extends the decoder's
+cached context. The noise is seeded per block from the sampler's seed and shared by every stream, so
+decoding is deterministic and independent of how streams are batched.
 """
 
 from __future__ import annotations
@@ -30,14 +30,16 @@ def block_noise(model, block: int, batch: int, device: torch.device, seed: int) 
     return noise.to(device).expand(batch, -1, -1, -1)
 
 
-def sample_block(model, registers: Tensor, block: int, cache: KVCache | None, sampler: Sampler) -> Tensor:
-    """Sample block ``block`` (B, 1, P, patch_dim) from its registers (B, 1, R, D) after the context in ``cache``."""
+def sample_block(model, registers: Tensor, block: int, cache: KVCache | None, sampler: Sampler
+                 ) -> tuple[Tensor, Tensor]:
+    """Sample block ``block`` (B, 1, P, patch_dim) from its registers (B, 1, R, D) after the context in ``cache``;
+    also returns what the next block reads as its context (``FlexTok.sample_block``)."""
     noise = block_noise(model, block, registers.shape[0], registers.device, sampler.seed)
     return model.sample_block(registers, block, cache, sampler.steps, sampler.guidance, None, noise=noise)
 
 
 def extend_context(model, x: Tensor, registers: Tensor, block: int, cache: KVCache | None) -> KVCache:
-    """The decoder cache extended by the sampled block ``x`` (B, 1, P, patch_dim) as clean context (t = 0)."""
+    """The decoder cache extended by block ``block``'s context ``x`` (B, 1, P, patch_dim) as clean (t = 0)."""
     device = x.device
     index, clean = torch.tensor([block], device=device), torch.ones(1, dtype=torch.bool, device=device)
     _, present = model.decode_segments(x, registers, x.new_zeros(x.shape[0], 1), index, clean, cache)
@@ -63,16 +65,16 @@ class FlexTokCoder(BlockCoder):
         model = self.model
         z = self._codes(patches)[rows]  # (n, R, C)
         registers = model.register_tokens(z, counts.to(z.device)[:, None])  # (n, 1, R, D)
-        x = sample_block(model, registers, self.blocks_done, cache_rows(self.dec_cache, rows), self.sampler)
+        x, context = sample_block(model, registers, self.blocks_done, cache_rows(self.dec_cache, rows), self.sampler)
         self.passes += self.sampler.steps
         self.evaluations += len(rows)
         recon = model.unpatchify(x.flatten(1, 2)).float()
-        return Trial(z, model.quantizer.codes_to_indices(z), recon, [], [], counts=counts.cpu(), sample=x)
+        return Trial(z, model.quantizer.codes_to_indices(z), recon, [], [], counts=counts.cpu(), context=context)
 
     def next_context(self, trial: Trial) -> tuple[KVCache, KVCache]:
-        """Each stream's chosen sampled block, cached as context."""
+        """Each stream's chosen block's context (its one-step estimate), cached."""
         registers = self.model.register_tokens(trial.z, trial.counts.to(trial.z.device)[:, None])
-        return self.encoded[1], extend_context(self.model, trial.sample, registers, self.blocks_done, self.dec_cache)
+        return self.encoded[1], extend_context(self.model, trial.context, registers, self.blocks_done, self.dec_cache)
 
     @classmethod
     @torch.no_grad()
@@ -85,7 +87,7 @@ class FlexTokCoder(BlockCoder):
             z = padded_latents(model, block_tokens, k, model.r, device)
             counts = torch.tensor([len(stream[k]) for stream in block_tokens], device=device)
             registers = model.register_tokens(z, counts[:, None])
-            x = sample_block(model, registers, k, cache, sampler)
+            x, context = sample_block(model, registers, k, cache, sampler)
             if k + 1 < n_blocks:
-                cache = trim_cache(extend_context(model, x, registers, k, cache), window, model.u)
+                cache = trim_cache(extend_context(model, context, registers, k, cache), window, model.u)
             yield model.unpatchify(x.flatten(1, 2)).float()

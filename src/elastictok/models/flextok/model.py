@@ -34,7 +34,7 @@ from ...layers.transformer import KVCache, RMSNorm, TransformerBlock, rope_angle
 from ..base import ModelFamily, check_counts
 from ..coder import trim_cache
 from .blocks import INPUT_STAGE_CLASSES, AdaLNBlock, decoder_mask, encoder_mask
-from .coder import FlexTokCoder
+from .coder import FlexTokCoder, extend_context
 from .config import FAMILY, FlexTokConfig
 from .latent import LatentStage
 
@@ -374,8 +374,8 @@ class FlexTok(ModelFamily, nn.Module):
                guidance: float | None = None, generator: torch.Generator | None = None,
                window: int | None | str = "model", image: bool = False, token_mask: Tensor | None = None) -> Tensor:
         """Sample a video from tokens: per block, ``steps`` Euler steps from t = 1 (seeded noise from
-        ``generator``) to 0 with guidance ``guidance`` (1: none), then the decoded block is cached as
-        context for the next. ``steps=1`` is the one-step estimate. Tokens beyond ``keep`` are ignored;
+        ``generator``) to 0 with guidance ``guidance`` (1: none), then the block's one-step estimate is
+        cached as context for the next (``sample_block``). ``steps=1`` is the one-step estimate. Tokens beyond ``keep`` are ignored;
         ``token_mask`` (B, n_blocks*R) bool, if given, says instead which tokens are used.
         """
         z = latents.z if isinstance(latents, FlexLatents) else latents
@@ -397,12 +397,10 @@ class FlexTok(ModelFamily, nn.Module):
         for block in range(n):
             part = slice(block * self.r, (block + 1) * self.r)
             regs = self.register_tokens(z[:, part], used[:, None, part])
-            x = self.sample_block(regs, block, cache, steps, guidance, generator)  # (B, 1, P, patch_dim)
+            x, context = self.sample_block(regs, block, cache, steps, guidance, generator)  # (B, 1, P, patch_dim)
             blocks.append(x)
-            if block + 1 < n:  # the decoded block, clean (t = 0), becomes context for the next
-                _, present = self.decode_segments(x, regs, x.new_zeros(b, 1), self._index(block, z.device),
-                                                  torch.ones(1, dtype=torch.bool, device=z.device), cache)
-                cache = self._trim(present, window)
+            if block + 1 < n:
+                cache = self._trim(extend_context(self, context, regs, block, cache), window)
         video = self.unpatchify(torch.cat(blocks, dim=1).flatten(1, 2)).float()
         return video.mean(1) if image else video
 
@@ -412,9 +410,12 @@ class FlexTok(ModelFamily, nn.Module):
         return self.decode(latents, keep, steps=1, guidance=guidance, generator=generator, image=image)
 
     def sample_block(self, registers: Tensor, block: int, past: KVCache | None, steps: int, guidance: float,
-                     generator: torch.Generator | None, noise: Tensor | None = None) -> Tensor:
+                     generator: torch.Generator | None, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Euler-integrate one block (B, 1, P, patch_dim) from noise (drawn from ``generator`` unless
-        given) to t = 0 given its registers (B, 1, R, D)."""
+        given) to t = 0 given its registers (B, 1, R, D). Returns the sample and the context the next block
+        reads: the first step's x0 estimate, i.e. the one-step (posterior-mean) estimate, which costs no
+        extra pass. A sharp sample's invented detail, read as context, is copied forward and compounds
+        (docs/results: 12.8 dB over four blocks against 15.3 decoded alone); the estimate does not."""
         b, device = registers.shape[0], registers.device
         shape = (b, 1, self.p, self.patch_dim)
         x = noise if noise is not None else \
@@ -431,12 +432,13 @@ class FlexTok(ModelFamily, nn.Module):
             x_in = torch.cat((x, x)) if guided else x
             t = times[i].expand(x_in.shape[0], 1)  # (rows, 1)
             out, _ = self.decode_segments(x_in, registers, t, index, noisy, past)
-            _, v = self._x0_and_velocity(out, x_in, times[i])
+            x0, v = self._x0_and_velocity(out, x_in, times[i])
             if guided:
-                v_cond, v_null = v.chunk(2)
-                v = v_null + guidance * (v_cond - v_null)
+                (x0_cond, x0_null), (v_cond, v_null) = x0.chunk(2), v.chunk(2)
+                x0, v = x0_null + guidance * (x0_cond - x0_null), v_null + guidance * (v_cond - v_null)
+            context = x0 if i == 0 else context
             x = x + (times[i + 1] - times[i]) * v
-        return x
+        return x, context
 
     def sampling_times(self, steps: int, device: torch.device | None = None) -> Tensor:
         """The Euler grid (steps + 1,) from t = 1 to 0: uniform u, shifted to t = s u / (1 + (s - 1) u) with
