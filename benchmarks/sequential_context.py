@@ -2,7 +2,7 @@
 decoded in sequence against each block decoded on its own.
 
     OMP_NUM_THREADS=1 python benchmarks/sequential_context.py --models flextok runs/flextok-tiny-flow/model \
-        [--blocks 4] [--max-clips 10] [--steps N] [--guidance G] [--json OUT.json]
+        [--blocks 4] [--max-clips 10] [--steps N] [--guidance G] [--shift S] [--json OUT.json]
 
 Each clip (``--blocks`` consecutive blocks, evenly spaced over each held-out video as training's held-out eval
 cuts them; default: the eval_data of configs/flextok-tiny.yaml) is tokenized with all tokens of every block and
@@ -15,7 +15,7 @@ decoded through the library's own path (``tokenize`` / ``detokenize``, the sampl
 Printed per model: PSNR at each block position of the clip and over all blocks, both ways. Sequential decoding
 works when it is at least as good as decoding alone; a decoder trained on clean context but fed its own
 imperfect output loses more with every block. Works for every family (ElasticTok's decoder has no sampler, so
-``--steps`` and ``--guidance`` apply to FlexTok models only).
+``--steps``, ``--guidance`` and ``--shift``, the Euler grid's ``sample_shift``, apply to FlexTok models only).
 """
 
 from __future__ import annotations
@@ -67,11 +67,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-clips", type=int, default=10, help="at most N clips, evenly spaced (default: 10)")
     parser.add_argument("--steps", type=int, help="Euler steps of a sampling decoder (default: the model's)")
     parser.add_argument("--guidance", type=float, help="guidance of a sampling decoder (default: the model's)")
+    parser.add_argument("--shift", type=float, help="sample_shift of a sampling decoder's Euler grid (default: the model's)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     parser.add_argument("--json", type=Path, help="also write every number to this file")
     args = parser.parse_args(argv)
     if args.blocks < 2 or args.max_clips < 1 or args.threads < 1 or (args.steps is not None and args.steps < 1):
         parser.error("--blocks must be at least 2, and --max-clips, --threads and --steps at least 1")
+    if args.shift is not None and args.shift <= 0:
+        parser.error("--shift must be > 0")
     return args
 
 
@@ -83,10 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in args.models:
             model = from_pretrained(name).eval()
+            if args.shift is not None:
+                if not model.has_sampler:
+                    raise ElasticTokError(f"{name} has no sampler: --shift applies to FlexTok models only")
+                model.config.sample_shift = args.shift
             sampler = {k: v for k, v in (("steps", args.steps), ("guidance", args.guidance)) if v is not None}
             clips = spaced_video_clips(data, model.config.resolution, args.blocks * model.config.frames_per_block,
                                        args.max_clips)
-            rows.append({"model": name, "clips": len(clips), **sampler, **measure(model, clips, sampler)})
+            rows.append({"model": name, "clips": len(clips), **sampler, "shift": args.shift, **measure(model, clips, sampler)})
             print(json.dumps(rows[-1]), flush=True)
         if args.json:
             with atomic_path(args.json) as tmp:
