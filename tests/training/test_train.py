@@ -65,6 +65,27 @@ def test_a_time_budget_shapes_the_schedule():
     assert lr_factor(20, TrainConfig(steps=10_000, warmup_steps=10), seconds=120) > 0.99  # no budget: steps rule
 
 
+def test_a_cpu_clock_counts_work_and_not_waiting():
+    """``clock: cpu`` budgets this process's CPU time: waiting (as for cores taken by other work) is not
+    charged to the run; the wall clock charges it."""
+    from elastictok.training.distributed import World
+    from elastictok.training.loop import TrainingClock
+
+    world = World()
+    wall, cpu = TrainingClock(), TrainingClock(cpu=True)
+    time.sleep(0.3)
+    assert wall.tick(world) >= 0.3 and cpu.tick(world) < 0.1
+    busy_until, deadline = time.process_time() + 0.2, time.monotonic() + 30  # 0.2 s of work, however slow the cores
+    while time.process_time() < busy_until and time.monotonic() < deadline:
+        sum(range(1000))
+    assert cpu.tick(world) >= 0.2
+    cpu.restore(100.0)
+    assert 100.0 <= cpu.tick(world) < 100.1  # a resumed run continues from its reading
+    assert TrainConfig(clock="cpu").clock == "cpu"
+    with pytest.raises(ElasticTokError, match="clock"):
+        TrainConfig(clock="gpu")
+
+
 def test_full_length_first_trains_as_the_full_mask(photo_folder, tmp_path):
     """A run wholly in its full-length phase is the full-length run, weight for weight."""
     full = train(micro_config(photo_folder, tmp_path / "full", steps=4, mask="full"))

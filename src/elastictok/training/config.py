@@ -22,7 +22,7 @@ from ..utils.fileio import read_small_file
 from .masks import KEEP_DISTRIBUTIONS, KeepSampler
 
 CHOICES = {"schedule": ("cosine", "constant"), "distributed": ("ddp", "fsdp"), "keep_distribution": KEEP_DISTRIBUTIONS,
-           "optimizer": ("adamw", "muon")}
+           "optimizer": ("adamw", "muon"), "clock": ("wall", "cpu")}
 AT_LEAST = {"steps": 1, "batch_size": 1, "grad_accum": 1, "n_blocks": 1, "mask_lengths": 1, "warmup_steps": 0,
             "eval_every": 1, "checkpoint_every": 1, "log_every": 1, "num_workers": 0, "stop_at": 1,
             "weight_decay": 0, "lpips_weight": 0, "grad_clip": 0, "max_minutes": 0}
@@ -41,6 +41,7 @@ class TrainConfig:
     out_dir: str = "runs/tiny"
     steps: int = 1000
     max_minutes: float | None = None  # a time budget: the schedule ends at steps or max_minutes, whichever is first
+    clock: str = "wall"  # what max_minutes counts: wall time, or cpu (this process's CPU time, all its threads)
     stop_at: int | None = None  # stop after this step (the schedule still spans `steps`), e.g. to match a run
     batch_size: int = 8  # video clips per micro-batch; image batches hold batch_size * n_blocks images
     grad_accum: int = 1

@@ -49,19 +49,22 @@ CSV_FIELDS = ["step", "loss", "mse", "kl", "lpips", "psnr", "lr", "frames_per_s"
 class TrainingClock:
     """Seconds spent training, across resumes: what a ``max_minutes`` budget is measured against.
 
-    ``seconds`` is the reading of the last ``tick``, the same on every rank (their maximum), so that
-    a schedule that follows the clock gives every rank the same learning rate.
+    ``cpu``: this process's CPU seconds (all its threads; not DataLoader workers') instead of wall seconds,
+    so that a run sharing its cores with other work gets the compute of a run alone, and runs side by
+    side compare at equal CPU time. ``seconds`` is the reading of the last ``tick``, the same on every
+    rank (their maximum), so that a schedule that follows the clock gives every rank the same learning rate.
     """
 
-    def __init__(self) -> None:
-        self.before, self.started, self.seconds = 0.0, time.monotonic(), 0.0
+    def __init__(self, cpu: bool = False) -> None:
+        self.now = time.process_time if cpu else time.monotonic
+        self.before, self.started, self.seconds = 0.0, self.now(), 0.0
 
     def restore(self, seconds: float) -> None:
         """Continue from ``seconds`` already trained (a resumed run)."""
-        self.before, self.started, self.seconds = seconds, time.monotonic(), seconds
+        self.before, self.started, self.seconds = seconds, self.now(), seconds
 
     def tick(self, world: World) -> float:
-        reading = self.before + time.monotonic() - self.started
+        reading = self.before + self.now() - self.started
         if world.distributed:
             packed = torch.tensor([reading])
             dist.all_reduce(packed, op=dist.ReduceOp.MAX)
@@ -243,7 +246,7 @@ def _build_state(cfg: TrainConfig, world: World, device: torch.device, fresh: bo
         for blocks in {1, cfg.n_blocks}:  # an image batch, a video clip: refused now, not at its first batch
             model.check_sequence_split(blocks * config.tokens_per_block, world.size)
     optimizer = build_optimizer(model, cfg)  # net's parameters: DDP wraps them, FSDP2 shards them in place
-    clock = TrainingClock()
+    clock = TrainingClock(cpu=cfg.clock == "cpu")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, clock.seconds))
     ema = None
     if cfg.ema_decay:
