@@ -1,12 +1,11 @@
 """Does a FlexTok decoder sample? PSNR and high-frequency energy of its decode against Euler steps.
 
-    OMP_NUM_THREADS=1 python benchmarks/flextok_steps.py --models flextok runs/flextok-tiny-flow/model \
+    OMP_NUM_THREADS=1 python benchmarks/flextok_steps.py --models flextok [MODEL ...] \
         [--steps 1 8 25] [--guidance 1 1.5 3] [--shift 2 0.1] [--max-clips 20] [--seeds 1] [--json OUT.json]
 
-For each model (a save_pretrained folder or a bundled name; ``flextok``, the bundled one-step model, is the
-"before" row), each guidance scale and each number of Euler steps, every held-out one-block clip (those of
-training's held-out eval: 4 evenly spaced clips of each video in configs/flextok-tiny.yaml's eval_data, or
---data) is encoded with all registers and decoded from seeded noise (the same noise for every steps and
+For each model (a save_pretrained folder or a bundled name), each guidance scale and each number of Euler
+steps, every held-out one-block clip (those of training's held-out eval: 4 evenly spaced clips of each video
+in configs/flextok-tiny.yaml's eval_data, or of the videos --data names; images are left out) is encoded with all registers and decoded from seeded noise (the same noise for every steps and
 guidance). ``--shift`` sets the Euler grid's ``sample_shift`` (default: each model's own; under 1 spends more
 steps near the clean end, where fine detail forms). Printed per (model, shift, guidance):
 
@@ -86,8 +85,8 @@ def table(rows: list[dict], steps: list[int]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["flextok"], help="FlexTok model folders or bundled names "
-                        "(default: the bundled flextok, the 'before' row)")
-    parser.add_argument("--data", nargs="+", help="held-out videos and images (default: the eval_data of "
+                        "(default: the bundled flextok)")
+    parser.add_argument("--data", nargs="+", help="held-out videos (default: the eval_data of "
                         f"{HELD_OUT_CONFIG.relative_to(ROOT)})")
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 8, 25], help="Euler steps (default: 1 8 25)")
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0],

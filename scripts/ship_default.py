@@ -35,7 +35,8 @@ DESTINATIONS = {
 # The sampler a bundled FlexTok decodes with by default, from its measurement (benchmarks/flextok_steps.py --shift,
 # docs/results/README.md): 25 Euler steps on a grid shifted towards the clean end (sample_shift 0.1) land 1.4 dB
 # below the one-step estimate with 0.78 of the source's fine detail; the grid it trained with (shift 2) kept 0.42.
-SAMPLERS = {"flextok-tiny-flow": {"steps": 25, "guidance": 1.0, "sample_shift": 0.1}}
+# Each block's one-step estimate, not its sample, is the next block's context: level with decoding blocks alone.
+SAMPLERS = {"flextok-tiny-flow": {"steps": 25, "guidance": 1.0, "sample_shift": 0.1, "context_from": "estimate"}}
 # The name a bundled model's config carries where its run's preset name would not tell it apart (tokenized
 # videos and eval tables show it).
 NAMES = {"default-narrow-cycle2": "default-narrow", "narrow-long-muon-full": "default-narrow-full"}

@@ -286,8 +286,10 @@ def test_configs_saved_before_a_field_existed_load_as_they_were():
     for key in FlexTokConfig.fields_added_later:
         saved.pop(key)
     earlier = FlexTokConfig.from_dict(saved)
-    assert earlier == FlexTokConfig.from_preset("flextok-micro", patch_position="learned", quant_norm=False)
-    assert FlexTokConfig.from_preset("flextok-micro").patch_position == "sincos"  # what new models get
+    assert earlier == FlexTokConfig.from_preset("flextok-micro", patch_position="learned", quant_norm=False,
+                                                context_from="sample")
+    new = FlexTokConfig.from_preset("flextok-micro")  # what new models get
+    assert (new.patch_position, new.context_from) == ("sincos", "estimate")
     assert earlier.fingerprint() != FlexTokConfig.from_preset("flextok-micro").fingerprint()
 
 

@@ -111,6 +111,24 @@ def test_the_next_block_reads_the_one_step_estimate_whatever_the_steps(real_vide
     torch.testing.assert_close(context, one_step, rtol=0, atol=1e-5)
     torch.testing.assert_close(same, one_step, rtol=0, atol=1e-5)
     assert (sample - one_step).abs().max() > 1e-3
+    older = FlexTok(FlexTokConfig.from_preset("flextok-micro", context_from="sample"))  # as models saved before it
+    older.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        older_sample, older_context = older.eval().sample_block(registers, 0, None, 6, guidance, None, noise=noise)
+    assert torch.equal(older_sample, sample) and torch.equal(older_context, sample)
+
+
+def test_a_model_saved_before_context_from_keeps_its_context_and_fingerprint():
+    """Token files of models saved before the field decode as they were scored: the sample stays the context,
+    and the fingerprint the files carry is unchanged; a model that reads estimates carries another."""
+    shipped = json.loads(ONE_STEP_CONFIG.read_text())
+    assert "context_from" not in shipped
+    config = FlexTokConfig.from_dict(shipped)
+    assert config.context_from == "sample"
+    assert config.fingerprint() == FlexTokConfig.from_dict({**shipped, "context_from": "sample"}).fingerprint()
+    assert config.fingerprint() != FlexTokConfig.from_dict({**shipped, "context_from": "estimate"}).fingerprint()
+    with pytest.raises(ElasticTokError, match="context_from"):
+        FlexTokConfig.from_dict({**shipped, "context_from": "previous"})
 
 
 def test_training_drops_every_register_of_a_cfg_dropout_share_of_blocks(monkeypatch, real_video):

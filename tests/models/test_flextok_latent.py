@@ -206,8 +206,9 @@ def test_a_flextok_saved_before_the_stage_fields_loads_with_its_fingerprint():
     model = FlexTok(FlexTokConfig.from_dict(saved))
     assert model.config.input_stage == "pixels" and not list(model.stage.parameters())
     assert model.config.fingerprint() == FINGERPRINTS_BEFORE["first bundled flextok"]
-    for preset in ("flextok-tiny", "flextok-micro"):
-        assert FlexTokConfig.from_preset(preset).fingerprint() == FINGERPRINTS_BEFORE[preset]
+    for preset in ("flextok-tiny", "flextok-micro"):  # the presets now read one-step estimates as context
+        assert FlexTokConfig.from_preset(preset, context_from="sample").fingerprint() == FINGERPRINTS_BEFORE[preset]
+        assert FlexTokConfig.from_preset(preset).fingerprint() != FINGERPRINTS_BEFORE[preset]
     assert latent_micro().config.fingerprint() != FINGERPRINTS_BEFORE["flextok-micro"]
     wider = latent_micro(stage_width=32).config.fingerprint()
     assert wider != latent_micro().config.fingerprint()  # the stage's shape is part of the model's numerics

@@ -105,6 +105,15 @@ def test_a_checkpoint_resumes_only_with_its_own_optimizer(photo_folder, tmp_path
     assert "\n" not in str(info.value)
 
 
+def test_a_checkpoint_resumes_only_on_its_own_clock(photo_folder, tmp_path):
+    """Wall seconds are not CPU seconds: a run budgeted on one clock does not resume on the other."""
+    train(run_config(photo_folder, tmp_path / "run"))
+    with pytest.raises(ElasticTokError, match="written by a run with clock: wall; not resuming it with "
+                                              "clock: cpu") as info:
+        train(run_config(photo_folder, tmp_path / "run", clock="cpu"), resume=True)
+    assert "\n" not in str(info.value)
+
+
 def test_muon_needs_a_torch_that_has_it(photo_folder, tmp_path, monkeypatch):
     """torch before 2.9 has no torch.optim.Muon: one line before the run starts, not an AttributeError."""
     monkeypatch.delattr(torch.optim, "Muon")

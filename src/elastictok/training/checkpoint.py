@@ -58,20 +58,25 @@ class TrainState:
             raise ElasticTokError(f"{where}: a damaged training checkpoint (no step count)")
         if type(self.model.config).from_dict(_unpacked(fields["model_config"])) != self.model.config:
             raise ElasticTokError(f"{where} was written for a different model config; not resuming")
-        optimizer = _saved_optimizer(fields)
+        optimizer = _saved_train_field(fields, "optimizer", "adamw")
         if optimizer != self.cfg.optimizer:  # their states differ in layout
             raise ElasticTokError(f"{where} was written by a run with optimizer: {optimizer}; not resuming it with "
                                   f"optimizer: {self.cfg.optimizer}")
+        clock = _saved_train_field(fields, "clock", "wall")
+        if clock != self.cfg.clock:  # seconds of one clock are not seconds of the other
+            raise ElasticTokError(f"{where} was written by a run with clock: {clock}; not resuming it with "
+                                  f"clock: {self.cfg.clock}")
         self.scheduler.load_state_dict(fields["scheduler"])
         self.step = fields["step"]
         if self.clock is not None:  # checkpoints written before the clock existed start it at zero
             self.clock.restore(float(fields.get("train_seconds", 0.0)))
 
 
-def _saved_optimizer(fields: dict[str, Any]) -> str:
-    """The optimiser a checkpoint's run used; AdamW for checkpoints written before there was a choice."""
+def _saved_train_field(fields: dict[str, Any], name: str, before: str) -> str:
+    """A training-config field of a checkpoint's run; ``before`` for checkpoints written before the field existed
+    (AdamW as the optimizer, the wall clock)."""
     config = _unpacked(fields.get("train_config"))
-    return config.get("optimizer", "adamw") if isinstance(config, dict) else "adamw"
+    return config.get(name, before) if isinstance(config, dict) else before
 
 
 def _unpacked(config: Any) -> Any:

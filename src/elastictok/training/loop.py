@@ -140,7 +140,7 @@ def _psnr_at_fractions(model, samples, fractions, device, bf16, batch_size, c) -
             batch = torch.stack(samples[i:i + batch_size]).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 out = model(batch, keep)
-            scores.append(psnr(out.recon, batch))
+                scores.append(psnr(out.recon, batch))  # inside: a FlexTok decodes recon when it is read
         results[fraction] = torch.cat(scores).mean().item()
     return results
 
@@ -396,7 +396,7 @@ def _save_final(state: TrainState, out_dir: Path, run_log: RunLog | None) -> Non
         trained.load_state_dict(final)
         device = next(state.model.parameters()).device.type
         record = {"steps": state.step, "minutes": round(state.clock.seconds * state.world.size / 60, 2),
-                  "device": device, "processes": state.world.size}
+                  "clock": state.cfg.clock, "device": device, "processes": state.world.size}
         trained.save_pretrained(out_dir / "model", training=record)
 
 

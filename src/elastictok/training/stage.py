@@ -56,7 +56,7 @@ def train_stage(stage: LatentStage, cfg: TrainConfig, out_dir: str | Path) -> St
     c = cfg.model_config()
     # the data runs SCALE_BATCHES past the last step: the scale is measured on batches after training's
     batches = _blocks(training_data(replace(cfg, steps=cfg.steps + SCALE_BATCHES), c, World(), 0), c.frames_per_block)
-    clock = TrainingClock()
+    clock = TrainingClock(cpu=cfg.clock == "cpu")
     steps, mse = _optimise(stage, cfg, batches, device, clock)
     stage.eval().requires_grad_(False)
     scale = stage.set_scale([next(batches).to(device) for _ in range(SCALE_BATCHES)])

@@ -23,6 +23,7 @@ NESTED_DROPOUT_MODES = ("pow2", "uniform", "mix")
 PREDICTIONS = ("x0", "v")
 INPUT_STAGES = ("pixels", "latent")
 PATCH_POSITIONS = ("learned", "sincos")
+CONTEXTS = ("estimate", "sample")  # what a decoded block leaves as the next block's context
 MAX_STAGE_FACTOR = 64  # the latent stage's largest downsampling per axis
 STAGE_FACTORS = tuple(2**i for i in range(MAX_STAGE_FACTOR.bit_length()))  # 1, 2, 4, ... 64
 
@@ -35,7 +36,7 @@ class FlexTokConfig(ConfigFile):
     fields_added_later: ClassVar[dict[str, Any]] = {"x0_loss_weight": 0.0, "pure_noise_fraction": 0.0,
                                                     "quant_norm": False, "patch_position": "learned", "seed": 0,
                                                     "sample_shift": 1.0, "stage_channels": 8, "stage_factors": (2, 4),
-                                                    "stage_width": 64}
+                                                    "stage_width": 64, "context_from": "sample"}
 
     family: str = FAMILY  # model family written to config.json; always "flextok" here
     resolution: tuple[int, int] = (64, 64)  # (H, W) of every frame
@@ -107,6 +108,10 @@ class FlexTokConfig(ConfigFile):
     # grid shifted by s matches a training time_mean of ln s. The first step is at t = 1 whatever s, so the
     # one-step estimate does not depend on it.
     sample_shift: float = 1.0
+    # What a decoded block leaves as the next block's context: its one-step estimate (the first step's x0, at
+    # no extra cost) or its sample (every model saved before this field). A sharp sample's invented detail,
+    # read as context, is copied forward and compounds (docs/results); the estimate does not.
+    context_from: str = "estimate"
     # Context blocks kept in the KV caches when streaming (None: all); the trainer sets n_blocks - 1.
     window: int | None = 16
     name: str = "custom"
@@ -187,6 +192,8 @@ class FlexTokConfig(ConfigFile):
             problems.append(f"patch_position must be one of {PATCH_POSITIONS}, got {self.patch_position!r}")
         if self.nested_dropout not in NESTED_DROPOUT_MODES:
             problems.append(f"nested_dropout must be one of {NESTED_DROPOUT_MODES}, got {self.nested_dropout!r}")
+        if self.context_from not in CONTEXTS:
+            problems.append(f"context_from must be one of {CONTEXTS}, got {self.context_from!r}")
         if self.prediction not in PREDICTIONS:
             problems.append(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
         elif self.prediction == "v" and self.width < self.patch_dim:

@@ -10,8 +10,8 @@ learned mask token (k = 0 is the null condition of classifier-free guidance).
 
 The decoder is a rectified flow over [noisy patches | registers]: x_t = (1 - t) x0 + t noise, t = 1
 pure noise, velocity v = noise - x0. It sees, for block b, its own segment and a clean copy of the
-blocks before it (ground truth, lightly noised, in training; the frames it decoded, from a KV cache,
-when sampling), so long videos decode block by block in flat memory.
+blocks before it (ground truth, lightly noised, in training; when sampling, from a KV cache, each earlier
+block's one-step estimate, or its sample: ``context_from``), so long videos decode block by block in flat memory.
 """
 
 from __future__ import annotations
@@ -374,8 +374,8 @@ class FlexTok(ModelFamily, nn.Module):
                guidance: float | None = None, generator: torch.Generator | None = None,
                window: int | None | str = "model", image: bool = False, token_mask: Tensor | None = None) -> Tensor:
         """Sample a video from tokens: per block, ``steps`` Euler steps from t = 1 (seeded noise from
-        ``generator``) to 0 with guidance ``guidance`` (1: none), then the block's one-step estimate is
-        cached as context for the next (``sample_block``). ``steps=1`` is the one-step estimate. Tokens beyond ``keep`` are ignored;
+        ``generator``) to 0 with guidance ``guidance`` (1: none), then the block's one-step estimate (or its
+        sample: ``config.context_from``) is cached as context for the next. ``steps=1`` is the one-step estimate. Tokens beyond ``keep`` are ignored;
         ``token_mask`` (B, n_blocks*R) bool, if given, says instead which tokens are used.
         """
         z = latents.z if isinstance(latents, FlexLatents) else latents
@@ -412,10 +412,9 @@ class FlexTok(ModelFamily, nn.Module):
     def sample_block(self, registers: Tensor, block: int, past: KVCache | None, steps: int, guidance: float,
                      generator: torch.Generator | None, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Euler-integrate one block (B, 1, P, patch_dim) from noise (drawn from ``generator`` unless
-        given) to t = 0 given its registers (B, 1, R, D). Returns the sample and the context the next block
-        reads: the first step's x0 estimate, i.e. the one-step (posterior-mean) estimate, which costs no
-        extra pass. A sharp sample's invented detail, read as context, is copied forward and compounds
-        (docs/results: 12.8 dB over four blocks against 15.3 decoded alone); the estimate does not."""
+        given) to t = 0 given its registers (B, 1, R, D). Returns the sample and what the next block reads as
+        context (``config.context_from``): the first step's (guided) x0, i.e. the one-step estimate, at no
+        extra cost, or the sample itself."""
         b, device = registers.shape[0], registers.device
         shape = (b, 1, self.p, self.patch_dim)
         x = noise if noise is not None else \
@@ -436,9 +435,9 @@ class FlexTok(ModelFamily, nn.Module):
             if guided:
                 (x0_cond, x0_null), (v_cond, v_null) = x0.chunk(2), v.chunk(2)
                 x0, v = x0_null + guidance * (x0_cond - x0_null), v_null + guidance * (v_cond - v_null)
-            context = x0 if i == 0 else context
+            estimate = x0 if i == 0 else estimate
             x = x + (times[i + 1] - times[i]) * v
-        return x, context
+        return x, (estimate if self.config.context_from == "estimate" else x)
 
     def sampling_times(self, steps: int, device: torch.device | None = None) -> Tensor:
         """The Euler grid (steps + 1,) from t = 1 to 0: uniform u, shifted to t = s u / (1 + (s - 1) u) with
