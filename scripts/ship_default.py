@@ -4,7 +4,7 @@
 
 Each RUN is a run folder name under --runs (written by `elastictok train --config configs/RUN.yaml`);
 without any, all of them: default-cycle3 (the bundled `default`), flextok-tiny-flow (the bundled `flextok`),
-default-narrow-cycle3 (the bundled `default-narrow`: the default at half width, trained with Muon, in cycles),
+default-narrow-cycle2 (the bundled `default-narrow`: the default at half width, trained with Muon, in cycles),
 default-fixed-0.25, default-fixed-0.5 and default-full (the default's fixed-length baselines), and
 narrow-long-muon-full, narrow-long-muon-fixed-0.25 and narrow-long-muon-fixed-0.5 (default-narrow's full-length and
 fixed-length baselines: the same recipe and minutes as its first cosine). Writes
@@ -31,7 +31,7 @@ DESTINATIONS = {
     "default-fixed-0.25": ROOT / "baselines/default-fixed-0.25",
     "default-fixed-0.5": ROOT / "baselines/default-fixed-0.5",
     "default-full": ROOT / "baselines/default-full",
-    "default-narrow-cycle3": ROOT / "src/elastictok/weights/default-narrow",
+    "default-narrow-cycle2": ROOT / "src/elastictok/weights/default-narrow",
     "narrow-long-muon-full": ROOT / "baselines/default-narrow-full",
     "narrow-long-muon-fixed-0.25": ROOT / "baselines/default-narrow-fixed-0.25",
     "narrow-long-muon-fixed-0.5": ROOT / "baselines/default-narrow-fixed-0.5",
@@ -43,7 +43,7 @@ DESTINATIONS = {
 SAMPLERS = {"flextok-tiny-flow": {"steps": 25, "guidance": 1.0, "sample_shift": 0.1, "context_from": "estimate"}}
 # The name a bundled model's config carries where its run's preset name would not tell it apart (tokenized
 # videos and eval tables show it).
-NAMES = {"default-narrow-cycle3": "default-narrow", "narrow-long-muon-full": "default-narrow-full",
+NAMES = {"default-narrow-cycle2": "default-narrow", "narrow-long-muon-full": "default-narrow-full",
          "narrow-long-muon-fixed-0.25": "default-narrow-fixed-0.25",
          "narrow-long-muon-fixed-0.5": "default-narrow-fixed-0.5"}
 
