@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from elastictok import ElasticTok
+from elastictok import ElasticTok, TokenCount
 from elastictok.media.io import VideoReader
 from elastictok.media.transforms import fit_to_resolution, to_model
 from elastictok.metrics.quality import mse_per_block, psnr_from_mse
@@ -107,3 +109,22 @@ def test_the_default_models_length_head_meets_the_default_target_in_one_pass(def
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "20 blocks" in result.stdout and (tmp_path / "out" / "street.etok").exists()
+
+
+BASELINES = Path(__file__).resolve().parents[2] / "baselines"
+NARROW_BASELINES = {"default-narrow-fixed-0.25": 64, "default-narrow-fixed-0.5": 128, "default-narrow-full": 256}
+
+
+def test_default_narrows_baselines_are_its_first_cosine_at_one_length_each(street):
+    """default-narrow's fixed-length and full-length baselines: real runs of its first cosine's recipe for the
+    same one-thread minutes (their training.json), each better than the others at the length it trained for
+    on the bundled clip (held out from training), tokenized and decoded as a user would."""
+    models = {name: ElasticTok.from_pretrained(BASELINES / name) for name in NARROW_BASELINES}
+    minutes = [json.loads((BASELINES / name / "training.json").read_text())["minutes"] for name in models]
+    assert max(minutes) - min(minutes) < 1.0 and min(minutes) > 60
+    for name, tokens in NARROW_BASELINES.items():
+        scores = {}
+        for other, model in models.items():
+            decoded = model.detokenize(model.tokenize(street, TokenCount(tokens), progress=False)[0])[None]
+            scores[other] = psnr_from_mse(mse_per_block(decoded, street, model.config.frames_per_block)).mean().item()
+        assert max(scores, key=scores.get) == name, (tokens, scores)
