@@ -11,7 +11,8 @@ learned mask token (k = 0 is the null condition of classifier-free guidance).
 The decoder is a rectified flow over [noisy patches | registers]: x_t = (1 - t) x0 + t noise, t = 1
 pure noise, velocity v = noise - x0. It sees, for block b, its own segment and a clean copy of the
 blocks before it (ground truth, lightly noised, in training; when sampling, from a KV cache, each earlier
-block's one-step estimate, or its sample: ``context_from``), so long videos decode block by block in flat memory.
+block's one-step estimate, or its sample: ``context_from``), so long videos decode block by block in flat
+memory.
 """
 
 from __future__ import annotations
@@ -375,8 +376,9 @@ class FlexTok(ModelFamily, nn.Module):
                window: int | None | str = "model", image: bool = False, token_mask: Tensor | None = None) -> Tensor:
         """Sample a video from tokens: per block, ``steps`` Euler steps from t = 1 (seeded noise from
         ``generator``) to 0 with guidance ``guidance`` (1: none), then the block's one-step estimate (or its
-        sample: ``config.context_from``) is cached as context for the next. ``steps=1`` is the one-step estimate. Tokens beyond ``keep`` are ignored;
-        ``token_mask`` (B, n_blocks*R) bool, if given, says instead which tokens are used.
+        sample: ``config.context_from``) is cached as context for the next. ``steps=1`` is the one-step
+        estimate. Tokens beyond ``keep`` are ignored; ``token_mask`` (B, n_blocks*R) bool, if given, says
+        instead which tokens are used.
         """
         z = latents.z if isinstance(latents, FlexLatents) else latents
         if keep is None and isinstance(latents, FlexLatents):
@@ -435,7 +437,8 @@ class FlexTok(ModelFamily, nn.Module):
             if guided:
                 (x0_cond, x0_null), (v_cond, v_null) = x0.chunk(2), v.chunk(2)
                 x0, v = x0_null + guidance * (x0_cond - x0_null), v_null + guidance * (v_cond - v_null)
-            estimate = x0 if i == 0 else estimate
+            if i == 0:
+                estimate = x0
             x = x + (times[i + 1] - times[i]) * v
         return x, (estimate if self.config.context_from == "estimate" else x)
 
